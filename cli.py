@@ -1,0 +1,180 @@
+"""Command line of the V-JEPA 2-AC pipeline: extract features once, train on them, inspect, evaluate, plan.
+
+Thin by design: it parses arguments and calls library functions.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from store import UserError
+
+app = typer.Typer(
+    help="Train V-JEPA 2-AC world models from cached V-JEPA 2 features.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+store_app = typer.Typer(help="Inspect, verify and merge feature stores.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+console = Console(soft_wrap=True)  # long paths stay on one line
+err = Console(stderr=True)
+
+StorePath = typer.Argument(..., help="Store directory (a Zarr v3 group written by `extract`).")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError
+
+
+# ---------------------------------------------------------------- store
+
+
+@store_app.command("ls")
+def store_ls(path: Path = StorePath) -> None:
+    """List shards: sealed or not, episodes, frames, bytes on disk, codec."""
+    from store.format import read_root_attrs
+    from store.inspect import shard_rows
+
+    attrs = read_root_attrs(path)
+    rows = shard_rows(path)
+    t = Table(title=f"{path} ({len(rows)} of {attrs['num_units']} units present)")
+    for col in ("shard", "state", "episodes", "frames", "size", "codec"):
+        t.add_column(col, justify="right" if col in ("episodes", "frames", "size") else "left")
+    for r in rows:
+        t.add_row(
+            f"{r['unit']:05d}",
+            "sealed" if r["sealed"] else "[red]unsealed[/red]",
+            "-" if r["episodes"] is None else str(r["episodes"]),
+            "-" if r["frames"] is None else str(r["frames"]),
+            _human_bytes(r["bytes"]),
+            r["codec"],
+        )
+    console.print(t)
+
+
+@store_app.command("info")
+def store_info(path: Path = StorePath) -> None:
+    """The store's extraction settings and totals (frames, hours of video, size)."""
+    from store import open_store
+    from store.inspect import summary
+
+    s = summary(open_store(path))
+    t = Table(title=str(path), show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    for k, v in s.items():
+        if k == "hours":
+            v = f"{v:.3f}"
+        elif k == "bytes":
+            v = _human_bytes(v)
+        t.add_row(k, str(v))
+    console.print(t)
+
+
+@store_app.command("show")
+def store_show(
+    path: Path = StorePath,
+    episode: int = typer.Argument(..., help="Episode id (see `store info` / the manifest)."),
+    png: Path | None = typer.Option(None, help="Write a picture: PCA filmstrip of the features above the state plot."),
+) -> None:
+    """One episode: source, task, state trajectory and per-frame feature statistics."""
+    from store import open_store
+    from store.inspect import episode_png, episode_summary
+
+    store = open_store(path)
+    s = episode_summary(store, episode)
+    row = s["row"]
+    console.print(f"[bold]episode {episode}[/bold]  status={row['status']} {row['reason']}")
+    for k in ("source", "camera", "task", "success", "num_frames", "native_fps", "stride", "note", "unit"):
+        console.print(f"  {k}: {row[k]}")
+    if "state" not in s:
+        return
+    st = s["state"]
+    fmt = lambda v: "[" + ", ".join(f"{x:.3f}" for x in v) + "]"  # noqa: E731
+    console.print(f"  state first {fmt(st['first'])}\n  state last  {fmt(st['last'])}")
+    console.print(f"  state min   {fmt(st['min'])}\n  state max   {fmt(st['max'])}")
+    console.print(f"  xyz path length: {st['xyz_path_length']:.4f}")
+    t = Table(title="per-frame features")
+    for col in ("row", "frame", "time s", "mean", "std", "token norm", "L1 to prev"):
+        t.add_column(col, justify="right")
+    fr = s["frames"]
+    for i in range(len(fr["mean"])):
+        t.add_row(str(i), str(fr["frame_index"][i]), f"{fr['timestamp'][i]:.2f}", f"{fr['mean'][i]:.4f}",
+                  f"{fr['std'][i]:.4f}", f"{fr['token_norm'][i]:.3f}", f"{fr['delta_l1'][i]:.4f}")
+    console.print(t)
+    if png:
+        episode_png(store, episode, png)
+        console.print(f"wrote {png}")
+
+
+@store_app.command("verify")
+def store_verify(path: Path = StorePath) -> None:
+    """Check every sealed shard's checksums, shapes and the manifest; exit 1 if anything is wrong."""
+    from rich.progress import Progress
+
+    from store import sealed_units, verify
+
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("verifying shards", total=len(sealed_units(path)))
+        problems = verify(path, on_shard=lambda _: progress.advance(task))
+    if problems:
+        for p in problems:
+            console.print(f"[red]BAD[/red] {p}")
+        console.print(f"[red]{len(problems)} problem(s) in {path}[/red]")
+        raise typer.Exit(1)
+    console.print(f"[green]OK[/green] {path}: every unit sealed, checksums and manifest consistent")
+
+
+@store_app.command("stats")
+def store_stats(path: Path = StorePath) -> None:
+    """Feature mean/std/norm summaries and NaN/Inf counts over every stored frame."""
+    from rich.progress import Progress
+
+    from store import open_store
+    from store.inspect import feature_stats
+
+    store = open_store(path)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("reading features", total=len(store.ok_episodes))
+        stats = feature_stats(store, on_episode=lambda _: progress.advance(task))
+    t = Table(title=f"feature statistics of {path}", show_header=False)
+    for k, v in stats.items():
+        t.add_row(k, f"{v:.5g}" if isinstance(v, float) else str(v))
+    console.print(t)
+    if stats["nan"] or stats["inf"]:
+        console.print("[red]non-finite feature values found[/red]")
+        raise typer.Exit(1)
+
+
+@store_app.command("merge")
+def store_merge(path: Path = StorePath) -> None:
+    """Merge the shards' episode tables into manifest.parquet once every unit is sealed."""
+    from store import merge_manifest
+
+    table = merge_manifest(path)
+    console.print(f"wrote {path / 'manifest.parquet'} with {table.num_rows} episodes")
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)  # one line, never wrapped
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The on-disk contract between the extraction job and everything that reads features.
+
+A store is a Zarr v3 group directory:
+
+    <store>/zarr.json            group; attributes: format_version + StoreConfig
+    <store>/plan.parquet         the work units: (unit, episode_id, source), fixed at creation
+    <store>/shards/<unit:05d>/   one Zarr group per unit, written by exactly one writer
+        features [n, tokens, D]  uint16 (bf16 bit pattern) | float16 | int8
+        scales   [n, tokens]     float16, int8 codec only
+        state    [n, 7]          float32
+        frame_index [n]          int64, index of the frame in the source video
+        timestamp [n]            float64, seconds into the episode
+        episode  [n]             int64, episode id of each row
+        episodes.parquet         this unit's rows of the manifest
+        sealed.json              written last: row count + SHA-256 of every file above
+    <store>/manifest.parquet     all units' episode tables, merged once every unit is sealed
+
+Only shards with `sealed.json` exist for readers. See README "Store format".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+FORMAT_VERSION = 1
+STATE_DIM = 7
+PLAN_FILE = "plan.parquet"
+MANIFEST_FILE = "manifest.parquet"
+SHARDS_DIR = "shards"
+SEAL_FILE = "sealed.json"
+EPISODES_FILE = "episodes.parquet"
+ROW_ARRAYS = ("features", "scales", "state", "frame_index", "timestamp", "episode")
+
+
+class UserError(Exception):
+    """A mistake in what the user gave (paths, options, data); the CLI reports it in one line."""
+
+
+class StoreError(UserError):
+    """A store is missing, malformed, of another version, or used inconsistently."""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Everything that determines the stored features; two runs must agree on all of it."""
+
+    encoder: str  # model family, "vjepa2-vit"
+    preset: str  # encoder preset name, e.g. "vit_giant"
+    checkpoint_sha256: str  # of the weights file; "random-init" when none was loaded
+    feature_dim: int
+    grid: tuple[int, int]  # (rows, cols) of patch tokens per frame
+    image_size: int
+    fps: float  # target sampling rate of stored frames
+    crop: str  # preprocessing rule, see extract.preprocess.CROP_RULE
+    camera: str
+    codec: str  # "bf16" | "fp16" | "int8"
+    compression: str  # see store.codecs.COMPRESSIONS
+    chunk_frames: int  # rows per feature chunk file
+    source_format: str  # "droid" | "lerobot" | "webdataset"
+
+    @property
+    def tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def to_attrs(self) -> dict:
+        d = asdict(self)
+        d["grid"] = list(self.grid)
+        return d
+
+    @classmethod
+    def from_attrs(cls, d: dict) -> "StoreConfig":
+        names = {f.name for f in fields(cls)}
+        missing = names - set(d)
+        if missing:
+            raise StoreError(f"store attributes lack {sorted(missing)}")
+        kw = {k: d[k] for k in names}
+        kw["grid"] = tuple(kw["grid"])
+        return cls(**kw)
+
+    def differences(self, other: "StoreConfig") -> list[str]:
+        a, b = self.to_attrs(), other.to_attrs()
+        return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+def shard_dir(root: Path, unit: int) -> Path:
+    return Path(root) / SHARDS_DIR / f"{unit:05d}"
+
+
+def read_root_attrs(root: Path) -> dict:
+    """Attributes of a store's root group, with one-line errors for anything that is not a store."""
+    root = Path(root)
+    if not root.exists():
+        raise StoreError(f"{root}: no such file or directory")
+    if not root.is_dir():
+        raise StoreError(f"{root}: is a file, not a store directory")
+    meta = root / "zarr.json"
+    if not meta.is_file():
+        raise StoreError(f"{root}: not a feature store (no zarr.json)")
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{root}: unreadable zarr.json ({e})") from None
+    version = attrs.get("format_version")
+    if not isinstance(version, int):
+        raise StoreError(f"{root}: a Zarr group but not a feature store (no format_version)")
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"{root}: store format version {version} is newer than this code supports "
+            f"({FORMAT_VERSION}); upgrade the package"
+        )
+    return attrs

@@ -1,0 +1,151 @@
+"""Summaries of a store for people: shard listing, totals, one episode, feature statistics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .format import SEAL_FILE, SHARDS_DIR, read_root_attrs
+from .reader import Store
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def shard_rows(root: Path) -> list[dict]:
+    """One dict per shard directory: unit, sealed, episodes, frames, bytes."""
+    root = Path(root)
+    codec = read_root_attrs(root)["codec"]
+    out = []
+    for d in sorted(p for p in (root / SHARDS_DIR).iterdir() if p.name.isdigit()):
+        row = {"unit": int(d.name), "sealed": (d / SEAL_FILE).exists(), "episodes": None,
+               "frames": None, "bytes": dir_bytes(d), "codec": codec}
+        if row["sealed"]:
+            seal = json.loads((d / SEAL_FILE).read_text())
+            row["episodes"], row["frames"] = seal["episodes"], seal["rows"]
+        out.append(row)
+    return out
+
+
+def summary(store: Store) -> dict:
+    """Store attributes plus totals."""
+    ep = store.episodes.to_pydict()
+    ok = sum(s == "ok" for s in ep["status"])
+    frames = store.total_frames
+    return {
+        **store.attrs,
+        "units_sealed": f"{len(store.sealed)}/{store.num_units}",
+        "episodes_ok": ok,
+        "episodes_skipped": len(ep["status"]) - ok,
+        "frames": frames,
+        "hours": frames / store.config.fps / 3600,
+        "bytes": dir_bytes(store.root),
+    }
+
+
+def episode_summary(store: Store, episode_id: int) -> dict:
+    """Manifest row, state trajectory summary and per-frame feature statistics of an episode."""
+    row = store.episode(episode_id)
+    out = {"row": row}
+    if row["status"] != "ok":
+        return out
+    data = store.read_episode(episode_id)
+    f = data["features"].float()
+    s = data["state"]
+    out["state"] = {
+        "first": s[0].tolist(), "last": s[-1].tolist(), "min": s.min(0).tolist(),
+        "max": s.max(0).tolist(),
+        "xyz_path_length": float(np.linalg.norm(np.diff(s[:, :3], axis=0), axis=1).sum()),
+    }
+    out["frames"] = {
+        "frame_index": data["frame_index"].tolist(),
+        "timestamp": data["timestamp"].tolist(),
+        "mean": f.mean((1, 2)).tolist(),
+        "std": f.std((1, 2)).tolist(),
+        "token_norm": f.norm(dim=2).mean(1).tolist(),
+        # how much the features change from one frame to the next (motion the model must predict)
+        "delta_l1": [0.0] + (f[1:] - f[:-1]).abs().mean((1, 2)).tolist(),
+    }
+    return out
+
+
+def feature_stats(store: Store, on_episode: Callable[[int], None] | None = None) -> dict:
+    """Mean/std of all feature values, token-norm range and NaN/Inf counts over every ok episode."""
+    n = nan = inf = 0
+    total = total_sq = 0.0
+    norm_min, norm_max, norm_sum, tokens = float("inf"), 0.0, 0.0, 0
+    per_dim = torch.zeros(store.config.feature_dim, dtype=torch.float64)
+    for e in store.ok_episodes:
+        f = store.read_episode(e)["features"].double()
+        nan += int(torch.isnan(f).sum())
+        inf += int(torch.isinf(f).sum())
+        f = torch.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
+        n += f.numel()
+        total += float(f.sum())
+        total_sq += float((f * f).sum())
+        per_dim += f.sum((0, 1))
+        norms = f.norm(dim=-1)
+        norm_min, norm_max = min(norm_min, float(norms.min())), max(norm_max, float(norms.max()))
+        norm_sum += float(norms.sum())
+        tokens += norms.numel()
+        if on_episode:
+            on_episode(e)
+    if n == 0:
+        return {"values": 0, "nan": 0, "inf": 0}
+    mean = total / n
+    dim_means = per_dim / (n / store.config.feature_dim)
+    return {
+        "values": n, "nan": nan, "inf": inf, "mean": mean,
+        "std": max(total_sq / n - mean * mean, 0.0) ** 0.5,
+        "token_norm_mean": norm_sum / tokens, "token_norm_min": norm_min, "token_norm_max": norm_max,
+        "dim_mean_min": float(dim_means.min()), "dim_mean_max": float(dim_means.max()),
+    }
+
+
+def pca_rgb(features: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """[n, tokens, D] -> [n, rows, cols, 3] in [0, 1]: the first three principal components."""
+    x = features.float().reshape(-1, features.shape[-1])
+    x = x - x.mean(0)
+    sample = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:20000]]
+    _, _, v = torch.linalg.svd(sample, full_matrices=False)
+    proj = x @ v[:3].T
+    lo, hi = torch.quantile(proj[::7], 0.01, dim=0), torch.quantile(proj[::7], 0.99, dim=0)
+    rgb = ((proj - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
+    return rgb.reshape(features.shape[0], *grid, 3).numpy()
+
+
+def episode_png(store: Store, episode_id: int, path: Path, max_frames: int = 16) -> None:
+    """A filmstrip of the episode's features (PCA to RGB) above its state trajectory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = store.read_episode(episode_id)
+    n = len(data["state"])
+    show = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+    rgb = pca_rgb(data["features"], store.config.grid)
+    fig = plt.figure(figsize=(max(8, 1.2 * len(show)), 5.5))
+    grid = fig.add_gridspec(2, len(show), height_ratios=[1, 1.6])
+    for i, t in enumerate(show):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(rgb[t], interpolation="nearest")
+        ax.set_title(f"t={t}", fontsize=8)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    s = data["state"]
+    for j, name in enumerate(["x", "y", "z", "roll", "pitch", "yaw", "gripper"]):
+        ax.plot(np.arange(n), s[:, j], label=name, linestyle="-" if j < 3 or j == 6 else ":")
+    ax.set_xlabel("stored frame")
+    ax.set_ylabel("state")
+    ax.legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    row = store.episode(episode_id)
+    fig.suptitle(f"episode {episode_id}: {row['source']}  {row['task']}"[:120], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
