@@ -6,6 +6,7 @@ Thin by design: it parses arguments and calls library functions.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import typer
@@ -34,6 +35,89 @@ def _human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     raise AssertionError
+
+
+# ---------------------------------------------------------------- extract
+
+
+@app.command("demo-corpus")
+def demo_corpus(
+    out: Path = typer.Argument(..., help="Folder to write the corpus into (DROID raw layout)."),
+    episodes: int = typer.Option(64, min=1, help="Number of episodes."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same corpus."),
+) -> None:
+    """Write the built-in synthetic robot corpus: a rendered gripper pushing a block, in DROID raw format."""
+    from rich.progress import Progress
+
+    from extract.demo import make_demo_corpus
+
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("rendering episodes", total=episodes)
+        make_demo_corpus(out, episodes, seed, progress=lambda _: progress.advance(task))
+    console.print(f"wrote {episodes} demo episodes to {out}")
+
+
+@app.command("extract")
+def extract(
+    corpus: Path = typer.Option(..., help="Corpus root: DROID folders (or a list file), a LeRobot dataset, or .tar shards."),
+    out: Path = typer.Option(..., help="Store directory to create or resume."),
+    format: str = typer.Option("droid", help="Corpus format: droid | lerobot | webdataset."),
+    camera: str = typer.Option("left", help="DROID camera: left | right | wrist."),
+    video_key: str | None = typer.Option(None, help="LeRobot video key (camera), e.g. observation.images.front."),
+    state_key: str = typer.Option("observation.state", help="LeRobot column with the 7-D end-effector state."),
+    fps: float = typer.Option(4.0, help="Stored frames per second; stride = ceil(native fps / fps)."),
+    preset: str = typer.Option("vit_giant", help="Encoder: vit_large | vit_huge | vit_giant (256 px), vit_demo, vit_test."),
+    checkpoint: Path | None = typer.Option(None, help="Released .pt file (vitg.pt, vjepa2-ac-vitg.pt, ...)."),
+    random_init: bool = typer.Option(False, help="Allow a large preset without checkpoint (random weights; timing only)."),
+    codec: str = typer.Option("bf16", help="Feature codec: bf16 | fp16 | int8."),
+    compression: str = typer.Option("none", help="Chunk compression: none | zstd | blosc-zstd."),
+    chunk_frames: int = typer.Option(8, help="Frames per feature chunk file."),
+    episodes_per_unit: int = typer.Option(64, help="Episodes per work unit (= per shard)."),
+    batch_size: int = typer.Option(64, help="Frames per encoder batch."),
+    workers: int = typer.Option(4, help="Decoding worker processes (0: decode in the main process)."),
+    rank: int | None = typer.Option(None, help="This rank (default $RANK or 0): takes units rank, rank+world, ..."),
+    world_size: int | None = typer.Option(None, help="Number of ranks (default $WORLD_SIZE or 1)."),
+    device: str | None = typer.Option(None, help="Torch device (default: cuda:$LOCAL_RANK if available, else cpu)."),
+    limit: int | None = typer.Option(None, help="Only the first N episodes of the corpus."),
+) -> None:
+    """Run the frozen V-JEPA 2 encoder once over a corpus into a sharded feature store (resumable)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from extract.job import ExtractConfig, run_extract
+    from extract.vit import LARGE_PRESETS
+
+    cfg = ExtractConfig(
+        corpus=corpus, out=out, format=format, camera=camera, video_key=video_key, state_key=state_key,
+        fps=fps, preset=preset, checkpoint=checkpoint, random_init=random_init, codec=codec,
+        compression=compression, chunk_frames=chunk_frames, episodes_per_unit=episodes_per_unit,
+        batch_size=batch_size, workers=workers, rank=rank, world_size=world_size, device=device, limit=limit,
+    )
+    if checkpoint is None and preset not in LARGE_PRESETS:
+        err.print(f"[yellow]note: preset {preset} has RANDOM weights (no checkpoint): "
+                  "fine for the demo and tests, meaningless as real features[/yellow]")
+    frames = [0, time.perf_counter()]
+    columns = [TextColumn("[bold]extract"), BarColumn(), MofNCompleteColumn(), TextColumn("episodes"),
+               TextColumn("{task.fields[frames]} frames, {task.fields[rate]:.1f} frames/s"), TimeRemainingColumn()]
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task("extract", total=None, frames=0, rate=0.0)
+
+        def on_episode(n: int) -> None:
+            frames[0] += n
+            rate = frames[0] / max(time.perf_counter() - frames[1], 1e-9)
+            progress.update(task, advance=1, frames=frames[0], rate=rate)
+
+        s = run_extract(cfg, on_start=lambda n: progress.update(task, total=n), on_episode=on_episode)
+    t = Table(title=f"extraction, rank {s.rank} of {s.world_size}", show_header=False)
+    for k, v in [("store", s.store), ("units written", s.units), ("units already sealed", s.units_skipped),
+                 ("episodes ok", s.episodes_ok), ("episodes skipped", len(s.skipped)), ("frames", s.frames),
+                 ("seconds", f"{s.seconds:.1f}"), ("frames/s", f"{s.frames / max(s.seconds, 1e-9):.1f}"),
+                 ("manifest merged", "yes" if s.merged else "no (units of other ranks pending)")]:
+        t.add_row(k, str(v))
+    console.print(t)
+    if s.skipped:
+        console.print(f"[yellow]{len(s.skipped)} episode(s) skipped:[/yellow]")
+        for source, reason in s.skipped:
+            console.print(f"  {source}: {reason}")
 
 
 # ---------------------------------------------------------------- store

@@ -239,9 +239,12 @@ def unsealed_units(root: Path) -> list[int]:
     return _units(root, sealed=False)
 
 
-def remove_unsealed(root: Path) -> list[int]:
-    """Delete the shards that a crashed writer left unsealed; returns their units."""
-    removed = unsealed_units(root)
+def remove_unsealed(root: Path, units: list[int] | None = None) -> list[int]:
+    """Delete the shards that a crashed writer left unsealed (only among `units` if given).
+
+    Call it only where no writer is at work on those units. Returns the removed units.
+    """
+    removed = [u for u in unsealed_units(root) if units is None or u in set(units)]
     for unit in removed:
         shutil.rmtree(shard_dir(root, unit))
     return removed

@@ -1,0 +1,372 @@
+"""Corpus readers: list a corpus's episodes (deterministically) and load one, sampled at a target fps.
+
+Formats (SPEC §7): DROID raw 1.0.1 folders, LeRobot v2.1 / v3.0 datasets, WebDataset tar shards
+with `<key>.mp4` + `<key>.json` (per-frame `state`, optional `fps`, `task`, `success`).
+
+A problem with one episode raises SkipEpisode (recorded in the manifest, the job goes on);
+a problem with the corpus as a whole raises UserError (the job stops).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from store import UserError
+
+FORMATS = ("droid", "lerobot", "webdataset")
+DROID_HZ = 15.0
+DROID_CAMERAS = ("left", "right", "wrist")
+
+
+class SkipEpisode(Exception):
+    """This episode cannot be extracted; the message is the reason recorded in the manifest."""
+
+
+def open_video(source: Path | bytes):
+    """A decord VideoReader on a file or in-memory MP4 (H.264, AV1, ...)."""
+    import decord
+    import torch.utils.data
+
+    # in a DataLoader worker, one decoding thread per worker; in the main process, all cores
+    threads = 1 if torch.utils.data.get_worker_info() is not None else 0
+    try:
+        return decord.VideoReader(io.BytesIO(source) if isinstance(source, bytes) else str(source),
+                                  num_threads=threads)
+    except RuntimeError as e:
+        raise SkipEpisode(f"unreadable video: {str(e).splitlines()[0][:200]}") from None
+
+
+def stride_for(native_fps: float, target_fps: float) -> int:
+    """Source frames between stored frames: ceil(native / target), at least 1."""
+    return max(1, math.ceil(native_fps / target_fps - 1e-9))
+
+
+@dataclass
+class Episode:
+    """A loaded episode: the sampled rows and a way to decode their frames."""
+
+    state: np.ndarray  # [n, 7] float32, at the sampled frames
+    frame_index: np.ndarray  # [n] index of each sampled frame in the episode's source frames
+    timestamp: np.ndarray  # [n] seconds from the episode start
+    decode_index: np.ndarray  # [n] frame index in the video file (differs in LeRobot v3 files)
+    video: object  # decord.VideoReader
+    camera: str
+    task: str = ""
+    success: bool | None = None
+    native_fps: float = 0.0
+    stride: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+    def frames(self, rows: slice) -> np.ndarray:
+        """uint8 [k, H, W, 3] frames of the sampled rows."""
+        try:
+            return self.video.get_batch(self.decode_index[rows].tolist()).asnumpy()
+        except Exception as e:  # noqa: BLE001 - decord raises plain errors on damaged streams
+            raise SkipEpisode(f"video decoding failed: {str(e).splitlines()[0][:200]}") from None
+
+
+def sampled_episode(state: np.ndarray, frame_index: np.ndarray, timestamp: np.ndarray,
+                    decode_index: np.ndarray, video, native_fps: float, target_fps: float,
+                    camera: str, notes: list[str], **kw) -> Episode:
+    """Keep the rows whose frame the video really holds, then every stride-th of them."""
+    state = np.asarray(state, np.float32)
+    if state.ndim != 2 or state.shape[1] != 7:
+        raise SkipEpisode(f"state has shape {list(state.shape)}, expected [T, 7]")
+    n_video = len(video)
+    usable = int(np.searchsorted(decode_index, n_video))  # decode_index is increasing
+    if usable < len(state):
+        notes.append(f"video holds {n_video} frames for {len(state)} states; used the first {usable}")
+    stride = stride_for(native_fps, target_fps)
+    rows = np.arange(0, usable, stride)
+    return Episode(state=state[rows], frame_index=np.asarray(frame_index)[rows],
+                   timestamp=np.asarray(timestamp, np.float64)[rows],
+                   decode_index=np.asarray(decode_index)[rows], video=video, camera=camera,
+                   native_fps=native_fps, stride=stride, notes=notes, **kw)
+
+
+class Corpus:
+    format: str = ""
+    camera: str = ""
+
+    def sources(self) -> list[str]:
+        """Episode identifiers in a deterministic order (they go into the store's plan)."""
+        raise NotImplementedError
+
+    def load(self, source: str, fps: float) -> Episode:
+        raise NotImplementedError
+
+
+def _require_dir(root: Path, what: str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"corpus {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"corpus {root} is not a directory ({what} expected)")
+    return root
+
+
+class DroidCorpus(Corpus):
+    """DROID raw: `<lab>/<success|failure>/<date>/<time>/` folders with metadata_*.json,
+    trajectory.h5 and recordings/MP4/<serial>.mp4. `root` may also be a text file listing
+    episode folders, one per line (relative to the file's folder or absolute)."""
+
+    format = "droid"
+
+    def __init__(self, root: Path, camera: str = "left"):
+        root = Path(root)
+        if camera not in DROID_CAMERAS:
+            raise UserError(f"unknown DROID camera {camera!r}; choose one of {', '.join(DROID_CAMERAS)}")
+        self.camera = camera
+        if root.is_file():
+            self.base = root.parent
+            lines = [s.strip() for s in root.read_text().splitlines()]
+            self._sources = [s for s in lines if s and not s.startswith("#")]
+        else:
+            self.base = _require_dir(root, "DROID episode folders or a list file")
+            self._sources = sorted(p.parent.relative_to(self.base).as_posix()
+                                   for p in self.base.rglob("metadata_*.json"))
+        if not self._sources:
+            raise UserError(f"no DROID episodes (folders holding metadata_*.json) found in {root}")
+
+    def sources(self) -> list[str]:
+        return self._sources
+
+    def load(self, source: str, fps: float) -> Episode:
+        folder = self.base / source
+        metas = sorted(folder.glob("metadata_*.json"))
+        if not metas:
+            raise SkipEpisode(f"no metadata_*.json in {folder}")
+        try:
+            meta = json.loads(metas[0].read_text())
+        except ValueError as e:
+            raise SkipEpisode(f"unreadable {metas[0].name}: {e}") from None
+        key = f"{self.camera}_mp4_path"
+        if not meta.get(key):
+            raise SkipEpisode(f"{metas[0].name} has no {key}")
+        # the stored path is relative to the lab folder on the collecting machine: keep the file name
+        mp4 = folder / "recordings" / "MP4" / str(meta[key]).split("recordings/MP4/")[-1]
+        try:
+            with h5py.File(folder / "trajectory.h5", "r") as f:
+                cartesian = f["observation/robot_state/cartesian_position"][:]
+                gripper = f["observation/robot_state/gripper_position"][:]
+        except FileNotFoundError:
+            raise SkipEpisode("no trajectory.h5") from None
+        except KeyError as e:
+            raise SkipEpisode(f"trajectory.h5 lacks {str(e).split('(')[0].strip()}: "
+                              "observation/robot_state/{cartesian_position, gripper_position} needed") from None
+        except OSError as e:
+            raise SkipEpisode(f"unreadable trajectory.h5: {e}") from None
+        if len(cartesian) != len(gripper) or cartesian.ndim != 2 or cartesian.shape[1] != 6:
+            raise SkipEpisode(f"trajectory.h5 state shapes {list(cartesian.shape)} and {list(gripper.shape)} do not fit")
+        state = np.concatenate([cartesian, gripper.reshape(-1, 1)], axis=1)
+        if not mp4.is_file():
+            raise SkipEpisode(f"missing video {mp4.relative_to(self.base)}")
+        video = open_video(mp4)
+        notes = []
+        container_fps = video.get_avg_fps()
+        if abs(container_fps - DROID_HZ) > 0.01:
+            notes.append(f"container reports {container_fps:.2f} fps; used the {DROID_HZ:g} Hz control rate")
+        idx = np.arange(len(state))
+        success = meta.get("success")
+        return sampled_episode(
+            state, idx, idx / DROID_HZ, idx, video, DROID_HZ, fps, f"{self.camera}:{mp4.stem}", notes,
+            task=str(meta.get("current_task", "")), success=None if success is None else bool(success),
+        )
+
+
+class LeRobotCorpus(Corpus):
+    """LeRobot datasets, codebase v2.0/v2.1 (a file per episode) and v3.0 (many episodes per file)."""
+
+    format = "lerobot"
+
+    def __init__(self, root: Path, video_key: str | None = None, state_key: str = "observation.state"):
+        self.root = _require_dir(root, "a LeRobot dataset")
+        info_path = self.root / "meta" / "info.json"
+        if not info_path.is_file():
+            raise UserError(f"{self.root} is not a LeRobot dataset (no meta/info.json)")
+        self.info = info = json.loads(info_path.read_text())
+        version = str(info.get("codebase_version", ""))
+        if version not in ("v2.0", "v2.1", "v3.0"):
+            raise UserError(f"LeRobot codebase_version {version!r} is not supported (v2.0, v2.1, v3.0)")
+        self.v3 = version == "v3.0"
+        features = info["features"]
+        videos = [k for k, f in features.items() if f.get("dtype") == "video"]
+        if video_key is None:
+            if len(videos) != 1:
+                raise UserError(f"{self.root} has video keys {videos}; choose one with --video-key")
+            video_key = videos[0]
+        if video_key not in videos:
+            raise UserError(f"no video key {video_key!r} in {self.root}; it has {videos}")
+        if state_key not in features:
+            raise UserError(f"no state key {state_key!r} in {self.root}; it has {sorted(features)}")
+        if list(features[state_key].get("shape", [])) != [7]:
+            raise UserError(f"state key {state_key!r} has shape {features[state_key].get('shape')}; "
+                            "a 7-D end-effector state (xyz, euler xyz, gripper) is needed")
+        self.video_key, self.state_key, self.camera = video_key, state_key, video_key
+        self.fps = float(info["fps"])
+        self.episodes = self._episode_table()
+
+    def _episode_table(self) -> dict[int, dict]:
+        if self.v3:
+            files = sorted((self.root / "meta" / "episodes").glob("*/*.parquet"))
+            if not files:
+                raise UserError(f"{self.root}: no meta/episodes/*/*.parquet")
+            rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+        else:
+            path = self.root / "meta" / "episodes.jsonl"
+            if not path.is_file():
+                raise UserError(f"{self.root}: no meta/episodes.jsonl")
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {int(r["episode_index"]): r for r in rows}
+
+    def sources(self) -> list[str]:
+        return [f"episode_{i:06d}" for i in sorted(self.episodes)]
+
+    def load(self, source: str, fps: float) -> Episode:
+        i = int(source.rsplit("_", 1)[1])
+        ep = self.episodes[i]
+        if self.v3:
+            key = self.video_key
+            data = self.root / self.info["data_path"].format(
+                chunk_index=ep["data/chunk_index"], file_index=ep["data/file_index"])
+            video_path = self.root / self.info["video_path"].format(
+                video_key=key, chunk_index=ep[f"videos/{key}/chunk_index"], file_index=ep[f"videos/{key}/file_index"])
+            offset = float(ep[f"videos/{key}/from_timestamp"])
+        else:
+            chunk = i // int(self.info.get("chunks_size", 1000))
+            data = self.root / self.info["data_path"].format(episode_chunk=chunk, episode_index=i)
+            video_path = self.root / self.info["video_path"].format(
+                episode_chunk=chunk, video_key=self.video_key, episode_index=i)
+            offset = 0.0
+        columns = [self.state_key, "timestamp", "frame_index", "episode_index"]
+        try:
+            table = pq.read_table(data, columns=columns)
+        except (OSError, ValueError) as e:  # missing file or column, bad parquet
+            raise SkipEpisode(f"unreadable {data.relative_to(self.root)}: {e}") from None
+        table = table.filter(pc.equal(table["episode_index"], i)).sort_by("frame_index")
+        if table.num_rows == 0:
+            raise SkipEpisode(f"no rows of episode {i} in {data.relative_to(self.root)}")
+        state = table[self.state_key].combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+        timestamp = table["timestamp"].to_numpy().astype(np.float64)
+        if not video_path.is_file():
+            raise SkipEpisode(f"missing video {video_path.relative_to(self.root)}")
+        video = open_video(video_path)
+        container = video.get_avg_fps()
+        decode_index = np.round((offset + timestamp) * container).astype(np.int64)
+        notes = []
+        if abs(container - self.fps) > 0.01:
+            notes.append(f"container reports {container:.2f} fps, info.json {self.fps:g}: frames located "
+                         f"by timestamp x container fps, stride from info.json")
+        tasks = ep.get("tasks") or []
+        return sampled_episode(state, table["frame_index"].to_numpy(), timestamp, decode_index, video,
+                               self.fps, fps, self.video_key, notes,
+                               task="; ".join(map(str, tasks if isinstance(tasks, list) else [tasks])))
+
+
+def _split_key(name: str) -> tuple[str | None, str | None]:
+    from webdataset.tariterators import base_plus_ext  # webdataset's own key/extension rule
+
+    return base_plus_ext(name)
+
+
+class WebDatasetCorpus(Corpus):
+    """WebDataset tar shards, one sample per episode: `<key>.mp4` and a `<key>.json` sidecar with
+    per-frame `state` (T x 7) and optional `fps`, `task`, `success` (or the state as `<key>.npy`)."""
+
+    format = "webdataset"
+    camera = "mp4"
+
+    def __init__(self, root: Path):
+        root = Path(root)
+        if root.is_file() and root.suffix == ".tar":
+            self.base, self.tars = root.parent, [root.name]
+        else:
+            self.base = _require_dir(root, "WebDataset .tar shards")
+            self.tars = sorted(p.relative_to(self.base).as_posix() for p in self.base.rglob("*.tar"))
+        if not self.tars:
+            raise UserError(f"no .tar shards in {root}")
+        self._members: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}
+
+    def _index(self, tar: str) -> dict[str, dict[str, tuple[int, int]]]:
+        """key -> {ext: (offset, size)} of one tar, from its headers only."""
+        if tar not in self._members:
+            samples: dict[str, dict[str, tuple[int, int]]] = {}
+            try:
+                with tarfile.open(self.base / tar) as tf:
+                    for m in tf:
+                        key, ext = _split_key(m.name) if m.isfile() else (None, None)
+                        if key is not None:
+                            samples.setdefault(key, {})[ext.lower()] = (m.offset_data, m.size)
+            except (tarfile.TarError, OSError) as e:
+                raise UserError(f"unreadable tar shard {tar}: {e}") from None
+            self._members[tar] = samples
+        return self._members[tar]
+
+    def sources(self) -> list[str]:
+        return [f"{tar}#{key}" for tar in self.tars for key in self._index(tar)]
+
+    def _read(self, tar: str, where: tuple[int, int]) -> bytes:
+        with open(self.base / tar, "rb") as f:
+            f.seek(where[0])
+            return f.read(where[1])
+
+    def load(self, source: str, fps: float) -> Episode:
+        tar, key = source.split("#", 1)
+        members = self._index(tar)[key]
+        if "mp4" not in members:
+            raise SkipEpisode(f"sample has no .mp4 (has {sorted(members)})")
+        meta = {}
+        if "json" in members:
+            try:
+                meta = json.loads(self._read(tar, members["json"]))
+            except ValueError as e:
+                raise SkipEpisode(f"unreadable .json sidecar: {e}") from None
+            if not isinstance(meta, dict):
+                raise SkipEpisode("the .json sidecar is not an object")
+        if "state" in meta:
+            state = meta["state"]
+        elif "npy" in members:
+            state = np.load(io.BytesIO(self._read(tar, members["npy"])))
+        else:
+            raise SkipEpisode("sidecar has no per-frame 'state' (T x 7)")
+        try:
+            state = np.asarray(state, np.float32)
+        except (TypeError, ValueError):
+            raise SkipEpisode("sidecar 'state' is not a T x 7 array of numbers") from None
+        video = open_video(self._read(tar, members["mp4"]))
+        notes = []
+        native, container = meta.get("fps"), video.get_avg_fps()
+        if native is None:
+            native = container
+            notes.append(f"no fps in the sidecar; used the container's {container:.2f}")
+        elif abs(float(native) - container) > 0.01:
+            notes.append(f"container reports {container:.2f} fps; used the sidecar's {float(native):g}")
+        idx = np.arange(len(state))
+        success = meta.get("success")
+        return sampled_episode(state, idx, idx / float(native), idx, video, float(native), fps, self.camera,
+                               notes, task=str(meta.get("task", "")),
+                               success=None if success is None else bool(success))
+
+
+def open_corpus(root: Path, fmt: str, camera: str = "left", video_key: str | None = None,
+                state_key: str = "observation.state") -> Corpus:
+    if fmt == "droid":
+        return DroidCorpus(root, camera)
+    if fmt == "lerobot":
+        return LeRobotCorpus(root, video_key, state_key)
+    if fmt == "webdataset":
+        return WebDatasetCorpus(root)
+    raise UserError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")

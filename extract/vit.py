@@ -1,0 +1,174 @@
+"""The V-JEPA 2 transformer pieces (SPEC §1-§3), shared by the frozen encoder and the AC predictor.
+
+Module and parameter names follow the released checkpoints: `norm1`, `attn.qkv`,
+`attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`, `patch_embed.proj`, `norm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PATCH = 16
+TUBELET = 2
+LN_EPS = 1e-6
+
+
+def rope_slice(head_dim: int) -> int:
+    """Width d of each of the time/row/column slices of a head; the rest of the head is not rotated."""
+    return 2 * ((head_dim // 3) // 2)
+
+
+def rope_angles(positions: torch.Tensor, d: int) -> torch.Tensor:
+    """Angles [..., d] for a slice of width d at integer positions [...].
+
+    Frequencies w_i = 10000^(-i / (d/2)), i < d/2. The released weights were trained with the
+    d/2 angles *concatenated twice* (element j uses angle index j mod d/2), not interleaved:
+    reproduced here on purpose.
+    """
+    omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+    angles = positions.double().unsqueeze(-1) * omega
+    return torch.cat([angles, angles], dim=-1)
+
+
+def rope_tables(time: torch.Tensor, row: torch.Tensor | None, col: torch.Tensor | None,
+                head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [N, head_dim] for N tokens at (time, row, col).
+
+    Dims [0,d) rotate by time, [d,2d) by row, [2d,3d) by column; the rest stay as they are.
+    Tokens whose row is -1 (the predictor's action and state tokens) rotate by time only.
+    """
+    d = rope_slice(head_dim)
+    n = time.shape[0]
+    angles = torch.zeros(n, head_dim, dtype=torch.float64)
+    angles[:, :d] = rope_angles(time, d)
+    keep = torch.zeros(n, head_dim, dtype=torch.bool)
+    keep[:, :d] = True
+    if row is not None:
+        spatial = row >= 0
+        angles[spatial, d:2 * d] = rope_angles(row[spatial], d)
+        angles[spatial, 2 * d:3 * d] = rope_angles(col[spatial], d)
+        keep[spatial, d:3 * d] = True
+    cos = torch.where(keep, angles.cos(), torch.ones_like(angles))
+    sin = torch.where(keep, angles.sin(), torch.zeros_like(angles))
+    return cos.float(), sin.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rot(x) * sin with rot(x0, x1, x2, x3, ...) = (-x1, x0, -x3, x2, ...)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, dim = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp = MLP(dim, mlp_hidden)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+def init_weights(model: nn.Module, blocks: nn.ModuleList, std: float = 0.02) -> None:
+    """Trunc-normal Linear/Conv weights, zero biases, LayerNorm (1, 0); residual outputs of block i /= sqrt(2 i)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv3d)):
+            nn.init.trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for i, block in enumerate(blocks, start=1):
+            block.attn.proj.weight.div_((2.0 * i) ** 0.5)
+            block.mlp.fc2.weight.div_((2.0 * i) ** 0.5)
+
+
+@dataclass(frozen=True)
+class EncoderPreset:
+    dim: int
+    depth: int
+    heads: int
+    mlp: int
+    image_size: int = 256
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.image_size // PATCH, self.image_size // PATCH)
+
+
+ENCODER_PRESETS = {
+    "vit_large": EncoderPreset(1024, 24, 16, 4096),
+    "vit_huge": EncoderPreset(1280, 32, 16, 5120),
+    "vit_giant": EncoderPreset(1408, 40, 22, 6144),
+    # small random-init presets for the demo and tests: same code path, head dim 64 / 32
+    "vit_demo": EncoderPreset(128, 4, 2, 512, image_size=128),
+    "vit_test": EncoderPreset(32, 2, 1, 64, image_size=64),
+}
+LARGE_PRESETS = ("vit_large", "vit_huge", "vit_giant")
+
+
+class VisionTransformer(nn.Module):
+    """The V-JEPA 2 encoder applied to single frames: [B, 3, S, S] -> [B, (S/16)^2, D]."""
+
+    def __init__(self, preset: EncoderPreset):
+        super().__init__()
+        self.preset = preset
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv3d(3, preset.dim, kernel_size=(TUBELET, PATCH, PATCH),
+                                          stride=(TUBELET, PATCH, PATCH))
+        self.blocks = nn.ModuleList(Block(preset.dim, preset.heads, preset.mlp) for _ in range(preset.depth))
+        self.norm = nn.LayerNorm(preset.dim, eps=LN_EPS)
+        init_weights(self, self.blocks)
+        rows, cols = preset.grid
+        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        # one tubelet, so time position 0 for every token; row-major tokens
+        cos, sin = rope_tables(torch.zeros(rows * cols), r.flatten(), c.flatten(), preset.dim // preset.heads)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        clip = frames.unsqueeze(2).expand(-1, -1, TUBELET, -1, -1)  # each frame repeated twice
+        x = self.patch_embed.proj(clip).flatten(2).transpose(1, 2)  # [B, tokens, D]
+        for block in self.blocks:
+            x = block(x, self.rope_cos, self.rope_sin)
+        return self.norm(x)
