@@ -5,6 +5,7 @@ Thin by design: it parses arguments and calls library functions.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,6 +119,78 @@ def extract(
         console.print(f"[yellow]{len(s.skipped)} episode(s) skipped:[/yellow]")
         for source, reason in s.skipped:
             console.print(f"  {source}: {reason}")
+
+
+# ---------------------------------------------------------------- train
+
+
+def horizon_table(title: str, val: dict) -> Table:
+    """Rollout L1 per horizon next to the copy-last baseline."""
+    t = Table(title=title)
+    for col in ("h", "model rollout L1", "copy-last L1", "model / copy"):
+        t.add_column(col, justify="right")
+    for h, (m, c) in enumerate(zip(val["rollout_l1"], val["copy_l1"]), start=1):
+        style = "green" if m < c else "red"
+        t.add_row(str(h), f"{m:.4f}", f"{c:.4f}", f"[{style}]{m / c:.3f}[/{style}]")
+    return t
+
+
+@app.command("train")
+def train(
+    store: Path = typer.Option(..., help="Feature store written by `extract`."),
+    out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.csv, val.csv, tb/."),
+    preset: str = typer.Option("ac_vitg", help="Predictor: ac_vitg (released 1024x24) | ac_demo | ac_test."),
+    frames: int = typer.Option(8, help="Stored frames per clip."),
+    rollout_steps: int = typer.Option(2, help="Autoregressive steps of the rollout loss (0: teacher forcing only)."),
+    batch_size: int = typer.Option(8, help="Clips per step and rank."),
+    steps: int = typer.Option(1000, help="Optimizer steps in all."),
+    lr: float = typer.Option(4.25e-4, help="Peak learning rate."),
+    start_lr: float = typer.Option(7.5e-5, help="Learning rate at the start of warmup."),
+    final_lr: float = typer.Option(0.0, help="Learning rate at the end of the anneal."),
+    warmup: int | None = typer.Option(None, help="Warmup steps (default: 4.8% of --steps, as 4.5k of 94.5k)."),
+    anneal: int | None = typer.Option(None, help="Anneal steps (default: 4.8% of --steps)."),
+    weight_decay: float = typer.Option(0.04, help="AdamW weight decay on weight matrices."),
+    grad_clip: float | None = typer.Option(None, help="Clip the gradient norm to this (default: no clipping)."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of episodes held out for validation."),
+    val_every: int = typer.Option(200, help="Validate every N steps (and at the end)."),
+    val_clips: int = typer.Option(256, help="Validation clips (evenly spaced windows of held-out episodes)."),
+    ckpt_every: int = typer.Option(500, help="Write a checkpoint every N steps (and at the end)."),
+    keep_last: int = typer.Option(3, help="Step checkpoints kept besides latest.pt."),
+    resume: bool = typer.Option(False, help="Continue from OUT/latest.pt."),
+    init_from: Path | None = typer.Option(None, help="Start from a predictor checkpoint (e.g. vjepa2-ac-vitg.pt)."),
+    seed: int = typer.Option(0, help="Seed of the model init, the data order and the split."),
+    workers: int = typer.Option(2, help="DataLoader worker processes."),
+    activation_checkpointing: bool = typer.Option(False, help="Recompute block activations in backward (less memory)."),
+    device: str | None = typer.Option(None, help="Torch device (default: cuda:$LOCAL_RANK if available, else cpu)."),
+) -> None:
+    """Train the V-JEPA 2-AC predictor on cached features (teacher forcing + rollout L1). DDP under torchrun."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from train.loop import TrainConfig, run_train
+
+    cfg = TrainConfig(
+        store=store, out=out, preset=preset, frames=frames, rollout_steps=rollout_steps, batch_size=batch_size,
+        steps=steps, lr=lr, start_lr=start_lr, final_lr=final_lr, warmup=warmup, anneal=anneal,
+        weight_decay=weight_decay, grad_clip=grad_clip, val_fraction=val_fraction, val_every=val_every,
+        val_clips=val_clips, ckpt_every=ckpt_every, keep_last=keep_last, resume=resume, init_from=init_from,
+        seed=seed, workers=workers, activation_checkpointing=activation_checkpointing, device=device,
+    )
+    rank0 = int(os.environ.get("RANK", 0)) == 0
+    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+               TextColumn("loss {task.fields[loss]:.4f}  {task.fields[cps]:.1f} clips/s  {task.fields[val]}"),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=err, disable=not rank0) as progress:
+        task = progress.add_task("train", total=None, loss=float("nan"), cps=0.0, val="")
+
+        def on_step(row: dict, val: dict | None) -> None:
+            shown = f"val h1 {val['rollout_l1'][0]:.4f} (copy {val['copy_l1'][0]:.4f})" if val else ""
+            progress.update(task, completed=row["step"], loss=row["loss"], cps=row["clips_per_s"], val=shown)
+
+        result = run_train(cfg, on_start=lambda total, start: progress.update(task, total=total, completed=start),
+                           on_step=on_step)
+    if rank0 and result.val:
+        console.print(horizon_table(f"validation after {cfg.steps} steps ({result.val['clips']} clips)", result.val))
+        console.print(f"teacher-forcing L1 {result.val['tf_l1']:.4f}; checkpoints and metrics in {result.out}")
 
 
 # ---------------------------------------------------------------- store

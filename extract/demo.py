@@ -1,10 +1,12 @@
-"""A small synthetic robot corpus in DROID raw layout (real MP4, trajectory.h5, metadata json).
+"""A small synthetic robot corpus in DROID raw layout (real MP4s, trajectory.h5, metadata json).
 
-A camera looks down at a table. The gripper (grey disc with two fingers, and a shadow below it)
-follows a smooth random end-effector trajectory at 15 Hz: x/y move it across the image, z
-changes its size and its offset from the shadow, yaw turns the fingers, the gripper state
-opens and closes them. A red block is pushed along when the lowered gripper runs into it.
-Everything the video shows is a function of the states (and the block's pushes), so a world
+A gripper moves over a table along smooth random end-effector trajectories at 15 Hz, opens
+and closes, and pushes a red block along when it runs into it low enough. Two cameras film it:
+- exterior ("left"): looks down at the table; x/y move the gripper across the image, z changes
+  its size and its offset from its shadow, yaw turns the fingers, the gripper state spreads them;
+- wrist: looks down from the gripper; the table (wood, a 10 cm grid, coloured marks) and the
+  block move under it with every x/y/yaw action, z zooms, the fingers open and close in view.
+Everything the videos show is a function of the states (and the block's pushes), so a world
 model has something learnable. Deterministic by seed.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 
 WIDTH, HEIGHT = 320, 180  # 16:9 like DROID's 1280x720, so the crop rule applies
 HZ = 15
-SERIAL = "20000001"
+EXT_SERIAL, WRIST_SERIAL = "20000001", "10000001"
 X_RANGE, Y_RANGE, Z_RANGE = (0.35, 0.65), (-0.2, 0.2), (0.02, 0.25)  # metres, robot base frame
 BLOCK_HALF = 0.03  # block half-size, m
 PUSH_HEIGHT = 0.07  # the gripper pushes the block when lower than this
@@ -26,25 +28,54 @@ TASKS = ("push the red block", "move the gripper over the table", "touch the blo
 
 
 def to_pixels(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Table point -> (u, v) pixels. +y (robot's left) goes to image left, +x (away) to image top."""
+    """Exterior camera: table point -> (u, v) pixels. +y (robot's left) to image left, +x to image top."""
     u = WIDTH / 2 - (y / 0.2) * 100  # the workspace spans the centre 200 px, inside the crop
     v = HEIGHT - 20 - (x - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0]) * (HEIGHT - 40)
     return u, v
 
 
-class Renderer:
-    def __init__(self, rng: np.random.Generator):
-        self.vv, self.uu = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
-        table = np.array([150, 120, 90], np.float32)
-        # a fixed wood-like texture and grid lines, so different places on the table look different
-        noise = rng.normal(0, 6, (HEIGHT, WIDTH, 1)).astype(np.float32)
-        grain = 8 * np.sin(self.vv[..., None] / 3.0 + np.sin(self.uu[..., None] / 25.0))
-        self.background = table + noise + grain
-        self.background[(self.uu.astype(int) % 40) < 2] *= 0.8
-        self.background[(self.vv.astype(int) % 40) < 2] *= 0.8
+def from_pixels(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of to_pixels."""
+    y = (WIDTH / 2 - u) / 100 * 0.2
+    x = X_RANGE[0] + (HEIGHT - 20 - v) / (HEIGHT - 40) * (X_RANGE[1] - X_RANGE[0])
+    return x, y
 
-    def frame(self, state: np.ndarray, block: np.ndarray) -> np.ndarray:
-        img = self.background.copy()
+
+class Table:
+    """The table top, rasterised once at 1.5 mm: wood colour, a 10 cm grid and coloured marks
+    at fixed places, so that every part of it looks different."""
+
+    RES, X0, Y0, SIZE_X, SIZE_Y = 0.0015, -0.1, -0.8, 1.2, 1.6  # metres
+
+    def __init__(self, rng: np.random.Generator, marks: int = 40):
+        nx, ny = int(self.SIZE_X / self.RES), int(self.SIZE_Y / self.RES)
+        x, y = np.meshgrid(self.X0 + np.arange(nx) * self.RES, self.Y0 + np.arange(ny) * self.RES, indexing="ij")
+        img = np.empty((nx, ny, 3), np.float32)
+        img[:] = (150, 120, 90)
+        img += 14 * np.sin(x / 0.021 + 1.3)[..., None] * np.array([1.0, 0.8, 0.6], np.float32)
+        img += 10 * np.sin(y / 0.027)[..., None] * np.array([0.5, 0.7, 1.0], np.float32)
+        img[(np.abs((x / 0.1) % 1 - 0.5) > 0.47) | (np.abs((y / 0.1) % 1 - 0.5) > 0.47)] *= 0.7
+        for mx, my, r in zip(rng.uniform(0.1, 0.9, marks), rng.uniform(-0.5, 0.5, marks), rng.uniform(0.01, 0.025, marks)):
+            img[(x - mx) ** 2 + (y - my) ** 2 < r * r] = rng.uniform(30, 230, 3)
+        self.raster = img
+
+    def color(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Colour [..., 3] at table points (nearest raster cell; outside the table: the edge)."""
+        i = np.clip(((x - self.X0) / self.RES).astype(np.int64), 0, self.raster.shape[0] - 1)
+        j = np.clip(((y - self.Y0) / self.RES).astype(np.int64), 0, self.raster.shape[1] - 1)
+        return self.raster[i, j]
+
+
+class Renderer:
+    """The two cameras of the demo robot: an exterior one (DROID's "left") and a wrist one."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.table = Table(rng)
+        self.vv, self.uu = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+        self.exterior_table = self.table.color(*from_pixels(self.uu, self.vv))
+
+    def exterior(self, state: np.ndarray, block: np.ndarray) -> np.ndarray:
+        img = self.exterior_table.copy()
         uu, vv = self.uu, self.vv
         bu, bv = to_pixels(block[0], block[1])
         half = BLOCK_HALF / 0.2 * 100
@@ -52,18 +83,30 @@ class Renderer:
         x, y, z, _, _, yaw, grip = state
         u, v = to_pixels(x, y)
         scale = 1.0 + 2.0 * z  # higher = closer to the camera = larger
-        shadow = (uu - u) ** 2 + (vv - v) ** 2 < (13 * scale) ** 2
-        img[shadow] *= 0.55
+        img[(uu - u) ** 2 + (vv - v) ** 2 < (13 * scale) ** 2] *= 0.55  # shadow
         gu, gv = u, v - 60 * z  # lifted: drawn above its shadow
-        r = 12 * scale
-        img[(uu - gu) ** 2 + (vv - gv) ** 2 < r**2] = (90, 90, 100)
+        img[(uu - gu) ** 2 + (vv - gv) ** 2 < (12 * scale) ** 2] = (90, 90, 100)
         spread = (1.0 - grip) * 9 * scale + 5  # open gripper = fingers apart
         c, s = np.cos(yaw), np.sin(yaw)
         for side in (-1, 1):
-            fu, fv = gu + side * spread * c, gv + side * spread * s
-            du, dv = uu - fu, vv - fv
+            du, dv = uu - (gu + side * spread * c), vv - (gv + side * spread * s)
             along, across = du * c + dv * s, -du * s + dv * c
             img[(abs(along) < 3 * scale) & (abs(across) < 9 * scale)] = (230, 230, 240)
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+    def wrist(self, state: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """Looking down from the gripper: the table moves under it, the fingers stay in view."""
+        x, y, z, _, _, yaw, grip = state
+        metres = (z + 0.1) * 0.004  # per pixel: higher sees more of the table
+        du, dv = (self.uu - WIDTH / 2) * metres, (self.vv - HEIGHT / 2) * metres
+        c, s = np.cos(yaw), np.sin(yaw)
+        tx = x - (dv * c - du * s)  # image up = +x, image left = +y, turned by yaw
+        ty = y - (du * c + dv * s)
+        img = self.table.color(tx, ty)
+        img[(np.abs(tx - block[0]) < BLOCK_HALF) & (np.abs(ty - block[1]) < BLOCK_HALF)] = (200, 30, 30)
+        spread = 20 + 45 * (1.0 - grip)
+        for side in (-1, 1):
+            img[(np.abs(self.uu - WIDTH / 2 - side * spread) < 9) & (self.vv > HEIGHT - 55)] = (230, 230, 240)
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -105,12 +148,15 @@ def push_block(states: np.ndarray, start: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_mp4(path: Path, frames: list[np.ndarray], fps: int = HZ) -> None:
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int = HZ, codec: str = "libx264") -> None:
+    """Encode uint8 RGB frames [H, W, 3] with PyAV (libx264, or libsvtav1 for AV1 as LeRobot does)."""
     import av
 
+    options = {"crf": "18", "preset": "ultrafast"} if codec == "libx264" else {"crf": "30", "g": "2"}
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "fast"})
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
         for f in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         container.mux(stream.encode())
@@ -126,10 +172,10 @@ def write_episode(root: Path, index: int, rng: np.random.Generator, renderer: Re
     rel = Path("success" if success else "failure") / date / folder_name
     folder = root / "DEMO" / rel
     (folder / "recordings" / "MP4").mkdir(parents=True, exist_ok=True)
-    frames = [renderer.frame(s, b) for s, b in zip(states, block)]
-    if index % 5 == 4:
-        frames = frames[:-1]  # like DROID, some MP4s hold one frame fewer than trajectory.h5
-    write_mp4(folder / "recordings" / "MP4" / f"{SERIAL}.mp4", frames)
+    short = index % 5 == 4  # like DROID, some MP4s hold one frame fewer than trajectory.h5
+    for serial, view in ((EXT_SERIAL, renderer.exterior), (WRIST_SERIAL, renderer.wrist)):
+        frames = [view(s, b) for s, b in zip(states, block)]
+        write_mp4(folder / "recordings" / "MP4" / f"{serial}.mp4", frames[:-1] if short else frames)
     with h5py.File(folder / "trajectory.h5", "w") as f:
         f.create_dataset("observation/robot_state/cartesian_position", data=states[:, :6])
         f.create_dataset("observation/robot_state/gripper_position", data=states[:, 6])
@@ -138,8 +184,10 @@ def write_episode(root: Path, index: int, rng: np.random.Generator, renderer: Re
     uuid = f"DEMO+00000000+{date}-00h-{index // 60:02d}m-{index % 60:02d}s"
     meta = {
         "uuid": uuid, "lab": "DEMO", "success": success, "current_task": task,
-        "trajectory_length": steps, "ext1_cam_serial": SERIAL,
-        "left_mp4_path": (rel / "recordings" / "MP4" / f"{SERIAL}.mp4").as_posix(),
+        "trajectory_length": steps, "ext1_cam_serial": EXT_SERIAL, "wrist_cam_serial": WRIST_SERIAL,
+        "left_mp4_path": (rel / "recordings" / "MP4" / f"{EXT_SERIAL}.mp4").as_posix(),
+        "ext1_mp4_path": (rel / "recordings" / "MP4" / f"{EXT_SERIAL}.mp4").as_posix(),
+        "wrist_mp4_path": (rel / "recordings" / "MP4" / f"{WRIST_SERIAL}.mp4").as_posix(),
     }
     (folder / f"metadata_{uuid}.json").write_text(json.dumps(meta, indent=1))
     return folder

@@ -29,7 +29,7 @@ def rope_angles(positions: torch.Tensor, d: int) -> torch.Tensor:
     d/2 angles *concatenated twice* (element j uses angle index j mod d/2), not interleaved:
     reproduced here on purpose.
     """
-    omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+    omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64, device=positions.device) / (d / 2))
     angles = positions.double().unsqueeze(-1) * omega
     return torch.cat([angles, angles], dim=-1)
 
@@ -43,9 +43,9 @@ def rope_tables(time: torch.Tensor, row: torch.Tensor | None, col: torch.Tensor 
     """
     d = rope_slice(head_dim)
     n = time.shape[0]
-    angles = torch.zeros(n, head_dim, dtype=torch.float64)
+    angles = torch.zeros(n, head_dim, dtype=torch.float64, device="cpu")
     angles[:, :d] = rope_angles(time, d)
-    keep = torch.zeros(n, head_dim, dtype=torch.bool)
+    keep = torch.zeros(n, head_dim, dtype=torch.bool, device="cpu")
     keep[:, :d] = True
     if row is not None:
         spatial = row >= 0
@@ -160,9 +160,11 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(preset.dim, eps=LN_EPS)
         init_weights(self, self.blocks)
         rows, cols = preset.grid
-        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        cpu = torch.device("cpu")  # tables are computed on the CPU even when the model is built on "meta"
+        r, c = torch.meshgrid(torch.arange(rows, device=cpu), torch.arange(cols, device=cpu), indexing="ij")
         # one tubelet, so time position 0 for every token; row-major tokens
-        cos, sin = rope_tables(torch.zeros(rows * cols), r.flatten(), c.flatten(), preset.dim // preset.heads)
+        cos, sin = rope_tables(torch.zeros(rows * cols, device=cpu), r.flatten(), c.flatten(),
+                               preset.dim // preset.heads)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from store import merge_manifest
 from store.format import shard_dir
+from tests.conftest import run_cli
 from tests.fake_store import make_store, write_unit
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+def cli(*args) -> subprocess.CompletedProcess:
+    return run_cli(*args, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,66 @@
+# Set-up, tests, and the two jobs. With no arguments `make extract` and `make train` run on
+# the built-in demo corpus; give CORPUS=... (and STORE=... for train) to run on real data.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data
+
+# extraction on a real corpus: make extract CORPUS=/data/droid FORMAT=droid OUT=/data/store CHECKPOINT=vitg.pt
+CORPUS ?=
+FORMAT ?= droid
+OUT ?= $(DATA)/store
+CHECKPOINT ?=
+PRESET ?= vit_giant
+EXTRACT_ARGS ?=
+# training on a real store: make train STORE=/data/store RUN=/data/run TRAIN_ARGS="--steps 94500"
+STORE ?=
+RUN ?= $(DATA)/run
+TRAIN_ARGS ?=
+
+DEMO_CORPUS := $(DATA)/demo-corpus
+DEMO_STORE := $(DATA)/demo-store
+DEMO_RUN := $(DATA)/demo-run
+
+.PHONY: setup test extract train demo bench clean-demo
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 (the CPU wheel) only when no torch is importable, so a CUDA build stays
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+extract: setup
+ifeq ($(CORPUS),)
+	test -d $(DEMO_CORPUS) || $(PY) cli.py demo-corpus $(DEMO_CORPUS)
+	$(PY) cli.py extract --corpus $(DEMO_CORPUS) --out $(DEMO_STORE) --preset vit_demo --camera wrist \
+		--episodes-per-unit 16 --workers 2 $(EXTRACT_ARGS)
+else
+	$(PY) cli.py extract --corpus $(CORPUS) --format $(FORMAT) --out $(OUT) --preset $(PRESET) \
+		$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(EXTRACT_ARGS)
+endif
+
+train: setup
+ifeq ($(STORE),)
+	test -d $(DEMO_STORE) || $(MAKE) extract
+	rm -rf $(DEMO_RUN)
+	$(PY) cli.py train --store $(DEMO_STORE) --out $(DEMO_RUN) --preset ac_demo --steps 600 --batch-size 8 \
+		--lr 2e-3 --start-lr 4e-4 --anneal 180 --val-every 150 --ckpt-every 150 --workers 1 $(TRAIN_ARGS)
+else
+	$(PY) cli.py train --store $(STORE) --out $(RUN) $(TRAIN_ARGS)
+endif
+
+# the embedded default end to end: demo corpus -> features -> trained world model
+demo: extract train
+
+bench: setup
+	$(PY) cli.py bench all
+
+clean-demo:
+	rm -rf $(DEMO_CORPUS) $(DEMO_STORE) $(DEMO_RUN)

@@ -1,0 +1,36 @@
+"""Session-wide fixtures: the demo corpus (real DROID-layout MP4 + HDF5) and its feature store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_EPISODES = 48
+
+
+def run_cli(*args, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=timeout, env=env)
+    if check and r.returncode != 0:
+        raise AssertionError(f"cli.py {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    from extract.demo import make_demo_corpus
+
+    return make_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", episodes=DEMO_EPISODES, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_store(demo_corpus, tmp_path_factory) -> Path:
+    """The demo corpus extracted as `make extract` does (vit_demo, wrist camera)."""
+    out = tmp_path_factory.mktemp("demo") / "store"
+    run_cli("extract", "--corpus", demo_corpus, "--out", out, "--preset", "vit_demo", "--camera", "wrist",
+            "--episodes-per-unit", 16, "--workers", 2)
+    return out

@@ -1,0 +1,181 @@
+"""The extraction job end to end: store contents, resume after SIGKILL, torchrun ranks, skips, errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import zarr
+
+from store import open_store, verify
+from store.format import SEAL_FILE, shard_dir
+from tests import corpora
+from tests.conftest import ROOT, run_cli
+
+JOB = ["--preset", "vit_test", "--camera", "wrist", "--limit", 8, "--episodes-per-unit", 2, "--batch-size", 16]
+
+
+def extract_args(corpus: Path, out: Path, *extra) -> list:
+    return ["extract", "--corpus", corpus, "--out", out, *JOB, *extra]
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    """Same manifest and bit-identical rows in every shard."""
+    assert pq.read_table(a / "manifest.parquet").equals(pq.read_table(b / "manifest.parquet"))
+    sa, sb = open_store(a), open_store(b)
+    assert sa.attrs == sb.attrs and sa.sealed == sb.sealed
+    for u in sa.sealed:
+        for name in ("features", "state", "frame_index", "timestamp", "episode"):
+            x = zarr.open_array(shard_dir(a, u) / name, mode="r")[:]
+            y = zarr.open_array(shard_dir(b, u) / name, mode="r")[:]
+            assert x.dtype == y.dtype and np.array_equal(x, y), (u, name)
+
+
+@pytest.fixture(scope="module")
+def reference(demo_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "store"
+    run_cli(*extract_args(demo_corpus, out, "--workers", 2))
+    return out
+
+
+def test_store_contents(reference, demo_corpus):
+    store = open_store(reference)
+    assert store.complete and verify(reference) == []
+    c = store.config
+    assert (c.preset, c.feature_dim, c.grid, c.camera, c.source_format) == ("vit_test", 32, (4, 4), "wrist", "droid")
+    assert c.checkpoint_sha256 == "random-init-seed0"
+    rows = store.episodes.to_pylist()
+    assert [r["episode_id"] for r in rows] == list(range(8)) and all(r["status"] == "ok" for r in rows)
+    assert [r["unit"] for r in rows] == [0, 0, 1, 1, 2, 2, 3, 3]
+    first = rows[0]
+    folder = demo_corpus / first["source"]
+    import h5py
+
+    with h5py.File(folder / "trajectory.h5") as f:
+        steps = len(f["observation/robot_state/gripper_position"])
+        cart = f["observation/robot_state/cartesian_position"][:]
+    data = store.read_episode(0)
+    assert np.array_equal(data["frame_index"], np.arange(0, steps, 4))  # 15 Hz -> 4 fps: stride 4
+    assert np.allclose(data["state"][:, :6], cart[::4], atol=1e-6)
+    assert first["stride"] == 4 and first["native_fps"] == 15 and first["camera"] == "wrist:10000001"
+    notes = 0
+    for row in rows:  # demo episode i (minute i of its folder name) has a short MP4 when i % 5 == 4
+        index = int(row["source"].split(":")[1])
+        with h5py.File(demo_corpus / row["source"] / "trajectory.h5") as f:
+            steps = len(f["observation/robot_state/gripper_position"])
+        expect = f"video holds {steps - 1} frames for {steps} states; used the first {steps - 1}"
+        assert row["note"] == (expect if index % 5 == 4 else "")
+        notes += bool(row["note"])
+    assert notes > 0
+
+
+def test_sigkill_then_rerun_gives_the_same_store(reference, demo_corpus, tmp_path):
+    out = tmp_path / "store"
+    args = [sys.executable, str(ROOT / "cli.py"), *map(str, extract_args(demo_corpus, out, "--workers", 0,
+                                                                          "--episodes-per-unit", 1))]
+    p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if (out / "shards").is_dir() and len(list((out / "shards").glob(f"*/{SEAL_FILE}"))) >= 3:
+            break
+        time.sleep(0.01)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    sealed = len(list((out / "shards").glob(f"*/{SEAL_FILE}")))
+    assert 3 <= sealed < 8, f"the run was not killed part-way ({sealed} of 8 units sealed)"
+    assert not (out / "manifest.parquet").exists()
+
+    r = run_cli(*extract_args(demo_corpus, out, "--workers", 2, "--episodes-per-unit", 1))
+    assert "units already sealed" in r.stdout
+    assert verify(out) == []
+    store = open_store(out)
+    assert store.num_units == 8
+    # same episodes and features as the uninterrupted run (which used 2 episodes per unit)
+    ref = open_store(reference)
+    cols = ["episode_id", "num_frames", "source", "status", "note"]
+    assert store.episodes.select(cols).equals(ref.episodes.select(cols))
+    for e in ref.ok_episodes:
+        a, b = store.read_episode(e), ref.read_episode(e)
+        assert torch.equal(a["features"], b["features"])
+        assert np.array_equal(a["state"], b["state"])
+
+
+def test_rerun_of_a_complete_store_writes_nothing(reference, demo_corpus, tmp_path):
+    out = tmp_path / "store"
+    shutil.copytree(reference, out)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.parquet"}
+    r = run_cli(*extract_args(demo_corpus, out))
+    assert re.search(r"units written\s*│\s*0\s", r.stdout) and re.search(r"units already sealed\s*│\s*4\s", r.stdout)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.parquet"}
+    assert before == after
+    assert_same_store(out, reference)
+
+
+def test_two_ranks_under_torchrun_match_one_rank(reference, demo_corpus, tmp_path):
+    out = tmp_path / "store"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "cli.py"),
+                        *map(str, extract_args(demo_corpus, out, "--workers", 1))],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rank 0 of 2" in r.stdout and "rank 1 of 2" in r.stdout
+    assert_same_store(out, reference)
+
+
+def test_slurm_style_ranks_and_store_merge(reference, demo_corpus, tmp_path):
+    out = tmp_path / "store"
+    for rank in (1, 0):
+        r = run_cli(*extract_args(demo_corpus, out, "--rank", rank, "--world-size", 2, "--workers", 0))
+        assert f"rank {rank} of 2" in r.stdout
+    (out / "manifest.parquet").unlink()
+    r = run_cli("store", "merge", out)
+    assert "8 episodes" in r.stdout
+    assert_same_store(out, reference)
+
+
+def test_bad_episodes_are_skipped_with_reasons(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpora.droid_episode(corpus, "a_good", steps=20)
+    bad = corpora.droid_episode(corpus, "b_truncated", steps=20)
+    mp4 = bad / "recordings" / "MP4" / "111.mp4"
+    mp4.write_bytes(mp4.read_bytes()[:300])
+    corpora.droid_episode(corpus, "c_no_state", steps=20, drop_key="cartesian_position")
+    corpora.droid_episode(corpus, "d_short", steps=4)  # 1 frame at 4 fps
+    corpora.droid_episode(corpus, "e_good", steps=16)
+    out = tmp_path / "store"
+    r = run_cli("extract", "--corpus", corpus, "--out", out, "--preset", "vit_test", "--workers", 0)
+    assert "4 episode(s) skipped" not in r.stdout and "3 episode(s) skipped" in r.stdout
+    rows = {row["source"].split("/")[-1]: row for row in open_store(out).episodes.to_pylist()}
+    assert rows["a_good"]["status"] == "ok" and rows["e_good"]["status"] == "ok"
+    assert rows["b_truncated"]["status"] == "skipped" and "unreadable video" in rows["b_truncated"]["reason"]
+    assert rows["c_no_state"]["status"] == "skipped" and "cartesian_position" in rows["c_no_state"]["reason"]
+    assert rows["d_short"]["status"] == "skipped" and "only 1 frames" in rows["d_short"]["reason"]
+    assert verify(out) == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--corpus", "/nonexistent"], "corpus /nonexistent does not exist"),
+    (["--preset", "vit_tiny"], "unknown encoder preset 'vit_tiny'"),
+    (["--preset", "vit_giant"], "preset vit_giant needs --checkpoint"),
+    (["--checkpoint", "/nonexistent.pt"], "checkpoint /nonexistent.pt not found"),
+    (["--format", "rlds"], "unknown corpus format 'rlds'"),
+    (["--codec", "fp8"], "unknown codec 'fp8'"),
+])
+def test_configuration_errors_stop_at_once(demo_corpus, tmp_path, args, message):
+    base = {"--corpus": demo_corpus, "--preset": "vit_test"}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    flat = [x for kv in base.items() for x in kv]
+    r = run_cli("extract", "--out", tmp_path / "s", *flat, "--limit", 2, check=False)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "s").exists()

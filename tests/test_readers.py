@@ -1,0 +1,200 @@
+"""Corpus readers on small corpora of each format, preprocessing, encoder checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from extract.corpus import DroidCorpus, LeRobotCorpus, SkipEpisode, WebDatasetCorpus, open_corpus
+from extract.encoder import build_encoder
+from extract.preprocess import crop_box, preprocess
+from store import UserError
+from tests import corpora
+from tests.corpora import decode_code
+
+
+def check_episode(ep, n_states: int, stride: int, first_code: int = 0):
+    """Rows are every stride-th source frame; the state and the decoded frame both match it."""
+    expect = np.arange(0, n_states, stride)
+    assert ep.stride == stride
+    assert np.array_equal(ep.frame_index, expect)
+    assert np.allclose(ep.state[:, 0] * 100, expect)
+    assert np.allclose(ep.timestamp, expect / 15)
+    frames = ep.frames(slice(0, len(ep)))
+    assert frames.shape == (len(expect), corpora.H, corpora.W, 3)
+    assert np.array_equal(decode_code(frames), (first_code + expect) % 36)
+
+
+def test_droid_reader(tmp_path):
+    corpora.droid_episode(tmp_path, "ep_b", steps=30)
+    corpora.droid_episode(tmp_path, "ep_a", steps=21, video_frames=20, task="fold", success=False)
+    c = DroidCorpus(tmp_path, camera="left")
+    assert c.sources() == ["LAB/failure/2024-01-01/ep_a", "LAB/success/2024-01-01/ep_b"]
+    a = c.load(c.sources()[0], fps=4)
+    check_episode(a, 20, 4)  # the MP4 holds one frame fewer: the common 20 frames are used
+    assert a.notes == ["video holds 20 frames for 21 states; used the first 20"]
+    assert (a.task, a.success, a.camera) == ("fold", False, "left:111")
+    b = c.load(c.sources()[1], fps=5)  # 15 / 5 = stride 3
+    check_episode(b, 30, 3)
+    assert b.notes == []
+    # a list file of episode folders works like the folder walk
+    listing = tmp_path / "episodes.txt"
+    listing.write_text("# chosen episodes\nLAB/success/2024-01-01/ep_b\n")
+    assert DroidCorpus(listing).sources() == ["LAB/success/2024-01-01/ep_b"]
+    with pytest.raises(SkipEpisode, match="has no wrist_mp4_path"):
+        DroidCorpus(tmp_path, camera="wrist").load(c.sources()[0], 4)
+
+
+def test_droid_missing_h5_key(tmp_path):
+    corpora.droid_episode(tmp_path, "ep", steps=12, drop_key="cartesian_position")
+    c = DroidCorpus(tmp_path)
+    with pytest.raises(SkipEpisode, match="trajectory.h5 lacks .*cartesian_position"):
+        c.load(c.sources()[0], 4)
+
+
+def test_lerobot_v21_reader(tmp_path):
+    corpora.lerobot_v21(tmp_path, [17, 25])
+    c = open_corpus(tmp_path, "lerobot")
+    assert isinstance(c, LeRobotCorpus) and not c.v3
+    assert c.sources() == ["episode_000000", "episode_000001"]
+    ep = c.load("episode_000001", fps=4)
+    check_episode(ep, 25, 4)
+    assert ep.task == "open the drawer" and ep.camera == corpora.VIDEO_KEY
+
+
+def test_lerobot_v30_av1_reader(tmp_path):
+    corpora.lerobot_v30(tmp_path, [14, 23, 9])
+    c = LeRobotCorpus(tmp_path)
+    assert c.v3 and c.sources() == [f"episode_{i:06d}" for i in range(3)]
+    # episode 1 is cut out of the shared AV1 file by its from_timestamp (frame 14 onwards)
+    check_episode(c.load("episode_000001", fps=4), 23, 4, first_code=14)
+    check_episode(c.load("episode_000002", fps=15), 9, 1, first_code=37)
+
+
+def test_lerobot_bad_keys(tmp_path):
+    corpora.lerobot_v21(tmp_path, [5])
+    with pytest.raises(UserError, match="no video key 'cam'"):
+        LeRobotCorpus(tmp_path, video_key="cam")
+    with pytest.raises(UserError, match="no state key 'missing'"):
+        LeRobotCorpus(tmp_path, state_key="missing")
+    import json
+
+    info = json.loads((tmp_path / "meta" / "info.json").read_text())
+    info["features"]["action"]["shape"] = [6]
+    (tmp_path / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(UserError, match="state key 'action' has shape \\[6\\]"):
+        LeRobotCorpus(tmp_path, state_key="action")
+
+
+def test_webdataset_reader(tmp_path):
+    shard = tmp_path / "shards" / "000000.tar"
+    corpora.webdataset_shard(shard, [
+        {"key": "ep0", "n": 18, "fps": 15, "task": "wipe the table"},
+        {"key": "ep1", "n": 12},  # no fps: the container's is used, and said so
+        {"key": "ep2", "n": 6, "sidecar": b"{not json"},
+        {"key": "ep3", "n": 10, "sidecar": b'{"task": "x"}', "npy": corpora.states(10)},
+    ])
+    c = WebDatasetCorpus(tmp_path)
+    assert c.sources() == ["shards/000000.tar#ep0", "shards/000000.tar#ep1",
+                           "shards/000000.tar#ep2", "shards/000000.tar#ep3"]
+    ep0 = c.load(c.sources()[0], 4)
+    check_episode(ep0, 18, 4)
+    assert ep0.task == "wipe the table" and ep0.notes == []
+    ep1 = c.load(c.sources()[1], 4)
+    check_episode(ep1, 12, 4)
+    assert ep1.notes == ["no fps in the sidecar; used the container's 15.00"]
+    with pytest.raises(SkipEpisode, match="unreadable .json sidecar"):
+        c.load(c.sources()[2], 4)
+    check_episode(c.load(c.sources()[3], 4), 10, 4)  # state from the .npy
+
+
+def test_truncated_video_is_a_skip(tmp_path):
+    folder = corpora.droid_episode(tmp_path, "ep", steps=12)
+    mp4 = folder / "recordings" / "MP4" / "111.mp4"
+    mp4.write_bytes(mp4.read_bytes()[: mp4.stat().st_size // 2])
+    c = DroidCorpus(tmp_path)
+    with pytest.raises(SkipEpisode, match="unreadable video"):
+        c.load(c.sources()[0], 4)
+
+
+def test_corpus_config_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        open_corpus(tmp_path / "nope", "droid")
+    with pytest.raises(UserError, match="no DROID episodes"):
+        open_corpus(tmp_path, "droid")
+    with pytest.raises(UserError, match="not a LeRobot dataset"):
+        open_corpus(tmp_path, "lerobot")
+    with pytest.raises(UserError, match="no .tar shards"):
+        open_corpus(tmp_path, "webdataset")
+    with pytest.raises(UserError, match="unknown corpus format 'rlds'"):
+        open_corpus(tmp_path, "rlds")
+    with pytest.raises(UserError, match="unknown DROID camera"):
+        open_corpus(tmp_path, "droid", camera="top")
+
+
+@pytest.mark.parametrize("size,box", [
+    ((1280, 720), (0, 154, 720, 972)),  # 16:9: full height, width round(1.35 * 720)
+    ((640, 480), (0, 0, 480, 640)),  # 4:3 = 1.33 is inside [0.75, 1.35]: whole frame
+    ((480, 640), (0, 0, 640, 480)),  # 3:4 = 0.75: whole frame
+    ((720, 1280), (160, 0, 960, 720)),  # 9:16 portrait: full width, height round(720 / 0.75)
+])
+def test_crop_rule(size, box):
+    assert crop_box(*size) == box
+
+
+def test_preprocess_crops_centre_and_normalises():
+    frame = np.zeros((1, 72, 128, 3), np.uint8)
+    top, left, h, w = crop_box(128, 72)  # 72 x 97, from column 15
+    frame[:, :, left:left + w] = 255  # only the crop is white
+    x = preprocess(frame, 32)
+    assert x.shape == (1, 3, 32, 32)
+    white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(x[0, :, :, :].amin((1, 2)), white, atol=1e-5)  # nothing outside the crop leaks in
+
+
+def test_encoder_checkpoint_in_released_layout(tmp_path):
+    model, _ = build_encoder("vit_test", seed=3)
+    ckpt = {"target_encoder": {f"module.backbone.{k}": v for k, v in model.state_dict().items()},
+            "encoder": {"junk": torch.zeros(1)}, "epoch": 10}
+    path = tmp_path / "vitg.pt"
+    torch.save(ckpt, path)
+    loaded, weights_id = build_encoder("vit_test", checkpoint=path)
+    assert len(weights_id) == 64
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+        assert not torch.equal(build_encoder("vit_test", seed=4)[0](x), model(x))
+    # the `encoder` entry is used when there is no target_encoder
+    torch.save({"encoder": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    assert torch.equal(build_encoder("vit_test", checkpoint=path)[0].norm.weight, model.norm.weight)
+
+
+def test_encoder_checkpoint_mismatch_is_readable(tmp_path):
+    model, _ = build_encoder("vit_test")
+    state = dict(model.state_dict())
+    state["blocks.0.attn.qkv.weight"] = torch.zeros(5, 32)
+    del state["norm.bias"]
+    state["pos_embed"] = torch.zeros(1)
+    path = tmp_path / "bad.pt"
+    torch.save({"target_encoder": state}, path)
+    with pytest.raises(UserError) as e:
+        build_encoder("vit_test", checkpoint=path)
+    msg = str(e.value)
+    assert "1 missing: norm.bias" in msg and "1 unexpected: pos_embed" in msg
+    assert "blocks.0.attn.qkv.weight (checkpoint [5, 32], model [96, 32])" in msg
+    with pytest.raises(UserError, match="not found"):
+        build_encoder("vit_test", checkpoint=tmp_path / "missing.pt")
+    with pytest.raises(UserError, match="needs --checkpoint"):
+        build_encoder("vit_giant")
+    with pytest.raises(UserError, match="unknown encoder preset"):
+        build_encoder("vit_tiny")
+
+
+def test_vit_giant_size():
+    from extract.vit import ENCODER_PRESETS, VisionTransformer
+
+    with torch.device("meta"):
+        model = VisionTransformer(ENCODER_PRESETS["vit_giant"])
+    n = sum(p.numel() for p in model.parameters())
+    assert 1.00e9 < n < 1.02e9  # ~1.01B (SPEC §1)

@@ -1,0 +1,67 @@
+"""Clips of consecutive stored frames for the trainer: episode split, windows, a resumable shuffle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from store import Store, UserError
+
+from .geometry import actions_from_states
+
+
+def split_episodes(store: Store, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic episode-level (train, validation) split of the store's ok episodes."""
+    if not 0 <= val_fraction < 1:
+        raise UserError("--val-fraction must be in [0, 1)")
+    ids = store.ok_episodes
+    perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = round(val_fraction * len(ids))
+    if val_fraction > 0 and len(ids) > 1:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    val = sorted(ids[i] for i in perm[:n_val])
+    train = sorted(ids[i] for i in perm[n_val:])
+    return train, val
+
+
+class ClipDataset(Dataset):
+    """Every window of `frames` consecutive stored frames inside one episode.
+
+    An item: features [F, N, D] (stored precision, raw), states [F, 7], actions [F-1, 7].
+    """
+
+    def __init__(self, store: Store, episodes: list[int], frames: int):
+        if frames < 2:
+            raise UserError("--frames must be at least 2 (one action)")
+        self.store, self.frames = store, frames
+        self.windows = [(e, s) for e in episodes for s in range(store.num_frames(e) - frames + 1)]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        episode, start = self.windows[i]
+        features, states = self.store.read_window(episode, start, self.frames)
+        return {"features": features, "states": states, "actions": actions_from_states(states)}
+
+
+class ShuffledStream(Sampler[int]):
+    """An endless stream of dataset indices: epoch e is a permutation seeded by (seed, e);
+    rank r of w takes every w-th index of it. `skip` drops that many of this rank's indices
+    first, so a resumed run sees exactly the samples an uninterrupted one would."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, skip: int = 0):
+        if size < world:
+            raise UserError(f"{size} training clips cannot be shared by {world} ranks")
+        self.size, self.seed, self.rank, self.world, self.skip = size, seed, rank, world, skip
+        self.per_rank = size // world
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, offset = divmod(self.skip, self.per_rank)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            perm = torch.randperm(self.size, generator=g)[: self.per_rank * self.world]
+            yield from perm[self.rank::self.world][offset:].tolist()
+            epoch, offset = epoch + 1, 0

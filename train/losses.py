@@ -1,0 +1,50 @@
+"""Teacher-forcing and rollout L1 losses (SPEC §5) and the autoregressive rollout they share with eval.
+
+Every z is layer-normalised (no parameters) over the feature dim: the predictor's context
+input, its targets, and each of its outputs before it is compared or fed back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize(z: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(z.float(), z.shape[-1:])
+
+
+def predict(model, z: torch.Tensor, actions: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """Normalised predictions of z_1..z_T from z_0..z_{T-1} (teacher forcing)."""
+    return normalize(model(z, actions, states))
+
+
+def rollout(model, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, steps: int) -> torch.Tensor:
+    """Extend `context` [B, C, N, D] by `steps` predicted frames, each fed back as input.
+
+    Step n uses actions[:, :C+n] and states[:, :C+n] (states are given, not predicted).
+    Returns the `steps` new frames [B, steps, N, D].
+    """
+    seq = context
+    for _ in range(steps):
+        c = seq.shape[1]
+        nxt = normalize(model(seq, actions[:, :c], states[:, :c])[:, -1:])
+        seq = torch.cat([seq, nxt], dim=1)
+    return seq[:, context.shape[1]:]
+
+
+def training_losses(model, z: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
+                    rollout_steps: int) -> dict[str, torch.Tensor]:
+    """z [B, F, N, D] normalised, actions [B, F-1, 7], states [B, F, 7] -> loss = tf + rollout."""
+    tf_pred = predict(model, z[:, :-1], actions, states[:, :-1])
+    tf = (tf_pred - z[:, 1:]).abs().mean()
+    out = {"tf_loss": tf}
+    if rollout_steps > 0:
+        # start from [z_0, z^_1]; z^_1 is the teacher-forced prediction, so gradients flow through it
+        more = rollout(model, torch.cat([z[:, :1], tf_pred[:, :1]], 1), actions, states, rollout_steps - 1)
+        pred = torch.cat([tf_pred[:, :1], more], 1)
+        out["rollout_loss"] = (pred - z[:, 1:rollout_steps + 1]).abs().mean()
+    else:
+        out["rollout_loss"] = torch.zeros((), device=z.device)
+    out["loss"] = out["tf_loss"] + out["rollout_loss"]
+    return out

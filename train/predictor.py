@@ -1,0 +1,111 @@
+"""The V-JEPA 2-AC action-conditioned predictor (SPEC §3), with the released parameter names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from extract.vit import LN_EPS, Block, init_weights, rope_tables
+from extract.weights import load_strict, read_entry
+from store import UserError
+
+ACTION_DIM = STATE_DIM = 7
+EXTRINSICS_DIM = 6
+
+
+@dataclass(frozen=True)
+class PredictorPreset:
+    width: int
+    depth: int
+    heads: int
+    mlp: int
+
+
+PREDICTOR_PRESETS = {
+    "ac_vitg": PredictorPreset(1024, 24, 16, 4096),  # the released V-JEPA 2-AC predictor, ~305M
+    "ac_demo": PredictorPreset(128, 3, 2, 512),
+    "ac_test": PredictorPreset(64, 2, 2, 128),
+}
+
+
+def block_causal_mask(steps: int, tokens_per_step: int, device: torch.device | None = None) -> torch.Tensor:
+    """[L, L] bool, True where query i may attend key j: step(j) <= step(i)."""
+    step = torch.arange(steps, device=device).repeat_interleave(tokens_per_step)
+    return step.unsqueeze(1) >= step.unsqueeze(0)
+
+
+class ACPredictor(nn.Module):
+    """Predicts z_{t+1} for every step t from [action_t, state_t, frame tokens of z_t] sequences.
+
+    Inputs z [B, T, N, D] (layer-normalised features), actions and states [B, T, 7];
+    output [B, T, N, D] (not normalised). Attention is block-causal over steps.
+    """
+
+    def __init__(self, feature_dim: int, grid: tuple[int, int], preset: PredictorPreset,
+                 use_extrinsics: bool = False, activation_checkpointing: bool = False):
+        super().__init__()
+        w = preset.width
+        self.grid, self.head_dim = tuple(grid), w // preset.heads
+        self.use_extrinsics, self.activation_checkpointing = use_extrinsics, activation_checkpointing
+        self.predictor_embed = nn.Linear(feature_dim, w)
+        self.action_encoder = nn.Linear(ACTION_DIM, w)
+        self.state_encoder = nn.Linear(STATE_DIM, w)
+        self.extrinsics_encoder = nn.Linear(EXTRINSICS_DIM, w)  # in the released weights even when unused
+        self.extrinsics_encoder.requires_grad_(use_extrinsics)
+        self.predictor_blocks = nn.ModuleList(Block(w, preset.heads, preset.mlp) for _ in range(preset.depth))
+        self.predictor_norm = nn.LayerNorm(w, eps=LN_EPS)
+        self.predictor_proj = nn.Linear(w, feature_dim)
+        init_weights(self, self.predictor_blocks)
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def cond_tokens(self) -> int:
+        return 3 if self.use_extrinsics else 2
+
+    def tables(self, steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin and the block-causal mask for a sequence of `steps`, built once and cached."""
+        key = (steps, str(device))
+        if key not in self._tables:
+            rows, cols = self.grid
+            c, n = self.cond_tokens, rows * cols
+            r, k = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+            row = torch.cat([torch.full((c,), -1), r.flatten()]).repeat(steps)  # cond tokens: time only
+            col = torch.cat([torch.full((c,), -1), k.flatten()]).repeat(steps)
+            time = torch.arange(steps).repeat_interleave(c + n)
+            cos, sin = rope_tables(time, row, col, self.head_dim)
+            self._tables[key] = (cos.to(device), sin.to(device), block_causal_mask(steps, c + n, device))
+        return self._tables[key]
+
+    def forward(self, z: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
+                extrinsics: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, n, _ = z.shape
+        if (t, n) != (actions.shape[1], self.grid[0] * self.grid[1]) or states.shape[1] != t:
+            raise ValueError(f"z {list(z.shape)}, actions {list(actions.shape)}, states {list(states.shape)} "
+                             f"do not fit a {self.grid} grid")
+        cond = [self.action_encoder(actions), self.state_encoder(states)]
+        if self.use_extrinsics:
+            cond.append(self.extrinsics_encoder(extrinsics))
+        x = torch.cat([c.unsqueeze(2) for c in cond] + [self.predictor_embed(z)], dim=2).flatten(1, 2)
+        cos, sin, mask = self.tables(t, z.device)
+        for block in self.predictor_blocks:
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask)
+        x = x.view(b, t, self.cond_tokens + n, -1)[:, :, self.cond_tokens:]
+        return self.predictor_proj(self.predictor_norm(x))
+
+
+def load_predictor_weights(model: ACPredictor, path: Path) -> None:
+    """Load a `predictor` entry (released vjepa2-ac-vitg.pt or our own checkpoint) strictly."""
+    _, state = read_entry(Path(path), ("predictor",))
+    embed = state.get("predictor_embed.weight")
+    own = model.predictor_embed.weight
+    if embed is not None and embed.shape[1] != own.shape[1]:
+        raise UserError(f"{path}: the predictor takes {embed.shape[1]}-dim features, the store holds "
+                        f"{own.shape[1]}-dim ones; extract with the matching encoder")
+    load_strict(model, state, f"predictor of {path}")
