@@ -178,8 +178,9 @@ def validation_loader(store: Store, episodes: list[int], cfg: TrainConfig, max_c
 class TrainResult:
     steps_done: int
     start_step: int
-    val: dict | None
+    val: dict | None  # final validation summary (rank 0)
     out: Path
+    model: ACPredictor  # the trained predictor (unwrapped)
 
 
 def run_train(cfg: TrainConfig, on_start=None, on_step=None) -> TrainResult:
@@ -247,6 +248,8 @@ def run_train(cfg: TrainConfig, on_start=None, on_step=None) -> TrainResult:
         on_start(cfg.steps, start_step)
 
     val = None
+    if val_loader is not None and start_step == 0 and cfg.val_every:  # the untrained baseline
+        log.val(0, summarize(collect(model, val_loader, device)))
     batches = iter(loader)
     tick = time.perf_counter()
     try:
@@ -294,4 +297,4 @@ def run_train(cfg: TrainConfig, on_start=None, on_step=None) -> TrainResult:
     finally:
         if log:
             log.close()
-    return TrainResult(cfg.steps - start_step, start_step, val, out)
+    return TrainResult(cfg.steps - start_step, start_step, val, out, model)

@@ -1,0 +1,258 @@
+"""The predictor, its RoPE and mask, actions from states, checkpoints, and training itself."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from extract.vit import apply_rope, rope_slice, rope_tables
+from store import EpisodeInfo, ShardWriter, StoreConfig, UserError, create_store, merge_manifest, open_store
+from train.geometry import actions_from_states, apply_action
+from train.loop import TrainConfig, TrainingDiverged, lr_at, run_train
+from train.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask, load_predictor_weights
+from tests.conftest import ROOT, run_cli
+
+
+def small_predictor(seed: int = 0, dim: int = 24, grid=(2, 3)) -> ACPredictor:
+    torch.manual_seed(seed)
+    return ACPredictor(dim, grid, PREDICTOR_PRESETS["ac_test"]).eval()
+
+
+def inputs(b: int = 2, t: int = 4, n: int = 6, d: int = 24, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, n, d, generator=g), torch.randn(b, t, 7, generator=g), torch.randn(b, t, 7, generator=g)
+
+
+@pytest.mark.parametrize("part", [0, 1, 2])  # frames, actions, states
+def test_block_causality(part):
+    model = small_predictor()
+    x = list(inputs())
+    base = model(*x)
+    for t in range(4):
+        y = [v.clone() for v in x]
+        y[part][:, t] += 1.0
+        out = model(*y)
+        assert torch.equal(out[:, :t], base[:, :t]), f"step {t} changed earlier outputs"
+        assert all(not torch.allclose(out[:, s], base[:, s]) for s in range(t, 4)), f"step {t} did not reach later outputs"
+
+
+def test_mask_shape_and_reuse():
+    m = block_causal_mask(3, 2)
+    expect = torch.tensor([[1, 1, 0, 0, 0, 0]] * 2 + [[1, 1, 1, 1, 0, 0]] * 2 + [[1] * 6] * 2, dtype=torch.bool)
+    assert torch.equal(m, expect)
+    model = small_predictor()
+    assert model.tables(4, torch.device("cpu"))[2] is model.tables(4, torch.device("cpu"))[2]
+
+
+def rope_by_formula(x: np.ndarray, t: float, row: float | None, col: float | None) -> np.ndarray:
+    """SPEC §2 written out element by element: slices [0,d) time, [d,2d) row, [2d,3d) column; element j
+    of a slice uses angle p * 10000^(-(j mod d/2) / (d/2)); pairs rotate as (x0 c - x1 s, x1 c + x0 s)."""
+    dh = len(x)
+    d = 2 * ((dh // 3) // 2)
+    out = x.copy()
+    slices = [(0, t)] + ([(d, row), (2 * d, col)] if row is not None else [])
+    for start, p in slices:
+        for j in range(0, d, 2):
+            a0 = p * 10000 ** (-((j % (d // 2)) / (d / 2)))
+            a1 = p * 10000 ** (-(((j + 1) % (d // 2)) / (d / 2)))
+            x0, x1 = x[start + j], x[start + j + 1]
+            out[start + j] = x0 * math.cos(a0) - x1 * math.sin(a0)
+            out[start + j + 1] = x1 * math.cos(a1) + x0 * math.sin(a1)
+    return out
+
+
+@pytest.mark.parametrize("head_dim", [64, 32])
+def test_rope_matches_the_spec_formula(head_dim):
+    assert rope_slice(64) == 20 and rope_slice(32) == 10
+    g = torch.Generator().manual_seed(0)
+    positions = [(0, 0, 0), (3, 5, 11), (7, 15, 2)]
+    time = torch.tensor([p[0] for p in positions] + [5])
+    row = torch.tensor([p[1] for p in positions] + [-1])  # the last: an action token, time only
+    col = torch.tensor([p[2] for p in positions] + [-1])
+    x = torch.randn(4, head_dim, generator=g, dtype=torch.float64)
+    cos, sin = rope_tables(time, row, col, head_dim)
+    got = apply_rope(x, cos.double(), sin.double()).numpy()
+    for i, (t, r, c) in enumerate(positions):
+        assert np.allclose(got[i], rope_by_formula(x[i].numpy(), t, r, c), atol=1e-6)
+    assert np.allclose(got[3], rope_by_formula(x[3].numpy(), 5, None, None), atol=1e-6)
+    d = rope_slice(head_dim)
+    assert np.array_equal(got[3, d:], x[3, d:].numpy())  # nothing but the time slice moves
+    # the quirk is real: interleaved frequencies (the "fixed" variant) give another result
+    assert not np.allclose(cos[1, :d].numpy(), np.repeat(cos[1, :d:2].numpy(), 2))
+
+
+def test_actions_from_states_match_scipy():
+    rng = np.random.default_rng(0)
+    states = np.concatenate([rng.normal(0, 0.3, (5, 3)), rng.uniform(-3, 3, (5, 3)) * [1, 0.45, 1],
+                             rng.uniform(0, 1, (5, 1))], 1)
+    got = actions_from_states(torch.from_numpy(states)).numpy()
+    for t in range(4):
+        r0 = Rotation.from_euler("xyz", states[t, 3:6])
+        r1 = Rotation.from_euler("xyz", states[t + 1, 3:6])
+        assert np.allclose(got[t, :3], states[t + 1, :3] - states[t, :3])
+        assert np.allclose(got[t, 3:6], (r1 * r0.inv()).as_euler("xyz"), atol=1e-9)
+        assert np.isclose(got[t, 6], states[t + 1, 6] - states[t, 6])
+        # and applying the action to s_t gives s_{t+1} (the planner's roll-forward)
+        nxt = apply_action(torch.from_numpy(states[t]), torch.from_numpy(got[t])).numpy()
+        assert np.allclose(nxt[:3], states[t + 1, :3])
+        assert np.allclose(Rotation.from_euler("xyz", nxt[3:6]).as_matrix(), r1.as_matrix(), atol=1e-9)
+    batch = torch.from_numpy(np.stack([states, states[::-1].copy()]))
+    assert actions_from_states(batch).shape == (2, 4, 7)
+
+
+def test_released_predictor_layout_loads_strictly(tmp_path):
+    model = small_predictor(seed=3)
+    path = tmp_path / "vjepa2-ac.pt"
+    torch.save({"predictor": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "encoder": {}, "epoch": 315}, path)
+    other = small_predictor(seed=4)
+    x = inputs()
+    assert not torch.equal(other(*x), model(*x))
+    load_predictor_weights(other, path)
+    assert torch.equal(other(*x), model(*x))
+    expected_keys = {"predictor_embed.weight", "action_encoder.bias", "state_encoder.weight",
+                     "extrinsics_encoder.weight", "predictor_blocks.1.attn.qkv.weight",
+                     "predictor_blocks.0.mlp.fc2.bias", "predictor_norm.weight", "predictor_proj.bias"}
+    assert expected_keys <= set(model.state_dict())
+    wrong = small_predictor(dim=16)
+    with pytest.raises(UserError, match="takes 24-dim features, the store holds 16-dim"):
+        load_predictor_weights(wrong, path)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("predictor_blocks.1.")}
+    torch.save({"predictor": state}, path)
+    with pytest.raises(UserError, match="missing: predictor_blocks.1"):
+        load_predictor_weights(small_predictor(), path)
+
+
+def test_released_predictor_size():
+    with torch.device("meta"):
+        model = ACPredictor(1408, (16, 16), PREDICTOR_PRESETS["ac_vitg"])
+    n = sum(p.numel() for p in model.parameters())
+    assert 3.0e8 < n < 3.1e8  # ~305M (SPEC §3)
+
+
+def test_schedule_phases():
+    cfg = TrainConfig(store=Path("."), out=Path("."), steps=100, warmup=10, anneal=20, lr=1.0, start_lr=0.1, final_lr=0.0)
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.55)
+    assert lrs[10:80] == [1.0] * 70
+    assert lrs[99] == pytest.approx(0.0) and lrs[89] == pytest.approx(0.5)
+    default = TrainConfig(store=Path("."), out=Path("."), steps=94500)
+    assert default.phases() == (4500, 4500)
+
+
+def tiny_store(root: Path, nan_episodes: set[int] = frozenset(), dim: int = 16, episodes: int = 12) -> Path:
+    """A store of random features with smoothly moving states; optionally NaN in some episodes."""
+    config = StoreConfig("vjepa2-vit", "test", "random-init", dim, (2, 2), 32, 4.0, "test", "left",
+                         "fp16", "none", 4, "test")
+    create_store(root, config, [[f"e{i}" for i in range(episodes)]])
+    w = ShardWriter(root, 0)
+    g = torch.Generator().manual_seed(0)
+    for e in range(episodes):
+        f = torch.randn(12, 4, dim, generator=g)
+        if e in nan_episodes:
+            f[11] = float("nan")  # only the last window of the episode holds it
+        s = np.cumsum(np.full((12, 7), 0.01, np.float32), 0)
+        w.add_episode(EpisodeInfo(e, f"e{e}"), f, s, np.arange(12), np.arange(12) / 4)
+    w.seal()
+    merge_manifest(root)
+    return root
+
+
+def read_losses(run: Path) -> list[tuple]:
+    with open(run / "metrics.csv") as f:
+        return [(int(r["step"]), r["loss"], r["tf_loss"], r["rollout_loss"], r["grad_norm"]) for r in csv.DictReader(f)]
+
+
+def test_resume_gives_the_same_losses(tmp_path):
+    store = tiny_store(tmp_path / "store")
+    base = dict(store=store, preset="ac_test", frames=4, steps=8, batch_size=3, ckpt_every=2, val_every=4,
+                workers=0, lr=1e-3, seed=5)
+    run_train(TrainConfig(out=tmp_path / "a", **base))
+
+    class Preempted(Exception):
+        pass
+
+    def stop_after_five(row, val):
+        if row["step"] == 5:
+            raise Preempted
+
+    with pytest.raises(Preempted):
+        run_train(TrainConfig(out=tmp_path / "b", **base), on_step=stop_after_five)
+    assert torch.load(tmp_path / "b" / "latest.pt", weights_only=True)["step"] == 4
+    with pytest.raises(UserError, match="pass --resume"):
+        run_train(TrainConfig(out=tmp_path / "b", **base))
+    result = run_train(TrainConfig(out=tmp_path / "b", resume=True, **base))
+    assert result.start_step == 4
+    a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
+    assert [r[0] for r in b] == list(range(1, 9))
+    assert a == b
+    wa = torch.load(tmp_path / "a" / "latest.pt", weights_only=True)["predictor"]
+    wb = torch.load(tmp_path / "b" / "latest.pt", weights_only=True)["predictor"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert sorted(p.name for p in (tmp_path / "b").glob("step_*.pt")) == [
+        "step_00000004.pt", "step_00000006.pt", "step_00000008.pt"]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    store = tiny_store(tmp_path / "store", nan_episodes={6})
+    cfg = TrainConfig(store=store, out=tmp_path / "run", preset="ac_test", frames=4, steps=200, batch_size=2,
+                      ckpt_every=1, val_every=0, workers=0, val_fraction=0.0)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step (\d+)") as e:
+        run_train(cfg)
+    step = int(str(e.value).split("step ")[1].split(";")[0])
+    assert step > 1
+    ckpt = torch.load(tmp_path / "run" / "latest.pt", weights_only=True)
+    assert ckpt["step"] == step - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["predictor"].values())
+
+
+def test_store_that_does_not_fit_is_refused(tmp_path):
+    a = tiny_store(tmp_path / "a", dim=16)
+    b = tiny_store(tmp_path / "b", dim=8)
+    base = dict(preset="ac_test", frames=4, steps=2, batch_size=2, workers=0, val_every=0)
+    run_train(TrainConfig(store=a, out=tmp_path / "run", **base))
+    with pytest.raises(UserError, match=r"trained on features \{'feature_dim': 16"):
+        run_train(TrainConfig(store=b, out=tmp_path / "run", resume=True, **{**base, "steps": 4}))
+    with pytest.raises(UserError, match="takes 16-dim features, the store holds 8-dim"):
+        run_train(TrainConfig(store=b, out=tmp_path / "run2", init_from=tmp_path / "run" / "latest.pt", **base))
+    with pytest.raises(UserError, match="unknown predictor preset"):
+        run_train(TrainConfig(store=b, out=tmp_path / "run3", **{**base, "preset": "ac_huge"}))
+
+
+def test_ddp_two_ranks_end_with_identical_weights(tmp_path):
+    store = tiny_store(tmp_path / "store")
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / "ddp_train.py"),
+                        str(store), str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    w0, w1 = (torch.load(out / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    init = small_predictor(dim=16, grid=(2, 2))  # training moved the weights away from any init
+    assert not torch.equal(w0["predictor_proj.weight"], init.state_dict()["predictor_proj.weight"])
+    rows = read_losses(out)
+    assert [row[0] for row in rows] == [1, 2, 3, 4] and all(math.isfinite(float(row[1])) for row in rows)
+
+
+def test_training_on_the_demo_store_beats_copy_last(demo_store, tmp_path):
+    """`make train` in small: the validation loss falls and the model beats copy-last at h = 1."""
+    r = run_cli("train", "--store", demo_store, "--out", tmp_path / "run", "--preset", "ac_demo", "--steps", 240,
+                "--batch-size", 8, "--lr", 2e-3, "--start-lr", 4e-4, "--anneal", 72, "--val-every", 40,
+                "--ckpt-every", 240, "--workers", 1, timeout=900)
+    with open(tmp_path / "run" / "val.csv") as f:
+        val = list(csv.DictReader(f))
+    first, last = val[0], val[-1]
+    assert (int(first["step"]), int(last["step"])) == (0, 240)
+    assert float(last["tf_l1"]) < 0.6 * float(first["tf_l1"])  # from the untrained model
+    assert float(last["rollout_l1_h1"]) < float(last["copy_l1_h1"])
+    assert "model rollout L1" in r.stdout
+    store = open_store(demo_store)
+    assert store.config.preset == "vit_demo" and store.config.camera == "wrist"
