@@ -67,7 +67,7 @@ def extract(
     video_key: str | None = typer.Option(None, help="LeRobot video key (camera), e.g. observation.images.front."),
     state_key: str = typer.Option("observation.state", help="LeRobot column with the 7-D end-effector state."),
     fps: float = typer.Option(4.0, help="Stored frames per second; stride = ceil(native fps / fps)."),
-    preset: str = typer.Option("vit_giant", help="Encoder: vit_large | vit_huge | vit_giant (256 px), vit_demo, vit_test."),
+    preset: str = typer.Option("vit_giant", help="Encoder: vit_large | vit_huge | vit_giant (256 px); small: vit_g_mini, vit_demo, vit_test."),
     checkpoint: Path | None = typer.Option(None, help="Released .pt file (vitg.pt, vjepa2-ac-vitg.pt, ...)."),
     random_init: bool = typer.Option(False, help="Allow a large preset without checkpoint (random weights; timing only)."),
     codec: str = typer.Option("bf16", help="Feature codec: bf16 | fp16 | int8."),
@@ -139,7 +139,7 @@ def horizon_table(title: str, val: dict) -> Table:
 def train(
     store: Path = typer.Option(..., help="Feature store written by `extract`."),
     out: Path = typer.Option(..., help="Run folder: checkpoints, metrics.csv, val.csv, tb/."),
-    preset: str = typer.Option("ac_vitg", help="Predictor: ac_vitg (released 1024x24) | ac_demo | ac_test."),
+    preset: str = typer.Option("ac_vitg", help="Predictor: ac_vitg (released 1024x24); small: ac_vitg_mini, ac_demo, ac_test."),
     frames: int = typer.Option(8, help="Stored frames per clip."),
     rollout_steps: int = typer.Option(2, help="Autoregressive steps of the rollout loss (0: teacher forcing only)."),
     batch_size: int = typer.Option(8, help="Clips per step and rank."),
@@ -191,6 +191,229 @@ def train(
     if rank0 and result.val:
         console.print(horizon_table(f"validation after {cfg.steps} steps ({result.val['clips']} clips)", result.val))
         console.print(f"teacher-forcing L1 {result.val['tf_l1']:.4f}; checkpoints and metrics in {result.out}")
+
+
+# ---------------------------------------------------------------- eval and plan
+
+CheckpointOpt = typer.Option(..., help="Predictor checkpoint: RUN/latest.pt, or the released vjepa2-ac-vitg.pt.")
+StoreOpt = typer.Option(..., help="Feature store to evaluate on.")
+DeviceOpt = typer.Option(None, help="Torch device (default: cuda if available, else cpu).")
+SAMPLES = typer.Option(800, help="CEM samples per iteration.")
+ITERATIONS = typer.Option(10, help="CEM iterations.")
+ELITES = typer.Option(10, help="CEM elites (top-k lowest energies).")
+MOMENTUM_MEAN = typer.Option(0.15, help="Momentum of the mean: new = elites x (1 - m) + old x m.")
+MOMENTUM_STD = typer.Option(0.15, help="Momentum of the std.")
+MAXNORM = typer.Option(0.075, help="Each xyz action component is clipped to +-maxnorm (m).")
+GRIPPER_MAX = typer.Option(0.75, help="Gripper change clipped to +-this.")
+DIMS = typer.Option("xyzg", help="Searched action dims: xyzg (xyz + gripper, rotation 0) or all.")
+ENERGY_BATCH = typer.Option(800, help="Energies per predictor call.")
+
+
+def _device(name: str | None):
+    import torch
+
+    return torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _episodes(store, ckpt: dict, which: str) -> list[int]:
+    """The trainer's validation split (from the checkpoint) or all ok episodes."""
+    from train.data import split_episodes
+
+    if which == "all":
+        return store.ok_episodes
+    if which != "val":
+        raise UserError("--episodes must be val or all")
+    if "split" not in ckpt:
+        raise UserError("this checkpoint records no train/val split (not one of ours): use --episodes all")
+    split = ckpt["split"]
+    val = split_episodes(store, split["val_fraction"], split["seed"])[1]
+    if not val:
+        raise UserError("the run had no validation episodes (--val-fraction 0): use --episodes all")
+    return val
+
+
+@app.command("eval")
+def evaluate_cmd(
+    checkpoint: Path = CheckpointOpt,
+    store: Path = StoreOpt,
+    episodes: str = typer.Option("val", help="val: the trainer's held-out episodes; all: every episode."),
+    frames: int | None = typer.Option(None, help="Frames per clip, H = frames - 1 (default: the training clip length)."),
+    max_clips: int = typer.Option(512, help="At most this many clips (evenly spaced windows)."),
+    batch_size: int = typer.Option(8, help="Clips per batch."),
+    out: Path | None = typer.Option(None, help="Report folder (default: eval/ beside the checkpoint)."),
+    seed: int = typer.Option(0, help="Seed of the action shuffle."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Rollout error per horizon vs copy-last (with standard errors) and the model's action sensitivity."""
+    import json
+
+    from torch.utils.data import Subset
+
+    from store import open_store
+    from train.data import ClipDataset
+    from train.evaluate import evaluate, plot_report
+    from train.loop import load_trained
+
+    dev = _device(device)
+    st = open_store(store)
+    model, ckpt = load_trained(checkpoint, st)
+    frames = frames or ckpt.get("split", {}).get("frames", 8)
+    clips = ClipDataset(st, _episodes(st, ckpt, episodes), frames)
+    if len(clips) == 0:
+        raise UserError(f"no episode of {store} holds {frames} frames")
+    step = max(1, len(clips) // max_clips)
+    clips = Subset(clips, list(range(0, len(clips), step))[:max_clips])
+    report = evaluate(model.to(dev), clips, dev, batch_size, seed)
+    out = out or Path(checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    report.update({"checkpoint": str(checkpoint), "store": str(store), "episodes": episodes, "frames": frames})
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    plot_report(report, out / "horizon.png")
+
+    t = Table(title=f"{report['clips']} clips of {frames} frames ({episodes} episodes); mean ± standard error")
+    for col in ("h", "model L1", "copy L1", "model cos", "copy cos", "shuffled/true", "zero/true"):
+        t.add_column(col, justify="right")
+    for h in range(frames - 1):
+        r = report
+        t.add_row(str(h + 1), f"{r['rollout_l1'][h]:.4f}±{r['rollout_l1_se'][h]:.4f}",
+                  f"{r['copy_l1'][h]:.4f}±{r['copy_l1_se'][h]:.4f}", f"{r['rollout_cos'][h]:.3f}",
+                  f"{r['copy_cos'][h]:.3f}", f"{r['shuffled_over_true'][h]:.3f}", f"{r['zero_over_true'][h]:.3f}")
+    console.print(t)
+    console.print(f"teacher-forcing L1 {report['tf_l1']:.4f} ± {report['tf_l1_se']:.4f}")
+    worse = (sum(report["shuffled_over_true"]) / len(report["shuffled_over_true"]) - 1) * 100
+    console.print(f"with other clips' actions the rollout error is {worse:+.1f}% on average "
+                  f"({'the model uses its actions' if worse > 2 else 'the model barely uses its actions'})")
+    console.print(f"wrote {out / 'report.json'} and {out / 'horizon.png'}")
+
+
+def _cem_config(samples, iterations, elites, horizon, momentum_mean, momentum_std, maxnorm, gripper_max, dims,
+                energy_batch, seed):
+    from train.plan import CEMConfig
+
+    return CEMConfig(samples=samples, iterations=iterations, elites=elites, horizon=horizon,
+                     momentum_mean=momentum_mean, momentum_std=momentum_std, maxnorm=maxnorm,
+                     gripper_max=gripper_max, dims=dims, batch=energy_batch, seed=seed)
+
+
+@app.command("plan")
+def plan_cmd(
+    checkpoint: Path = CheckpointOpt,
+    store: Path | None = typer.Option(None, help="Take start and goal frames from this store ..."),
+    episode: int | None = typer.Option(None, help="... episode id,"),
+    start: int = typer.Option(0, help="... start frame (stored index),"),
+    goal: int | None = typer.Option(None, help="... goal frame (default: start + horizon)."),
+    image: Path | None = typer.Option(None, help="Or: the current camera image (encoded with the run's encoder) ..."),
+    goal_image: Path | None = typer.Option(None, help="... the goal image ..."),
+    state: str | None = typer.Option(None, help="... and the current state 'x,y,z,roll,pitch,yaw,gripper'."),
+    encoder_checkpoint: Path | None = typer.Option(None, help="Encoder weights for --image (the store's encoder)."),
+    horizon: int = typer.Option(1, help="Actions planned."),
+    samples: int = SAMPLES, iterations: int = ITERATIONS, elites: int = ELITES,
+    momentum_mean: float = MOMENTUM_MEAN, momentum_std: float = MOMENTUM_STD, maxnorm: float = MAXNORM,
+    gripper_max: float = GRIPPER_MAX, dims: str = DIMS, energy_batch: int = ENERGY_BATCH,
+    seed: int = typer.Option(0, help="Seed of the CEM samples."),
+    landscape: Path | None = typer.Option(None, help="Write the energy over a (dx, dy) grid around 0 to this PNG."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Plan actions from a start frame to a goal with the cross-entropy method (energy: L1 to the goal)."""
+    import torch
+
+    from store import open_store
+    from train.loop import load_trained
+    from train.plan import encode_images, landscape as energy_landscape, plan_to_goal, plot_landscape, store_pair
+
+    dev = _device(device)
+    cfg = _cem_config(samples, iterations, elites, horizon, momentum_mean, momentum_std, maxnorm, gripper_max,
+                      dims, energy_batch, seed)
+    true = None
+    if store is not None:
+        if episode is None:
+            raise UserError("--store needs --episode (and --start, --goal)")
+        st = open_store(store)
+        model, _ = load_trained(checkpoint, st)
+        model.to(dev)
+        z0, s0, zg, true = store_pair(st, episode, start, start + horizon if goal is None else goal, dev)
+        if len(true) != horizon:
+            console.print(f"[yellow]note: goal is {len(true)} frames after start, planning {horizon} action(s)[/yellow]")
+    elif image is not None and goal_image is not None and state is not None:
+        try:
+            s0 = torch.tensor([float(v) for v in state.split(",")], device=dev)
+        except ValueError:
+            raise UserError("--state must be 7 comma-separated numbers") from None
+        if s0.shape != (7,):
+            raise UserError("--state must be 7 comma-separated numbers")
+        model, ckpt = load_trained(checkpoint)
+        z0, zg = encode_images([image, goal_image], ckpt, encoder_checkpoint, dev)
+        if z0.shape[-1] != model.predictor_embed.in_features:
+            raise UserError(f"the encoder gives {z0.shape[-1]}-dim features, the predictor takes "
+                            f"{model.predictor_embed.in_features}")
+        model.to(dev)
+    else:
+        raise UserError("give --store/--episode/--start/--goal, or --image, --goal-image and --state")
+
+    plan = plan_to_goal(model, z0, s0, zg, cfg)
+    t = Table(title=f"planned actions (energy {plan.energy:.4f})")
+    for col in ("step", "dx", "dy", "dz", "droll", "dpitch", "dyaw", "dgripper"):
+        t.add_column(col, justify="right")
+    for k, a in enumerate(plan.actions.tolist()):
+        t.add_row(str(k), *(f"{v:+.4f}" for v in a))
+    if true is not None:
+        for k, a in enumerate(true.tolist()):
+            t.add_row(f"true {k}", *(f"{v:+.4f}" for v in a), style="dim")
+    console.print(t)
+    console.print(f"{plan.seconds:.2f} s per planning call, {plan.evaluations / plan.seconds:.0f} energy evaluations/s "
+                  f"({cfg.samples} samples x {cfg.iterations} iterations, horizon {cfg.horizon}, {dev})")
+    if landscape:
+        grid, energy = energy_landscape(model, z0, s0, zg, cfg.maxnorm, batch=cfg.batch)
+        plot_landscape(grid, energy, None if true is None else true[0, :2], plan.actions[0, :2], landscape)
+        console.print(f"wrote {landscape}")
+
+
+@app.command("plan-eval")
+def plan_eval_cmd(
+    checkpoint: Path = CheckpointOpt,
+    store: Path = StoreOpt,
+    k: int = typer.Option(1, help="Stored frames between start and goal (= actions planned)."),
+    pairs: int = typer.Option(32, help="Start/goal pairs (evenly spaced over the episodes)."),
+    episodes: str = typer.Option("val", help="val: the trainer's held-out episodes; all: every episode."),
+    samples: int = SAMPLES, iterations: int = ITERATIONS, elites: int = ELITES,
+    momentum_mean: float = MOMENTUM_MEAN, momentum_std: float = MOMENTUM_STD, maxnorm: float = MAXNORM,
+    gripper_max: float = GRIPPER_MAX, dims: str = DIMS, energy_batch: int = ENERGY_BATCH,
+    seed: int = typer.Option(0, help="Seed of the CEM samples."),
+    out: Path | None = typer.Option(None, help="Report folder (default: plan-eval/ beside the checkpoint)."),
+    device: str | None = DeviceOpt,
+) -> None:
+    """Offline planning evaluation: infer the action between held-out frames by CEM, compare with the truth."""
+    import json
+
+    from rich.progress import Progress
+
+    from store import open_store
+    from train.loop import load_trained
+    from train.plan import offline_planning
+
+    dev = _device(device)
+    st = open_store(store)
+    model, ckpt = load_trained(checkpoint, st)
+    cfg = _cem_config(samples, iterations, elites, k, momentum_mean, momentum_std, maxnorm, gripper_max, dims,
+                      energy_batch, seed)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("planning", total=pairs)
+        result = offline_planning(model.to(dev), st, _episodes(st, ckpt, episodes), k, pairs, cfg, dev,
+                                  on_pair=lambda _: progress.advance(task))
+    out = out or Path(checkpoint).parent / "plan-eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result, indent=1))
+    m = result["mean"]
+    t = Table(title=f"offline planning over {result['pairs']} pairs, {k} stored frame(s) apart")
+    for col in ("", "CEM plan", "zero action"):
+        t.add_column(col, justify="right")
+    t.add_row("xyz error (cm)", f"{100 * m['xyz_error']:.2f}", f"{100 * m['zero_xyz_error']:.2f}")
+    t.add_row("direction cosine", f"{m['cosine']:.3f}", "0")
+    t.add_row("gripper error", f"{m['gripper_error']:.3f}", f"{m['zero_gripper_error']:.3f}")
+    t.add_row("true move (cm)", f"{100 * m['true_move']:.2f}", "")
+    t.add_row("seconds per plan", f"{m['seconds']:.2f}", "")
+    console.print(t)
+    console.print(f"wrote {out / 'report.json'}")
 
 
 # ---------------------------------------------------------------- store
@@ -320,6 +543,125 @@ def store_merge(path: Path = StorePath) -> None:
 
     table = merge_manifest(path)
     console.print(f"wrote {path / 'manifest.parquet'} with {table.num_rows} episodes")
+
+
+# ---------------------------------------------------------------- bench
+
+bench_app = typer.Typer(help="Benchmarks: each prints its results and writes its section of BENCHMARKS.md.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+BenchDir = typer.Option(Path("data/bench"), help="Working folder (corpora and stores are reused).")
+Write = typer.Option(True, help="Write the section into BENCHMARKS.md.")
+
+
+def _report(name: str, title: str, run, write: bool) -> None:
+    from bench.report import section, write_section
+
+    body, _ = run()
+    text = section(title, "python cli.py " + " ".join(sys.argv[1:]), body)
+    console.print(text)
+    if write:
+        write_section(name, text)
+
+
+@bench_app.command("cached-vs-online")
+def bench_online(
+    directory: Path = BenchDir, write: bool = Write,
+    pairs: str = typer.Option("vit_demo:ac_demo,vit_g_mini:ac_vitg_mini",
+                              help="encoder:predictor pairs (vit_giant:ac_vitg on a GPU)."),
+    batch: int = typer.Option(4, help="Clips per step."), batches: int = typer.Option(6, help="Steps per run."),
+    repeats: int = typer.Option(3, help="Runs (the median is reported)."),
+    workers: int = typer.Option(1, help="DataLoader workers."),
+) -> None:
+    """Training clips/s from the store vs decoding + encoding on every step (the reference way)."""
+    from bench import online
+
+    pair_list = [tuple(p.split(":")) for p in pairs.split(",")]
+    _report("cached-vs-online", f"Cached features vs online encoding ({'GPU' if _device(None).type == 'cuda' else 'CPU'})",
+            lambda: online.run(directory, pair_list, batch, batches, repeats, workers), write)
+
+
+@bench_app.command("loader")
+def bench_loader(
+    directory: Path = BenchDir, write: bool = Write,
+    frames: int = typer.Option(2000, help="Frames in each benchmark store (ViT-g size: 704 KiB each)."),
+    clips: int = typer.Option(400, help="Clips read per measurement."),
+) -> None:
+    """Random 8-frame windows through the trainer's DataLoader vs a plain sequential read of the shards."""
+    from bench import loader
+
+    _report("loader", "Data loader vs plain read", lambda: loader.run(directory, frames, clips), write)
+
+
+@bench_app.command("extract")
+def bench_extract(
+    directory: Path = BenchDir, write: bool = Write,
+    preset: str = typer.Option("vit_demo", help="Encoder preset (vit_giant on a GPU)."),
+    batch: int = typer.Option(64, help="Encoder batch (frames)."),
+    workers: int = typer.Option(1, help="Decoding workers."),
+    episodes: int = typer.Option(32, help="Demo corpus episodes."),
+) -> None:
+    """Whole-job frames/s vs decode-only and encode-only."""
+    from bench import extract as bench_extract_mod
+
+    _report(f"extract-{preset}", f"Extraction pipeline ({preset})",
+            lambda: bench_extract_mod.run(directory, preset, batch, workers, episodes), write)
+
+
+@bench_app.command("codecs")
+def bench_codecs(
+    directory: Path = BenchDir, write: bool = Write,
+    steps: int = typer.Option(300, help="Training steps of the int8-vs-bf16 comparison."),
+) -> None:
+    """Bytes per frame, read speed and fidelity of each codec and compression; int8 vs bf16 training."""
+    from bench import codecs as bench_codecs_mod
+
+    _report("codecs", "Feature codecs", lambda: bench_codecs_mod.run(directory, train_steps=steps), write)
+
+
+@bench_app.command("attention")
+def bench_attention(
+    write: bool = Write,
+    batch: int = typer.Option(2, help="Clips (8 steps x 258 tokens, 16 heads of 64 each)."),
+) -> None:
+    """The predictor's block-causal attention: kernel used vs dense masked SDPA vs plain softmax."""
+    from bench import attention
+
+    _report(f"attention-{_device(None).type}", f"Block-causal attention ({_device(None).type.upper()})",
+            lambda: attention.run(batch), write)
+
+
+@bench_app.command("memory")
+def bench_memory(directory: Path = BenchDir, write: bool = Write) -> None:
+    """Peak RSS of the extraction job and of training at the demo sizes."""
+    from bench import memory
+
+    _report("memory", "Peak memory", lambda: memory.run(directory), write)
+
+
+@bench_app.command("gpu")
+def bench_gpu(write: bool = Write) -> None:
+    """ViT-g encoder frames/s (bf16, batch 64); ac_vitg step time and MFU at 8 and 16 clips."""
+    from bench import gpu
+
+    _report("gpu", "GPU: encoder and predictor", gpu.run, write)
+
+
+@bench_app.command("plan")
+def bench_plan(
+    write: bool = Write,
+    presets: str = typer.Option("ac_demo", help="Predictor presets: ac_demo (128-dim 8x8 features), ac_vitg (ViT-g)."),
+    samples: int = SAMPLES, iterations: int = ITERATIONS, energy_batch: int = ENERGY_BATCH,
+) -> None:
+    """Energy evaluations/s and seconds per planning call (paper settings: 800 x 10, horizon 1)."""
+    from bench import plan as bench_plan_mod
+    from train.plan import CEMConfig
+
+    dims = {"ac_demo": (128, (8, 8)), "ac_vitg": (1408, (16, 16)), "ac_vitg_mini": (320, (8, 8))}
+    cfg = CEMConfig(samples=samples, iterations=iterations, batch=energy_batch)
+    settings = [(p, *dims[p], cfg) for p in presets.split(",")]
+    _report(f"plan-{_device(None).type}", f"Planning speed ({_device(None).type.upper()})",
+            lambda: bench_plan_mod.run(settings), write)
 
 
 def main() -> None:

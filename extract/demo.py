@@ -4,7 +4,7 @@ A gripper moves over a table along smooth random end-effector trajectories at 15
 and closes, and pushes a red block along when it runs into it low enough. Two cameras film it:
 - exterior ("left"): looks down at the table; x/y move the gripper across the image, z changes
   its size and its offset from its shadow, yaw turns the fingers, the gripper state spreads them;
-- wrist: looks down from the gripper; the table (wood, a 10 cm grid, coloured marks) and the
+- wrist: looks down from the gripper; the table (wood waves, a 10 cm grid, coloured discs) and the
   block move under it with every x/y/yaw action, z zooms, the fingers open and close in view.
 Everything the videos show is a function of the states (and the block's pushes), so a world
 model has something learnable. Deterministic by seed.
@@ -42,8 +42,8 @@ def from_pixels(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Table:
-    """The table top, rasterised once at 1.5 mm: wood colour, a 10 cm grid and coloured marks
-    at fixed places, so that every part of it looks different."""
+    """The table top, rasterised once at 1.5 mm: wood-coloured waves across x and y, a 10 cm
+    grid and small coloured discs at fixed places, so that every part of it looks different."""
 
     RES, X0, Y0, SIZE_X, SIZE_Y = 0.0015, -0.1, -0.8, 1.2, 1.6  # metres
 
@@ -53,7 +53,7 @@ class Table:
         img = np.empty((nx, ny, 3), np.float32)
         img[:] = (150, 120, 90)
         img += 14 * np.sin(x / 0.021 + 1.3)[..., None] * np.array([1.0, 0.8, 0.6], np.float32)
-        img += 10 * np.sin(y / 0.027)[..., None] * np.array([0.5, 0.7, 1.0], np.float32)
+        img += 14 * np.sin(y / 0.021)[..., None] * np.array([0.5, 0.7, 1.0], np.float32)
         img[(np.abs((x / 0.1) % 1 - 0.5) > 0.47) | (np.abs((y / 0.1) % 1 - 0.5) > 0.47)] *= 0.7
         for mx, my, r in zip(rng.uniform(0.1, 0.9, marks), rng.uniform(-0.5, 0.5, marks), rng.uniform(0.01, 0.025, marks)):
             img[(x - mx) ** 2 + (y - my) ** 2 < r * r] = rng.uniform(30, 230, 3)
@@ -114,7 +114,7 @@ def trajectory(rng: np.random.Generator, steps: int) -> np.ndarray:
     """[steps, 7] states: smooth moves between random waypoints, gripper opening and closing."""
     n_way = rng.integers(3, 6)
     way = np.stack([rng.uniform(*X_RANGE, n_way), rng.uniform(*Y_RANGE, n_way),
-                    rng.uniform(*Z_RANGE, n_way), rng.uniform(-0.6, 0.6, n_way)], axis=1)
+                    rng.uniform(*Z_RANGE, n_way), rng.uniform(-0.15, 0.15, n_way)], axis=1)
     t = np.linspace(0, n_way - 1, steps)
     i = np.minimum(t.astype(int), n_way - 2)
     ease = 0.5 - 0.5 * np.cos(np.pi * (t - i))

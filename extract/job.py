@@ -4,7 +4,8 @@ Data flow (one rank):
 
     DataLoader workers: load episode, decode + preprocess frames in pieces of <= piece_frames
         -> main process: release pieces in plan order, encode in batches of batch_size frames
-           (a batch never spans two units), write finished episodes in plan order, seal units.
+           (a batch never spans two units)
+        -> writer thread: finished episodes in plan order into their unit's shard, seal units.
 
 Batches depend only on the plan (never on worker timing, rank count or where a previous run
 stopped), so a resumed or distributed run stores bit-identical features.
@@ -16,6 +17,7 @@ import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,9 @@ from .corpus import Corpus, SkipEpisode, open_corpus
 from .encoder import build_encoder
 from .preprocess import CROP_RULE, preprocess
 from .vit import ENCODER_PRESETS
+
+
+WRITES_IN_FLIGHT = 4  # finished episodes queued for the writer thread before encoding waits
 
 
 @dataclass
@@ -207,7 +212,9 @@ class _Pipeline:
         self.queued = 0
         self.next_release = 0
         self.next_write = 0
-        self.writer: ShardWriter | None = None
+        self.writer: ShardWriter | None = None  # used by the writer thread only
+        self.writes = ThreadPoolExecutor(max_workers=1)
+        self.pending: deque[Future] = deque()
 
     def run(self, corpus: Corpus, image_size: int) -> None:
         cfg = self.cfg
@@ -215,9 +222,13 @@ class _Pipeline:
                                 cfg.piece_frames, cfg.min_frames)
         loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
                             pin_memory=self.device.type == "cuda")
-        for piece in loader:
-            self.waiting[piece.order].append(piece)
-            self._release()
+        try:
+            for piece in loader:
+                self.waiting[piece.order].append(piece)
+                self._release()
+        finally:
+            self._drain()
+            self.writes.shutdown()
         if self.next_write != len(self.work):
             raise RuntimeError(f"pipeline ended with {len(self.work) - self.next_write} episodes unwritten")
 
@@ -268,29 +279,40 @@ class _Pipeline:
             return self.encoder(x).float().cpu()
 
     def _write_ready(self) -> None:
+        """Queue the finished episodes, in plan order, for the writer thread."""
         while self.next_write < len(self.work):
             order = self.next_write
             ep = self.episodes.get(order)
             if ep is None or not ep.released or (ep.skip is None and ep.encoded < ep.frames):
                 return
-            episode_id, unit, source = self.work[order]
-            if self.writer is None:
-                self.writer = ShardWriter(self.cfg.out, unit)
-            h = ep.header or {}
-            info = EpisodeInfo(episode_id, source, camera=h.get("camera", ""), task=h.get("task", ""),
-                               success=h.get("success"), native_fps=h.get("native_fps", 0.0),
-                               stride=h.get("stride", 0), note=h.get("note", ""))
-            if ep.skip is not None:
-                self.writer.add_skipped(info, ep.skip)
-                self.summary.skipped.append((source, ep.skip))
-            else:
-                self.writer.add_episode(info, torch.cat(ep.features), h["state"], h["frame_index"], h["timestamp"])
-                self.summary.episodes_ok += 1
-                self.summary.frames += ep.frames
-            if order in self.unit_end:
-                self.writer.seal()
-                self.writer = None
+            self.pending.append(self.writes.submit(self._write, order, ep))
             del self.episodes[order]
             self.next_write += 1
-            if self.on_episode:
-                self.on_episode(0 if ep.skip else ep.frames)
+            self._drain(keep=WRITES_IN_FLIGHT)
+
+    def _drain(self, keep: int = 0) -> None:
+        """Wait until at most `keep` writes are outstanding; a failed write raises here."""
+        while len(self.pending) > keep:
+            self.pending.popleft().result()
+
+    def _write(self, order: int, ep: _Episode) -> None:
+        """Runs on the writer thread, so zarr writes and checksums overlap with encoding."""
+        episode_id, unit, source = self.work[order]
+        if self.writer is None:
+            self.writer = ShardWriter(self.cfg.out, unit)
+        h = ep.header or {}
+        info = EpisodeInfo(episode_id, source, camera=h.get("camera", ""), task=h.get("task", ""),
+                           success=h.get("success"), native_fps=h.get("native_fps", 0.0),
+                           stride=h.get("stride", 0), note=h.get("note", ""))
+        if ep.skip is not None:
+            self.writer.add_skipped(info, ep.skip)
+            self.summary.skipped.append((source, ep.skip))
+        else:
+            self.writer.add_episode(info, torch.cat(ep.features), h["state"], h["frame_index"], h["timestamp"])
+            self.summary.episodes_ok += 1
+            self.summary.frames += ep.frames
+        if order in self.unit_end:
+            self.writer.seal()
+            self.writer = None
+        if self.on_episode:
+            self.on_episode(0 if ep.skip else ep.frames)

@@ -43,9 +43,9 @@ def rope_tables(time: torch.Tensor, row: torch.Tensor | None, col: torch.Tensor 
     """
     d = rope_slice(head_dim)
     n = time.shape[0]
-    angles = torch.zeros(n, head_dim, dtype=torch.float64, device="cpu")
+    angles = torch.zeros(n, head_dim, dtype=torch.float64, device=time.device)
     angles[:, :d] = rope_angles(time, d)
-    keep = torch.zeros(n, head_dim, dtype=torch.bool, device="cpu")
+    keep = torch.zeros(n, head_dim, dtype=torch.bool, device=time.device)
     keep[:, :d] = True
     if row is not None:
         spatial = row >= 0
@@ -64,6 +64,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              step_tokens: int | None = None) -> torch.Tensor:
+    """Scaled dot-product attention over [B, heads, L, Dh].
+
+    With `step_tokens`, block-causal attention computed step by step: the queries of step t
+    attend to the keys of steps <= t, with no mask at all, so CUDA can use its flash kernel
+    and skips the masked half. Otherwise SDPA with `mask` (True = may attend).
+    """
+    if step_tokens is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    ends = range(step_tokens, q.shape[2] + 1, step_tokens)
+    return torch.cat([F.scaled_dot_product_attention(q[:, :, e - step_tokens:e], k[:, :, :e], v[:, :, :e])
+                      for e in ends], dim=2)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -72,11 +87,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, step_tokens: int | None = None) -> torch.Tensor:
         b, n, dim = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attention(q, k, v, mask, step_tokens)
         return self.proj(out.transpose(1, 2).reshape(b, n, dim))
 
 
@@ -102,8 +117,8 @@ class Block(nn.Module):
         self.mlp = MLP(dim, mlp_hidden)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+                mask: torch.Tensor | None = None, step_tokens: int | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, mask, step_tokens)
         return x + self.mlp(self.norm2(x))
 
 
@@ -142,6 +157,9 @@ ENCODER_PRESETS = {
     "vit_giant": EncoderPreset(1408, 40, 22, 6144),
     # small random-init presets for the demo and tests: same code path, head dim 64 / 32
     "vit_demo": EncoderPreset(128, 4, 2, 512, image_size=128),
+    # ViT-g scaled down for CPU benchmarks: with ac_vitg_mini it keeps the real pair's FLOP ratio
+    # (encoder 0.8x the predictor's training step per clip; `cli.py bench cached-vs-online`)
+    "vit_g_mini": EncoderPreset(320, 10, 5, 1408, image_size=128),
     "vit_test": EncoderPreset(32, 2, 1, 64, image_size=64),
 }
 LARGE_PRESETS = ("vit_large", "vit_huge", "vit_giant")
@@ -160,11 +178,10 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(preset.dim, eps=LN_EPS)
         init_weights(self, self.blocks)
         rows, cols = preset.grid
-        cpu = torch.device("cpu")  # tables are computed on the CPU even when the model is built on "meta"
-        r, c = torch.meshgrid(torch.arange(rows, device=cpu), torch.arange(cols, device=cpu), indexing="ij")
-        # one tubelet, so time position 0 for every token; row-major tokens
-        cos, sin = rope_tables(torch.zeros(rows * cols, device=cpu), r.flatten(), c.flatten(),
-                               preset.dim // preset.heads)
+        with torch.device("cpu"):  # built on the CPU, also when the default device is another
+            r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+            # one tubelet, so time position 0 for every token; row-major tokens
+            cos, sin = rope_tables(torch.zeros(rows * cols), r.flatten(), c.flatten(), preset.dim // preset.heads)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 

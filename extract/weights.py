@@ -21,8 +21,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_entry(path: Path, entries: tuple[str, ...]) -> tuple[str, dict[str, torch.Tensor]]:
-    """The first of `entries` found in the checkpoint, with `module.` / `backbone.` prefixes stripped."""
+def load_checkpoint(path: Path) -> dict:
+    """torch.load of a local checkpoint dict (memory-mapped), with one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found (weights are never downloaded; give a local .pt file)")
@@ -32,6 +32,11 @@ def read_entry(path: Path, entries: tuple[str, ...]) -> tuple[str, dict[str, tor
         raise UserError(f"checkpoint {path} is not a readable PyTorch file ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    return ckpt
+
+
+def checkpoint_entry(ckpt: dict, entries: tuple[str, ...], path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """The first of `entries` found in the checkpoint, with `module.` / `backbone.` prefixes stripped."""
     name = next((e for e in entries if isinstance(ckpt.get(e), dict)), None)
     if name is None:
         raise UserError(f"checkpoint {path} has none of the entries {list(entries)}; "
@@ -42,6 +47,10 @@ def read_entry(path: Path, entries: tuple[str, ...]) -> tuple[str, dict[str, tor
             key = key.split(".", 1)[1]
         state[key] = value
     return name, state
+
+
+def read_entry(path: Path, entries: tuple[str, ...]) -> tuple[str, dict[str, torch.Tensor]]:
+    return checkpoint_entry(load_checkpoint(path), entries, path)
 
 
 def _names(keys: list[str], limit: int = 6) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_EPISODES = 48
+DEMO_EPISODES = 64  # as `make demo`
 
 
 def run_cli(*args, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
@@ -29,8 +29,21 @@ def demo_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_store(demo_corpus, tmp_path_factory) -> Path:
-    """The demo corpus extracted as `make extract` does (vit_demo, wrist camera)."""
+    """The demo corpus extracted as `make extract` does (same arguments)."""
     out = tmp_path_factory.mktemp("demo") / "store"
     run_cli("extract", "--corpus", demo_corpus, "--out", out, "--preset", "vit_demo", "--camera", "wrist",
             "--episodes-per-unit", 16, "--workers", 2)
     return out
+
+
+DEMO_STEPS = 600
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_store, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The small world model that `make train` trains on the demo store (same arguments)."""
+    out = tmp_path_factory.mktemp("demo") / "run"
+    r = run_cli("train", "--store", demo_store, "--out", out, "--preset", "ac_demo", "--steps", DEMO_STEPS,
+                "--batch-size", 8, "--lr", 2e-3, "--start-lr", 4e-4, "--anneal", 180, "--val-every", 150,
+                "--ckpt-every", 150, "--workers", 1, timeout=1200)
+    return out, r

@@ -13,12 +13,12 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from extract.vit import apply_rope, rope_slice, rope_tables
+from extract.vit import apply_rope, attention, rope_slice, rope_tables
 from store import EpisodeInfo, ShardWriter, StoreConfig, UserError, create_store, merge_manifest, open_store
 from train.geometry import actions_from_states, apply_action
 from train.loop import TrainConfig, TrainingDiverged, lr_at, run_train
 from train.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask, load_predictor_weights
-from tests.conftest import ROOT, run_cli
+from tests.conftest import DEMO_STEPS, ROOT
 
 
 def small_predictor(seed: int = 0, dim: int = 24, grid=(2, 3)) -> ACPredictor:
@@ -42,6 +42,17 @@ def test_block_causality(part):
         out = model(*y)
         assert torch.equal(out[:, :t], base[:, :t]), f"step {t} changed earlier outputs"
         assert all(not torch.allclose(out[:, s], base[:, s]) for s in range(t, 4)), f"step {t} did not reach later outputs"
+
+
+def test_step_by_step_attention_equals_the_masked_one():
+    """The CUDA path (per-step SDPA, no mask) computes the same as the masked SDPA and plain softmax."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 4 * 5, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = block_causal_mask(4, 5)
+    masked = attention(q, k, v, mask)
+    plain = ((q @ k.transpose(-1, -2)) / 8**0.5).masked_fill(~mask, float("-inf")).softmax(-1) @ v
+    assert torch.allclose(masked, plain, atol=1e-12)
+    assert torch.allclose(attention(q, k, v, step_tokens=5), masked, atol=1e-12)
 
 
 def test_mask_shape_and_reuse():
@@ -242,15 +253,13 @@ def test_ddp_two_ranks_end_with_identical_weights(tmp_path):
     assert [row[0] for row in rows] == [1, 2, 3, 4] and all(math.isfinite(float(row[1])) for row in rows)
 
 
-def test_training_on_the_demo_store_beats_copy_last(demo_store, tmp_path):
+def test_training_on_the_demo_store_beats_copy_last(demo_run, demo_store):
     """`make train` in small: the validation loss falls and the model beats copy-last at h = 1."""
-    r = run_cli("train", "--store", demo_store, "--out", tmp_path / "run", "--preset", "ac_demo", "--steps", 240,
-                "--batch-size", 8, "--lr", 2e-3, "--start-lr", 4e-4, "--anneal", 72, "--val-every", 40,
-                "--ckpt-every", 240, "--workers", 1, timeout=900)
-    with open(tmp_path / "run" / "val.csv") as f:
+    run, r = demo_run
+    with open(run / "val.csv") as f:
         val = list(csv.DictReader(f))
     first, last = val[0], val[-1]
-    assert (int(first["step"]), int(last["step"])) == (0, 240)
+    assert (int(first["step"]), int(last["step"])) == (0, DEMO_STEPS)
     assert float(last["tf_l1"]) < 0.6 * float(first["tf_l1"])  # from the untrained model
     assert float(last["rollout_l1_h1"]) < float(last["copy_l1_h1"])
     assert "model rollout L1" in r.stdout

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
+from extract.weights import load_checkpoint
 from store import Store, UserError, open_store
 
 from .data import ClipDataset, ShuffledStream, split_episodes
@@ -84,11 +85,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_model(store: Store, preset: str, activation_checkpointing: bool = False) -> ACPredictor:
+def build_model(feature_dim: int, grid: tuple[int, int], preset: str,
+                activation_checkpointing: bool = False) -> ACPredictor:
     if preset not in PREDICTOR_PRESETS:
         raise UserError(f"unknown predictor preset {preset!r}; choose one of {', '.join(PREDICTOR_PRESETS)}")
-    c = store.config
-    return ACPredictor(c.feature_dim, c.grid, PREDICTOR_PRESETS[preset], activation_checkpointing=activation_checkpointing)
+    return ACPredictor(feature_dim, tuple(grid), PREDICTOR_PRESETS[preset],
+                       activation_checkpointing=activation_checkpointing)
 
 
 def check_fits(ckpt: dict, store: Store, what: str) -> None:
@@ -98,6 +100,20 @@ def check_fits(ckpt: dict, store: Store, what: str) -> None:
     got = {"feature_dim": want["feature_dim"], "grid": list(want["grid"])}
     if got != have:
         raise UserError(f"{what} was trained on features {got}, the store {store.root} holds {have}")
+
+
+def load_trained(path: Path, store: Store | None = None) -> tuple[ACPredictor, dict]:
+    """A predictor (eval mode) from one of our checkpoints, or from the released vjepa2-ac-vitg.pt
+    (an ac_vitg model on ViT-g features), checked against `store` if given. Returns it and the checkpoint."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("model", {"preset": "ac_vitg", "feature_dim": 1408, "grid": [16, 16]})
+    if store is not None:
+        if "model" in ckpt:
+            check_fits(ckpt, store, str(path))
+        meta = {**meta, "feature_dim": store.config.feature_dim, "grid": store.config.grid}
+    model = build_model(meta["feature_dim"], meta["grid"], meta["preset"])
+    load_predictor_weights(model, path, ckpt)
+    return model.eval(), ckpt
 
 
 def save_checkpoint(path: Path, obj: dict) -> None:
@@ -212,10 +228,10 @@ def run_train(cfg: TrainConfig, on_start=None, on_step=None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     latest = out / "latest.pt"
     torch.manual_seed(cfg.seed)
-    model = build_model(store, cfg.preset, cfg.activation_checkpointing)
+    model = build_model(store.config.feature_dim, store.config.grid, cfg.preset, cfg.activation_checkpointing)
     opt_state, start_step = None, 0
     if cfg.resume and latest.exists():
-        ckpt = torch.load(latest, map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(latest)
         check_fits(ckpt, store, str(latest))
         if ckpt["model"]["preset"] != cfg.preset:
             raise UserError(f"{latest} is a {ckpt['model']['preset']} model, not {cfg.preset}")

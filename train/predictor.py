@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from extract.vit import LN_EPS, Block, init_weights, rope_tables
-from extract.weights import load_strict, read_entry
+from extract.weights import checkpoint_entry, load_checkpoint, load_strict
 from store import UserError
 
 ACTION_DIM = STATE_DIM = 7
@@ -28,6 +28,7 @@ class PredictorPreset:
 PREDICTOR_PRESETS = {
     "ac_vitg": PredictorPreset(1024, 24, 16, 4096),  # the released V-JEPA 2-AC predictor, ~305M
     "ac_demo": PredictorPreset(128, 3, 2, 512),
+    "ac_vitg_mini": PredictorPreset(256, 5, 4, 1024),  # pairs with vit_g_mini (benchmarks)
     "ac_test": PredictorPreset(64, 2, 2, 128),
 }
 
@@ -72,10 +73,11 @@ class ACPredictor(nn.Module):
         if key not in self._tables:
             rows, cols = self.grid
             c, n = self.cond_tokens, rows * cols
-            r, k = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-            row = torch.cat([torch.full((c,), -1), r.flatten()]).repeat(steps)  # cond tokens: time only
-            col = torch.cat([torch.full((c,), -1), k.flatten()]).repeat(steps)
-            time = torch.arange(steps).repeat_interleave(c + n)
+            with torch.device("cpu"):  # built on the CPU, also when the default device is another
+                r, k = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+                row = torch.cat([torch.full((c,), -1), r.flatten()]).repeat(steps)  # cond tokens: time only
+                col = torch.cat([torch.full((c,), -1), k.flatten()]).repeat(steps)
+                time = torch.arange(steps).repeat_interleave(c + n)
             cos, sin = rope_tables(time, row, col, self.head_dim)
             self._tables[key] = (cos.to(device), sin.to(device), block_causal_mask(steps, c + n, device))
         return self._tables[key]
@@ -91,18 +93,21 @@ class ACPredictor(nn.Module):
             cond.append(self.extrinsics_encoder(extrinsics))
         x = torch.cat([c.unsqueeze(2) for c in cond] + [self.predictor_embed(z)], dim=2).flatten(1, 2)
         cos, sin, mask = self.tables(t, z.device)
+        # on CUDA attend step by step (flash kernel, masked half skipped); on CPU the masked SDPA
+        # is faster (measured: `cli.py bench attention`)
+        step_tokens, mask = (self.cond_tokens + n, None) if z.is_cuda else (None, mask)
         for block in self.predictor_blocks:
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, cos, sin, mask, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, mask, step_tokens, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask)
+                x = block(x, cos, sin, mask, step_tokens)
         x = x.view(b, t, self.cond_tokens + n, -1)[:, :, self.cond_tokens:]
         return self.predictor_proj(self.predictor_norm(x))
 
 
-def load_predictor_weights(model: ACPredictor, path: Path) -> None:
+def load_predictor_weights(model: ACPredictor, path: Path, ckpt: dict | None = None) -> None:
     """Load a `predictor` entry (released vjepa2-ac-vitg.pt or our own checkpoint) strictly."""
-    _, state = read_entry(Path(path), ("predictor",))
+    _, state = checkpoint_entry(ckpt if ckpt is not None else load_checkpoint(path), ("predictor",), path)
     embed = state.get("predictor_embed.weight")
     own = model.predictor_embed.weight
     if embed is not None and embed.shape[1] != own.shape[1]:

@@ -1,0 +1,122 @@
+"""The trainer's data path: random 8-frame windows through the DataLoader vs a plain sequential read."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, open_store
+from train.data import ClipDataset, ShuffledStream
+
+from .report import table
+
+VITG_DIM, TOKENS = 1408, 256
+PREDICTOR_TFLOP_PER_CLIP = 5.2  # SPEC §5: ac_vitg fwd+bwd with the rollout pass, 8-frame clip
+H100_EFFECTIVE_TFLOPS = 400.0
+
+
+def make_store(root: Path, frames: int, chunk_frames: int, episode_frames: int = 66, per_unit: int = 8) -> Path:
+    """A ViT-g-sized bf16 store of random features (DROID's mean episode: ~66 frames at 4 fps)."""
+    if (root / "manifest.parquet").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    episodes = max(1, frames // episode_frames)
+    units = [[f"ep{i}" for i in range(u, min(u + per_unit, episodes))] for u in range(0, episodes, per_unit)]
+    config = StoreConfig("vjepa2-vit", "vit_giant", "random-init-seed0", VITG_DIM, (16, 16), 256, 4.0, "bench",
+                         "left", "bf16", "none", chunk_frames, "bench")
+    create_store(root, config, units)
+    g = torch.Generator().manual_seed(0)
+    for u, eps in enumerate(units):
+        w = ShardWriter(root, u)
+        for e in w.expected:
+            f = torch.randn(episode_frames, TOKENS, VITG_DIM, generator=g).to(torch.bfloat16)
+            s = np.zeros((episode_frames, 7), np.float32)
+            w.add_episode(EpisodeInfo(e, f"ep{e}"), f, s, np.arange(episode_frames), np.arange(episode_frames) / 4)
+        w.seal()
+    from store import merge_manifest
+
+    merge_manifest(root)
+    return root
+
+
+def feature_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("shards/*/features/c/**/*") if p.is_file())
+
+
+def drop_cache(root: Path) -> None:
+    """Evict the store's files from the page cache (posix_fadvise DONTNEED: no root needed)."""
+    for p in root.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def sequential_read(root: Path) -> float:
+    """MB/s of reading every feature chunk file once, in order."""
+    files = feature_files(root)
+    start, n = time.perf_counter(), 0
+    buf = bytearray(16 << 20)
+    view = memoryview(buf)
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while k := f.readinto(view):
+                n += k
+    return n / (time.perf_counter() - start) / 1e6
+
+
+def loader_rate(root: Path, workers: int, clips: int, batch: int = 8) -> tuple[float, float]:
+    """(clips/s, MB/s of delivered features) of the trainer's DataLoader over random windows."""
+    store = open_store(root)
+    data = ClipDataset(store, store.ok_episodes, 8)
+    loader = DataLoader(data, batch_size=batch, sampler=ShuffledStream(len(data), seed=1), num_workers=workers,
+                        drop_last=True, persistent_workers=False, prefetch_factor=4 if workers else None)
+    it = iter(loader)
+    next(it)  # workers started
+    start, n, nbytes = time.perf_counter(), 0, 0
+    for b in itertools.islice(it, clips // batch):
+        n += len(b["features"])
+        nbytes += b["features"].numel() * b["features"].element_size()
+    dt = time.perf_counter() - start
+    return n / dt, nbytes / dt / 1e6
+
+
+def run(directory: Path, frames: int = 2000, clips: int = 400, workers=(1, 2, 4), chunks=(1, 4, 8)) -> tuple[str, dict]:
+    clip_mb = 8 * TOKENS * VITG_DIM * 2 / 1e6
+    need_clips = H100_EFFECTIVE_TFLOPS / PREDICTOR_TFLOP_PER_CLIP
+    results, rows = {}, []
+    for chunk in chunks:
+        root = make_store(directory / f"vitg-bf16-chunk{chunk}", frames, chunk)
+        drop_cache(root)
+        cold_seq = sequential_read(root)
+        warm_seq = sequential_read(root)
+        for w in workers if chunk == 8 else (2,):
+            drop_cache(root)
+            cold = loader_rate(root, w, clips)
+            warm = loader_rate(root, w, clips)
+            results[f"chunk{chunk}_workers{w}"] = {"cold_clips_s": cold[0], "cold_mb_s": cold[1], "warm_clips_s": warm[0],
+                                                  "warm_mb_s": warm[1], "seq_cold_mb_s": cold_seq, "seq_warm_mb_s": warm_seq}
+            rows.append([chunk, w, f"{cold[0]:.0f}", f"{cold[1]:.0f}", f"{cold_seq:.0f}", f"{cold[1] / cold_seq:.0%}",
+                         f"{warm[0]:.0f}", f"{warm[1]:.0f}", f"{warm_seq:.0f}", f"{warm[1] / warm_seq:.0%}"])
+    body = (
+        f"Store: {frames} random ViT-g frames (256 x 1408, bf16, {clip_mb:.2f} MB per 8-frame clip), episodes of 66 "
+        f"frames; windows drawn by the trainer's shuffled sampler, batches of 8, {clips} clips per measurement. "
+        "Cold: the store's files evicted from the page cache (posix_fadvise DONTNEED) before the run; warm: "
+        "read again at once. Plain read: every feature chunk file read once in order.\n\n"
+        + table(["chunk frames", "workers", "cold clips/s", "cold MB/s", "plain read MB/s", "ratio",
+                 "warm clips/s", "warm MB/s", "plain read MB/s", "ratio"], rows)
+        + f"\n\nPer-GPU need of the ac_vitg predictor on an H100: {PREDICTOR_TFLOP_PER_CLIP} TFLOP per clip "
+        f"(SPEC §5) / {H100_EFFECTIVE_TFLOPS:.0f} TFLOP/s effective = {1e3 * PREDICTOR_TFLOP_PER_CLIP / H100_EFFECTIVE_TFLOPS:.1f} "
+        f"ms per clip = {need_clips:.0f} clips/s = {need_clips * clip_mb:.0f} MB/s."
+    )
+    results["need_clips_s"] = need_clips
+    return body, results

@@ -1,0 +1,170 @@
+"""`eval` and `plan`: known-answer baselines, CEM on a known energy, planning on the demo model, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, open_store
+from train.data import ClipDataset
+from train.evaluate import evaluate
+from train.plan import CEMConfig, cem
+from train.predictor import PREDICTOR_PRESETS, ACPredictor
+from tests.conftest import run_cli
+
+BASE = np.array([1.0, -1.0] * 4)  # zero mean, unit variance: layer norm leaves it (almost) as it is
+
+
+def known_store(root: Path, episodes: int = 6) -> Path:
+    """Frame t of every episode flips the signs of the first t pairs of each token's 8 values.
+
+    So |LN(z_0) - LN(z_h)| averages h/2 and cos(z_0, z_h) = 1 - h/2, for h = 1..4.
+    """
+    config = StoreConfig("vjepa2-vit", "test", "random-init", 8, (1, 2), 32, 4.0, "test", "left", "fp16",
+                         "none", 4, "test")
+    create_store(root, config, [[f"e{i}" for i in range(episodes)]])
+    w = ShardWriter(root, 0)
+    for e in range(episodes):
+        frames = []
+        for t in range(5):
+            v = BASE.copy()
+            v[:2 * t] *= -1
+            frames.append(np.stack([v, -v]))
+        states = np.random.default_rng(e).normal(0, 0.05, (5, 7)).astype(np.float32)
+        w.add_episode(EpisodeInfo(e, f"e{e}"), torch.tensor(np.stack(frames)), states, np.arange(5), np.arange(5) / 4)
+    w.seal()
+    merge_manifest(root)
+    return root
+
+
+def test_eval_baselines_on_a_known_store(tmp_path):
+    store = open_store(known_store(tmp_path / "s"))
+    clips = ClipDataset(store, store.ok_episodes, 5)
+    torch.manual_seed(0)
+    model = ACPredictor(8, (1, 2), PREDICTOR_PRESETS["ac_test"]).eval()
+    report = evaluate(model, clips, torch.device("cpu"), batch_size=4)
+    ln = 1 / math.sqrt(1 + 1e-5)  # layer norm's eps
+    assert report["clips"] == 6
+    assert np.allclose(report["copy_l1"], [0.5 * ln, 1.0 * ln, 1.5 * ln, 2.0 * ln], atol=1e-6)
+    assert np.allclose(report["copy_cos"], [0.5, 0.0, -0.5, -1.0], atol=1e-6)
+    assert np.allclose(report["copy_l1_se"], 0.0, atol=1e-7)  # every clip is the same
+    assert np.allclose(report["shuffled_over_true"],
+                       np.array(report["shuffled_rollout_l1"]) / np.array(report["rollout_l1"]))
+    assert max(abs(r - 1) for r in report["zero_over_true"]) > 1e-4  # a random model does react to actions
+
+    # a model blind to its actions: shuffled or zero actions change nothing
+    with torch.no_grad():
+        model.action_encoder.weight.zero_()
+        model.action_encoder.bias.zero_()
+    blind = evaluate(model, clips, torch.device("cpu"), batch_size=4)
+    assert np.allclose(blind["shuffled_over_true"], 1.0) and np.allclose(blind["zero_over_true"], 1.0)
+
+
+def test_cem_finds_the_minimum_of_a_shifted_quadratic():
+    target = torch.tensor([0.03, -0.02, 0.05, 0.0, 0.0, 0.0, 0.4])
+
+    def energy(a: torch.Tensor) -> torch.Tensor:
+        return ((a[:, 0] - target) ** 2).sum(-1)
+
+    plan = cem(energy, CEMConfig(samples=200, iterations=12, elites=20, horizon=1, seed=1))
+    assert plan.actions.shape == (1, 7)
+    assert torch.allclose(plan.actions[0], target, atol=3e-3), plan.actions
+    assert plan.energy < 1e-4 and plan.evaluations == 200 * 12 + 1
+    # outside the box: the plan ends on its edge (xyz clipped to +-maxnorm)
+    far = torch.tensor([0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    edge = cem(lambda a: ((a[:, 0] - far) ** 2).sum(-1), CEMConfig(samples=200, iterations=12, elites=20))
+    assert abs(float(edge.actions[0, 0]) - 0.075) < 1e-3
+
+
+def test_cem_searches_all_dims_when_asked():
+    target = torch.tensor([0.01, 0.02, -0.03, 0.1, -0.05, 0.2, 0.0])
+    two_steps = torch.stack([target, -target])
+
+    def energy(a: torch.Tensor) -> torch.Tensor:
+        return ((a - two_steps) ** 2).sum((1, 2))
+
+    plan = cem(energy, CEMConfig(samples=300, iterations=15, elites=30, horizon=2, dims="all", seed=2))
+    assert torch.allclose(plan.actions, two_steps, atol=5e-3)
+    only_xyzg = cem(energy, CEMConfig(samples=300, iterations=15, elites=30, horizon=2, seed=2))
+    assert torch.all(only_xyzg.actions[:, 3:6] == 0)
+
+
+def test_eval_cli_on_the_demo_model(demo_run, demo_store, tmp_path):
+    run, _ = demo_run
+    r = run_cli("eval", "--checkpoint", run / "latest.pt", "--store", demo_store, "--out", tmp_path / "eval",
+                "--max-clips", 48)
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["clips"] == 48 and len(report["rollout_l1"]) == 7
+    assert (tmp_path / "eval" / "horizon.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["rollout_l1"][0] < report["copy_l1"][0]
+    # the demo model uses its actions: other clips' actions make its rollouts worse
+    assert np.mean(report["shuffled_over_true"]) > 1.02
+    assert "the model uses its actions" in r.stdout
+
+
+def test_offline_planning_beats_the_zero_action(demo_run, demo_store, tmp_path):
+    run, _ = demo_run
+    # demo moves are at most ~5 cm per stored frame: search +-5 cm (the reference wrapper's default)
+    run_cli("plan-eval", "--checkpoint", run / "latest.pt", "--store", demo_store, "--pairs", 16,
+            "--samples", 200, "--iterations", 6, "--energy-batch", 200, "--maxnorm", 0.05, "--out", tmp_path / "pe")
+    result = json.loads((tmp_path / "pe" / "report.json").read_text())
+    m = result["mean"]
+    assert result["pairs"] == 16
+    assert m["xyz_error"] < m["zero_xyz_error"], m
+    assert m["cosine"] > 0.3, m
+
+
+def test_plan_cli_with_landscape(demo_run, demo_store, tmp_path):
+    run, _ = demo_run
+    store = open_store(demo_store)
+    episode = store.ok_episodes[0]
+    png = tmp_path / "landscape.png"
+    r = run_cli("plan", "--checkpoint", run / "latest.pt", "--store", demo_store, "--episode", episode,
+                "--start", 2, "--samples", 64, "--iterations", 3, "--landscape", png)
+    assert "planned actions" in r.stdout and "energy evaluations/s" in r.stdout and "true 0" in r.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plan_from_images(demo_run, demo_corpus, tmp_path):
+    """The robot-loop input: two camera images and a state, encoded with the run's (demo) encoder."""
+    from PIL import Image
+
+    from extract.corpus import DroidCorpus
+
+    corpus = DroidCorpus(demo_corpus, camera="wrist")
+    ep = corpus.load(corpus.sources()[0], 4)
+    frames = ep.frames(slice(0, 2))
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(tmp_path / f"{i}.png")
+    run, _ = demo_run
+    r = run_cli("plan", "--checkpoint", run / "latest.pt", "--image", tmp_path / "0.png", "--goal-image",
+                tmp_path / "1.png", "--state", ",".join(f"{v:.5f}" for v in ep.state[0]), "--samples", 64,
+                "--iterations", 3)
+    assert "planned actions" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--episode", 999, "--start", 0], "episode 999 is not in a sealed shard"),
+    (["--episode", 0, "--start", 5, "--goal", 5], "--goal must be after --start"),
+    (["--episode", 0, "--start", 500], "--start 500 is outside episode 0"),
+    (["--start", 0], "--store needs --episode"),
+])
+def test_plan_bad_input(demo_run, demo_store, args, message):
+    run, _ = demo_run
+    r = run_cli("plan", "--checkpoint", run / "latest.pt", "--store", demo_store, *args, check=False)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_checkpoint_and_store_that_do_not_fit(demo_run, tmp_path):
+    run, _ = demo_run
+    other = known_store(tmp_path / "other")
+    for cmd in (["eval"], ["plan", "--episode", 0, "--start", 0], ["plan-eval"]):
+        r = run_cli(*cmd, "--checkpoint", run / "latest.pt", "--store", other, check=False)
+        assert r.returncode == 2 and "was trained on features" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("eval", "--checkpoint", tmp_path / "missing.pt", "--store", other, check=False)
+    assert r.returncode == 2 and "not found" in r.stderr
