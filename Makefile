@@ -59,8 +59,16 @@ endif
 # the embedded default end to end: demo corpus -> features -> trained world model
 demo: extract train
 
+# the CPU benchmarks, each writing its section of BENCHMARKS.md (bench gpu needs a CUDA device)
 bench: setup
-	$(PY) cli.py bench all
+	$(PY) cli.py bench attention
+	$(PY) cli.py bench plan
+	$(PY) cli.py bench cached-vs-online
+	$(PY) cli.py bench extract
+	$(PY) cli.py bench extract --preset vit_g_mini --batch 32
+	$(PY) cli.py bench memory
+	$(PY) cli.py bench codecs
+	$(PY) cli.py bench loader
 
 clean-demo:
 	rm -rf $(DEMO_CORPUS) $(DEMO_STORE) $(DEMO_RUN)

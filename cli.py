@@ -72,7 +72,7 @@ def extract(
     random_init: bool = typer.Option(False, help="Allow a large preset without checkpoint (random weights; timing only)."),
     codec: str = typer.Option("bf16", help="Feature codec: bf16 | fp16 | int8."),
     compression: str = typer.Option("none", help="Chunk compression: none | zstd | blosc-zstd."),
-    chunk_frames: int = typer.Option(8, help="Frames per feature chunk file."),
+    chunk_frames: int = typer.Option(4, help="Frames per feature chunk file (4: see BENCHMARKS.md, loader)."),
     episodes_per_unit: int = typer.Option(64, help="Episodes per work unit (= per shard)."),
     batch_size: int = typer.Option(64, help="Frames per encoder batch."),
     workers: int = typer.Option(4, help="Decoding worker processes (0: decode in the main process)."),
@@ -161,6 +161,7 @@ def train(
     seed: int = typer.Option(0, help="Seed of the model init, the data order and the split."),
     workers: int = typer.Option(2, help="DataLoader worker processes."),
     activation_checkpointing: bool = typer.Option(False, help="Recompute block activations in backward (less memory)."),
+    attention: str = typer.Option("per-step", help="Block-causal attention: per-step (one unmasked SDPA per step) | mask (one masked SDPA); see bench attention."),
     device: str | None = typer.Option(None, help="Torch device (default: cuda:$LOCAL_RANK if available, else cpu)."),
 ) -> None:
     """Train the V-JEPA 2-AC predictor on cached features (teacher forcing + rollout L1). DDP under torchrun."""
@@ -173,7 +174,8 @@ def train(
         steps=steps, lr=lr, start_lr=start_lr, final_lr=final_lr, warmup=warmup, anneal=anneal,
         weight_decay=weight_decay, grad_clip=grad_clip, val_fraction=val_fraction, val_every=val_every,
         val_clips=val_clips, ckpt_every=ckpt_every, keep_last=keep_last, resume=resume, init_from=init_from,
-        seed=seed, workers=workers, activation_checkpointing=activation_checkpointing, device=device,
+        seed=seed, workers=workers, activation_checkpointing=activation_checkpointing, attention=attention,
+        device=device,
     )
     rank0 = int(os.environ.get("RANK", 0)) == 0
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
@@ -569,8 +571,8 @@ def bench_online(
     directory: Path = BenchDir, write: bool = Write,
     pairs: str = typer.Option("vit_demo:ac_demo,vit_g_mini:ac_vitg_mini",
                               help="encoder:predictor pairs (vit_giant:ac_vitg on a GPU)."),
-    batch: int = typer.Option(4, help="Clips per step."), batches: int = typer.Option(6, help="Steps per run."),
-    repeats: int = typer.Option(3, help="Runs (the median is reported)."),
+    batch: int = typer.Option(4, help="Clips per step."), batches: int = typer.Option(8, help="Steps per run."),
+    repeats: int = typer.Option(5, help="Runs per path, alternating (the median is reported)."),
     workers: int = typer.Option(1, help="DataLoader workers."),
 ) -> None:
     """Training clips/s from the store vs decoding + encoding on every step (the reference way)."""
@@ -584,8 +586,8 @@ def bench_online(
 @bench_app.command("loader")
 def bench_loader(
     directory: Path = BenchDir, write: bool = Write,
-    frames: int = typer.Option(2000, help="Frames in each benchmark store (ViT-g size: 704 KiB each)."),
-    clips: int = typer.Option(400, help="Clips read per measurement."),
+    frames: int = typer.Option(6000, help="Frames in each benchmark store (ViT-g size: 704 KiB each)."),
+    clips: int = typer.Option(200, help="Clips read per measurement."),
 ) -> None:
     """Random 8-frame windows through the trainer's DataLoader vs a plain sequential read of the shards."""
     from bench import loader
@@ -620,15 +622,12 @@ def bench_codecs(
 
 
 @bench_app.command("attention")
-def bench_attention(
-    write: bool = Write,
-    batch: int = typer.Option(2, help="Clips (8 steps x 258 tokens, 16 heads of 64 each)."),
-) -> None:
-    """The predictor's block-causal attention: kernel used vs dense masked SDPA vs plain softmax."""
+def bench_attention(write: bool = Write) -> None:
+    """The predictor's block-causal attention: masked SDPA vs per-step SDPA vs plain softmax."""
     from bench import attention
 
     _report(f"attention-{_device(None).type}", f"Block-causal attention ({_device(None).type.upper()})",
-            lambda: attention.run(batch), write)
+            attention.run, write)
 
 
 @bench_app.command("memory")

@@ -47,6 +47,8 @@ def run(directory: Path, episodes: int = 32) -> tuple[str, dict]:
         results[name] = {"peak_rss_mib": rss / 2**20, "seconds": seconds}
         rows.append([name, f"{rss / 2**20:.0f}", f"{seconds:.0f}"])
     body = ("Peak of the summed RSS of `python cli.py ...` and all its children (DataLoader workers), "
-            f"sampled every 50 ms from /proc; demo corpus of {episodes} episodes.\n\n"
+            f"sampled every 50 ms from /proc; demo corpus of {episodes} episodes. The sum counts the pages a "
+            "worker shares with its parent (torch's libraries, ~250 MiB each) once per process, so it is an "
+            "upper bound.\n\n"
             + table(["job", "peak RSS MiB", "seconds"], rows))
     return body, results

@@ -20,7 +20,7 @@ from train.geometry import actions_from_states
 from train.losses import normalize, training_losses
 from train.loop import build_model, param_groups
 
-from .report import table
+from .report import median_time, table
 
 
 class DecodedClips(Dataset):
@@ -50,20 +50,23 @@ def ensure_store(corpus: Path, out: Path, preset: str) -> Path:
     return out
 
 
-def throughput(loader, step, batches: int, repeats: int) -> float:
-    """Median clips/s over `repeats` runs of `batches` training steps (after one warm-up step)."""
-    it = iter(loader)
-    step(next(it))
-    rates = []
+def interleaved_rates(paths: dict, batches: int, repeats: int) -> dict[str, float]:
+    """Median clips/s of each (loader, step) path; runs of `batches` steps alternate between the
+    paths so that drifting machine load hits them alike."""
+    iters = {name: iter(loader) for name, (loader, _) in paths.items()}
+    for name, (_, step) in paths.items():
+        step(next(iters[name]))  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(repeats):
-        start, clips = time.perf_counter(), 0
-        for batch in itertools.islice(it, batches):
-            step(batch)
-            clips += len(batch["actions"])
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        rates.append(clips / (time.perf_counter() - start))
-    return sorted(rates)[len(rates) // 2]
+        for name, (_, step) in paths.items():
+            start, clips = time.perf_counter(), 0
+            for batch in itertools.islice(iters[name], batches):
+                step(batch)
+                clips += len(batch["actions"])
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            rates[name].append(clips / (time.perf_counter() - start))
+    return {name: sorted(r)[len(r) // 2] for name, r in rates.items()}
 
 
 def compare(corpus: Path, store_dir: Path, encoder_preset: str, predictor_preset: str, batch: int,
@@ -102,9 +105,18 @@ def compare(corpus: Path, store_dir: Path, encoder_preset: str, predictor_preset
     with torch.inference_mode():
         x = decoded[0]["frames"].to(device)
         gap = float((encoder(x).float().cpu() - clips[0]["features"].float()).abs().max())
-    result = {"cached_clips_s": throughput(loader(clips), cached, batches, repeats),
-              "online_clips_s": throughput(loader(decoded), online, batches, repeats),
-              "feature_gap": gap}
+    rates = interleaved_rates({"cached": (loader(clips), cached), "online": (loader(decoded), online)},
+                              batches, repeats)
+    result = {"cached_clips_s": rates["cached"], "online_clips_s": rates["online"], "feature_gap": gap}
+    # where the time goes, per clip, on one fixed batch
+    b = next(iter(loader(decoded)))
+    sync = device.type == "cuda"
+    frames = b["frames"].to(device)
+    with torch.inference_mode(), torch.autocast(**amp):
+        result["encode_s_per_clip"] = median_time(lambda: encoder(frames.flatten(0, 1)), repeats, sync=sync) / batch
+    z = normalize(torch.stack([clips[i]["features"] for i in range(batch)]).to(device))
+    result["train_s_per_clip"] = median_time(lambda: train_step(z, b["actions"], b["states"]), repeats, sync=sync) / batch
+    result["decode_s_per_clip"] = median_time(lambda: decoded[0], repeats)
     result["speedup"] = result["cached_clips_s"] / result["online_clips_s"]
     return result
 
@@ -140,16 +152,21 @@ def run(directory: Path, pairs: list[tuple[str, str]], batch: int = 4, batches: 
         r = compare(corpus, directory / f"store-{enc}", enc, pred, batch, batches, repeats, workers, dev)
         r.update({"encoder_gflop_per_clip": e / 1e9, "predictor_gflop_per_clip": p / 1e9})
         results[f"{enc}+{pred}"] = r
-        rows.append([f"{enc} + {pred}", f"{e / 1e9:.1f} / {p / 1e9:.1f} = {e / p:.2f}", f"{r['online_clips_s']:.2f}",
+        rows.append([f"{enc} + {pred}", f"{e / 1e9:.1f} / {p / 1e9:.1f} = {e / p:.2f}",
+                     f"{1e3 * r['decode_s_per_clip']:.0f} / {1e3 * r['encode_s_per_clip']:.0f} / "
+                     f"{1e3 * r['train_s_per_clip']:.0f}", f"{r['online_clips_s']:.2f}",
                      f"{r['cached_clips_s']:.2f}", f"**{r['speedup']:.2f}x**", f"{r['feature_gap']:.1e}"])
     body = (
         f"Same predictor, same clips (8 frames, wrist camera of the demo corpus), batch {batch}, {workers} "
-        f"DataLoader worker(s), {dev}; median of {repeats} runs of {batches} steps. Online = the reference "
+        f"DataLoader worker(s), {dev}; median of {repeats} runs of {batches} steps, cached and online runs "
+        "alternating. Online = the reference "
         "way: the worker opens the episode, decodes and preprocesses the clip's frames, the main process "
         "runs the frozen encoder, then the training step. Cached = the trainer reading the store. The "
         "real pair (vit_giant + ac_vitg) costs 4.26 / 5.28 TFLOP per clip = 0.81 (FLOP counter; SPEC §5: "
-        "4.3 / 5.2). Feature gap: max |online features - stored features| of one clip (bf16 storage).\n\n"
-        + table(["encoder + predictor", "encoder / predictor GFLOP per clip", "online clips/s",
-                 "cached clips/s", "speed-up", "feature gap"], rows)
+        "4.3 / 5.2). The ms per clip are timed alone on one batch (decode: one worker, one clip). Feature "
+        "gap: max |online features - stored features| of one clip (bf16 storage).\n\n"
+        + table(["encoder + predictor", "encoder / predictor GFLOP per clip",
+                 "ms per clip: decode / encode / train step", "online clips/s", "cached clips/s", "speed-up",
+                 "feature gap"], rows)
     )
     return body, results

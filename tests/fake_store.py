@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store import EpisodeInfo, ShardWriter, StoreConfig, create_store  # noqa: E402
+from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest  # noqa: E402
 
 TOKENS, DIM = 16, 32
 UNITS = [[f"ep{u}_{i}" for i in range(5)] for u in range(3)]  # 3 units x 5 episodes
@@ -44,6 +44,16 @@ def is_skipped(episode_id: int) -> bool:
 
 def make_store(root: Path, codec: str = "bf16", compression: str = "none") -> None:
     create_store(root, config(codec, compression), UNITS)
+
+
+def complete_store(root: Path, codec: str = "bf16", compression: str = "none", merge: bool = True) -> Path:
+    """make_store, every unit written and sealed, the manifest merged."""
+    make_store(root, codec, compression)
+    for unit in range(len(UNITS)):
+        write_unit(root, unit)
+    if merge:
+        merge_manifest(root)
+    return root
 
 
 def write_unit(root: Path, unit: int, hang_after: int | None = None, delay: float = 0.0) -> None:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from store import merge_manifest
 from store.format import shard_dir
 from tests.conftest import run_cli
-from tests.fake_store import make_store, write_unit
+from tests.fake_store import complete_store, make_store, write_unit
 
 
 
@@ -21,12 +20,7 @@ def cli(*args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cli") / "store"
-    make_store(root)
-    for u in range(3):
-        write_unit(root, u)
-    merge_manifest(root)
-    return root
+    return complete_store(tmp_path_factory.mktemp("cli") / "store")
 
 
 def test_ls(store):
@@ -63,10 +57,7 @@ def test_stats(store):
 
 
 def test_verify_ok_then_bad(tmp_path):
-    root = tmp_path / "s"
-    make_store(root)
-    for u in range(3):
-        write_unit(root, u)
+    root = complete_store(tmp_path / "s", merge=False)
     r = cli("store", "verify", root)
     assert r.returncode == 0 and "OK" in r.stdout
     chunk = shard_dir(root, 2) / "state" / "c" / "0" / "0"

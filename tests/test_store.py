@@ -18,7 +18,7 @@ from store import (
 )
 from store.format import SEAL_FILE, shard_dir
 from tests import fake_store
-from tests.fake_store import UNITS, episode_data, is_skipped, make_store, write_unit
+from tests.fake_store import UNITS, complete_store, episode_data, is_skipped, make_store, write_unit
 
 FAKE = Path(fake_store.__file__)
 
@@ -62,11 +62,7 @@ def test_int8_error_bound():
 
 @pytest.mark.parametrize("codec,compression", [("bf16", "none"), ("fp16", "zstd"), ("int8", "blosc-zstd")])
 def test_write_read_roundtrip(tmp_path, codec, compression):
-    root = tmp_path / "s"
-    make_store(root, codec, compression)
-    for u in range(len(UNITS)):
-        write_unit(root, u)
-    merge_manifest(root)
+    root = complete_store(tmp_path / "s", codec, compression)
     store = open_store(root)
     assert store.complete and verify(root) == []
     ids = [e for u in UNITS for e in range(len(u))]
@@ -150,11 +146,7 @@ def test_sigkill_mid_shard_then_resume(tmp_path):
 
 
 def test_flipped_byte_is_caught(tmp_path):
-    root = tmp_path / "s"
-    make_store(root)
-    for u in range(3):
-        write_unit(root, u)
-    merge_manifest(root)
+    root = complete_store(tmp_path / "s")
     chunk = shard_dir(root, 1) / "features" / "c" / "1" / "0" / "0"
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -194,11 +186,7 @@ def test_existing_store_with_other_settings_is_refused(tmp_path):
 def test_manifest_tampering_is_caught(tmp_path):
     import pyarrow.parquet as pq
 
-    root = tmp_path / "s"
-    make_store(root)
-    for u in range(3):
-        write_unit(root, u)
-    merge_manifest(root)
+    root = complete_store(tmp_path / "s")
     t = pq.read_table(root / "manifest.parquet")
     t = t.set_column(t.schema.get_field_index("num_frames"), "num_frames",
                      [[n + (1 if i == 2 else 0) for i, n in enumerate(t["num_frames"].to_pylist())]])

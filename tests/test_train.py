@@ -21,9 +21,9 @@ from train.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask, l
 from tests.conftest import DEMO_STEPS, ROOT
 
 
-def small_predictor(seed: int = 0, dim: int = 24, grid=(2, 3)) -> ACPredictor:
+def small_predictor(seed: int = 0, dim: int = 24, grid=(2, 3), attention: str = "per-step") -> ACPredictor:
     torch.manual_seed(seed)
-    return ACPredictor(dim, grid, PREDICTOR_PRESETS["ac_test"]).eval()
+    return ACPredictor(dim, grid, PREDICTOR_PRESETS["ac_test"], attention=attention).eval()
 
 
 def inputs(b: int = 2, t: int = 4, n: int = 6, d: int = 24, seed: int = 1):
@@ -31,9 +31,10 @@ def inputs(b: int = 2, t: int = 4, n: int = 6, d: int = 24, seed: int = 1):
     return torch.randn(b, t, n, d, generator=g), torch.randn(b, t, 7, generator=g), torch.randn(b, t, 7, generator=g)
 
 
+@pytest.mark.parametrize("attention", ["per-step", "mask"])
 @pytest.mark.parametrize("part", [0, 1, 2])  # frames, actions, states
-def test_block_causality(part):
-    model = small_predictor()
+def test_block_causality(part, attention):
+    model = small_predictor(attention=attention)
     x = list(inputs())
     base = model(*x)
     for t in range(4):
@@ -53,14 +54,19 @@ def test_step_by_step_attention_equals_the_masked_one():
     plain = ((q @ k.transpose(-1, -2)) / 8**0.5).masked_fill(~mask, float("-inf")).softmax(-1) @ v
     assert torch.allclose(masked, plain, atol=1e-12)
     assert torch.allclose(attention(q, k, v, step_tokens=5), masked, atol=1e-12)
+    model = small_predictor()  # per-step, the default
+    masked = ACPredictor(24, (2, 3), PREDICTOR_PRESETS["ac_test"], attention="mask").eval()
+    masked.load_state_dict(model.state_dict())
+    assert torch.allclose(masked(*inputs()), model(*inputs()), atol=1e-5)
 
 
 def test_mask_shape_and_reuse():
     m = block_causal_mask(3, 2)
     expect = torch.tensor([[1, 1, 0, 0, 0, 0]] * 2 + [[1, 1, 1, 1, 0, 0]] * 2 + [[1] * 6] * 2, dtype=torch.bool)
     assert torch.equal(m, expect)
-    model = small_predictor()
+    model = small_predictor(attention="mask")
     assert model.tables(4, torch.device("cpu"))[2] is model.tables(4, torch.device("cpu"))[2]
+    assert small_predictor().tables(4, torch.device("cpu"))[2] is None  # per-step needs no mask
 
 
 def rope_by_formula(x: np.ndarray, t: float, row: float | None, col: float | None) -> np.ndarray:

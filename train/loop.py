@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     activation_checkpointing: bool = False
+    attention: str = "per-step"  # or "mask", see train.predictor.ATTENTION
     device: str | None = None
 
     def phases(self) -> tuple[int, int]:
@@ -85,12 +86,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_model(feature_dim: int, grid: tuple[int, int], preset: str,
-                activation_checkpointing: bool = False) -> ACPredictor:
+def build_model(feature_dim: int, grid: tuple[int, int], preset: str, activation_checkpointing: bool = False,
+                attention: str = "per-step") -> ACPredictor:
     if preset not in PREDICTOR_PRESETS:
         raise UserError(f"unknown predictor preset {preset!r}; choose one of {', '.join(PREDICTOR_PRESETS)}")
     return ACPredictor(feature_dim, tuple(grid), PREDICTOR_PRESETS[preset],
-                       activation_checkpointing=activation_checkpointing)
+                       activation_checkpointing=activation_checkpointing, attention=attention)
 
 
 def check_fits(ckpt: dict, store: Store, what: str) -> None:
@@ -228,7 +229,8 @@ def run_train(cfg: TrainConfig, on_start=None, on_step=None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     latest = out / "latest.pt"
     torch.manual_seed(cfg.seed)
-    model = build_model(store.config.feature_dim, store.config.grid, cfg.preset, cfg.activation_checkpointing)
+    model = build_model(store.config.feature_dim, store.config.grid, cfg.preset, cfg.activation_checkpointing,
+                        cfg.attention)
     opt_state, start_step = None, 0
     if cfg.resume and latest.exists():
         ckpt = load_checkpoint(latest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from store import UserError
@@ -199,7 +200,6 @@ def encode_images(paths: list, ckpt: dict, encoder_checkpoint, device: torch.dev
     The encoder preset and weights id come from the checkpoint's store attributes (ours), or are
     the released ViT-g with the encoder inside the checkpoint itself (vjepa2-ac-vitg.pt).
     """
-    import numpy as np
     from PIL import Image
 
     from extract.encoder import ENCODER_ENTRIES, build_encoder

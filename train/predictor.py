@@ -33,6 +33,13 @@ PREDICTOR_PRESETS = {
 }
 
 
+# "per-step": one unmasked SDPA call per step over the keys so far (skips the masked half, lets
+# CUDA use its flash kernel); "mask": one SDPA call with the boolean block-causal mask. Equal
+# outputs (tested); per-step measured faster on CPU at both the ac_vitg and the demo size
+# (BENCHMARKS.md, attention).
+ATTENTION = ("per-step", "mask")
+
+
 def block_causal_mask(steps: int, tokens_per_step: int, device: torch.device | None = None) -> torch.Tensor:
     """[L, L] bool, True where query i may attend key j: step(j) <= step(i)."""
     step = torch.arange(steps, device=device).repeat_interleave(tokens_per_step)
@@ -47,8 +54,12 @@ class ACPredictor(nn.Module):
     """
 
     def __init__(self, feature_dim: int, grid: tuple[int, int], preset: PredictorPreset,
-                 use_extrinsics: bool = False, activation_checkpointing: bool = False):
+                 use_extrinsics: bool = False, activation_checkpointing: bool = False,
+                 attention: str = "per-step"):
         super().__init__()
+        if attention not in ATTENTION:
+            raise UserError(f"--attention must be one of {', '.join(ATTENTION)}")
+        self.attention = attention
         w = preset.width
         self.grid, self.head_dim = tuple(grid), w // preset.heads
         self.use_extrinsics, self.activation_checkpointing = use_extrinsics, activation_checkpointing
@@ -67,8 +78,8 @@ class ACPredictor(nn.Module):
     def cond_tokens(self) -> int:
         return 3 if self.use_extrinsics else 2
 
-    def tables(self, steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RoPE cos/sin and the block-causal mask for a sequence of `steps`, built once and cached."""
+    def tables(self, steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """RoPE cos/sin and (for attention "mask") the block-causal mask of `steps` steps, built once and cached."""
         key = (steps, str(device))
         if key not in self._tables:
             rows, cols = self.grid
@@ -79,7 +90,8 @@ class ACPredictor(nn.Module):
                 col = torch.cat([torch.full((c,), -1), k.flatten()]).repeat(steps)
                 time = torch.arange(steps).repeat_interleave(c + n)
             cos, sin = rope_tables(time, row, col, self.head_dim)
-            self._tables[key] = (cos.to(device), sin.to(device), block_causal_mask(steps, c + n, device))
+            mask = block_causal_mask(steps, c + n, device) if self.attention == "mask" else None
+            self._tables[key] = (cos.to(device), sin.to(device), mask)
         return self._tables[key]
 
     def forward(self, z: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
@@ -93,9 +105,7 @@ class ACPredictor(nn.Module):
             cond.append(self.extrinsics_encoder(extrinsics))
         x = torch.cat([c.unsqueeze(2) for c in cond] + [self.predictor_embed(z)], dim=2).flatten(1, 2)
         cos, sin, mask = self.tables(t, z.device)
-        # on CUDA attend step by step (flash kernel, masked half skipped); on CPU the masked SDPA
-        # is faster (measured: `cli.py bench attention`)
-        step_tokens, mask = (self.cond_tokens + n, None) if z.is_cuda else (None, mask)
+        step_tokens = self.cond_tokens + n if mask is None else None
         for block in self.predictor_blocks:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, cos, sin, mask, step_tokens, use_reentrant=False)
