@@ -50,8 +50,8 @@ train: setup
 ifeq ($(STORE),)
 	test -d $(DEMO_STORE) || $(MAKE) extract
 	rm -rf $(DEMO_RUN)
-	$(PY) cli.py train --store $(DEMO_STORE) --out $(DEMO_RUN) --preset ac_demo --steps 600 --batch-size 8 \
-		--lr 2e-3 --start-lr 4e-4 --anneal 180 --val-every 150 --ckpt-every 150 --workers 1 $(TRAIN_ARGS)
+	$(PY) cli.py train --store $(DEMO_STORE) --out $(DEMO_RUN) --preset ac_demo --steps 900 --batch-size 8 \
+		--lr 3e-3 --start-lr 6e-4 --anneal 180 --val-every 300 --ckpt-every 300 --workers 1 $(TRAIN_ARGS)
 else
 	$(PY) cli.py train --store $(STORE) --out $(RUN) $(TRAIN_ARGS)
 endif

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from extract.encoder import build_encoder
+from store import UserError
 from train.loop import build_model, param_groups
 from train.losses import training_losses
 
@@ -45,7 +46,7 @@ def predictor_step(batch: int, checkpointing: bool) -> float:
 
 def run() -> tuple[str, dict]:
     if not torch.cuda.is_available():
-        raise RuntimeError("bench gpu needs a CUDA device")
+        raise UserError("bench gpu needs a CUDA device; none is visible to torch here")
     enc_flops, pred_flops = flops_per_clip("vit_giant", "ac_vitg")
     rate = encoder_rate()
     results = {"vitg_frames_s": rate, "vitg_tflops": rate * enc_flops / 8 / 1e12}

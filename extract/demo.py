@@ -4,8 +4,9 @@ A gripper moves over a table along smooth random end-effector trajectories at 15
 and closes, and pushes a red block along when it runs into it low enough. Two cameras film it:
 - exterior ("left"): looks down at the table; x/y move the gripper across the image, z changes
   its size and its offset from its shadow, yaw turns the fingers, the gripper state spreads them;
-- wrist: looks down from the gripper; the table (wood waves, a 10 cm grid, coloured discs) and the
-  block move under it with every x/y/yaw action, z zooms, the fingers open and close in view.
+- wrist: looks down from the gripper; the table (wood waves, a 10 cm grid, coloured discs, lit
+  unevenly) and the block move under it with every x/y/yaw action, z zooms and darkens it (the
+  gripper's shadow), the fingers open and close in view.
 Everything the videos show is a function of the states (and the block's pushes), so a world
 model has something learnable. Deterministic by seed.
 """
@@ -21,7 +22,7 @@ import numpy as np
 WIDTH, HEIGHT = 320, 180  # 16:9 like DROID's 1280x720, so the crop rule applies
 HZ = 15
 EXT_SERIAL, WRIST_SERIAL = "20000001", "10000001"
-X_RANGE, Y_RANGE, Z_RANGE = (0.35, 0.65), (-0.2, 0.2), (0.02, 0.25)  # metres, robot base frame
+X_RANGE, Y_RANGE, Z_RANGE = (0.35, 0.65), (-0.2, 0.2), (0.02, 0.12)  # metres, robot base frame
 BLOCK_HALF = 0.03  # block half-size, m
 PUSH_HEIGHT = 0.07  # the gripper pushes the block when lower than this
 TASKS = ("push the red block", "move the gripper over the table", "touch the block and lift")
@@ -54,6 +55,11 @@ class Table:
         img[:] = (150, 120, 90)
         img += 14 * np.sin(x / 0.021 + 1.3)[..., None] * np.array([1.0, 0.8, 0.6], np.float32)
         img += 14 * np.sin(y / 0.021)[..., None] * np.array([0.5, 0.7, 1.0], np.float32)
+        # lit unevenly: the hue drifts across x (redder) and y (bluer) at constant brightness, so an x/y
+        # move tints the whole wrist view in proportion to it (and a z move darkens it, see wrist()):
+        # cues the small demo model learns within its short run, unlike the texture's shift alone
+        img += ((x - 0.5) / 0.3 * 80)[..., None] * np.array([1.0, -0.5, -0.5], np.float32)
+        img += (y / 0.4 * 80)[..., None] * np.array([-0.5, -0.5, 1.0], np.float32)
         img[(np.abs((x / 0.1) % 1 - 0.5) > 0.47) | (np.abs((y / 0.1) % 1 - 0.5) > 0.47)] *= 0.7
         for mx, my, r in zip(rng.uniform(0.1, 0.9, marks), rng.uniform(-0.5, 0.5, marks), rng.uniform(0.01, 0.025, marks)):
             img[(x - mx) ** 2 + (y - my) ** 2 < r * r] = rng.uniform(30, 230, 3)
@@ -104,6 +110,7 @@ class Renderer:
         ty = y - (du * c + dv * s)
         img = self.table.color(tx, ty)
         img[(np.abs(tx - block[0]) < BLOCK_HALF) & (np.abs(ty - block[1]) < BLOCK_HALF)] = (200, 30, 30)
+        img *= min(1.0, 0.5 + 4.0 * z)  # the lower the gripper, the darker its shadow on the table
         spread = 20 + 45 * (1.0 - grip)
         for side in (-1, 1):
             img[(np.abs(self.uu - WIDTH / 2 - side * spread) < 9) & (self.vv > HEIGHT - 55)] = (230, 230, 240)

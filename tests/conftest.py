@@ -36,7 +36,7 @@ def demo_store(demo_corpus, tmp_path_factory) -> Path:
     return out
 
 
-DEMO_STEPS = 600
+DEMO_STEPS = 900
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +44,6 @@ def demo_run(demo_store, tmp_path_factory) -> tuple[Path, subprocess.CompletedPr
     """The small world model that `make train` trains on the demo store (same arguments)."""
     out = tmp_path_factory.mktemp("demo") / "run"
     r = run_cli("train", "--store", demo_store, "--out", out, "--preset", "ac_demo", "--steps", DEMO_STEPS,
-                "--batch-size", 8, "--lr", 2e-3, "--start-lr", 4e-4, "--anneal", 180, "--val-every", 150,
-                "--ckpt-every", 150, "--workers", 1, timeout=1200)
+                "--batch-size", 8, "--lr", 3e-3, "--start-lr", 6e-4, "--anneal", 180, "--val-every", 300,
+                "--ckpt-every", 300, "--workers", 1, timeout=1200)
     return out, r
