@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import itertools
 import os
-import warnings
 import shutil
 import time
+import warnings
+from statistics import median
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, open_store
+from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, open_store
 from train.data import ClipDataset, ShuffledStream
 
 from .report import table
@@ -41,8 +42,6 @@ def make_store(root: Path, frames: int, chunk_frames: int, episode_frames: int =
             s = np.zeros((episode_frames, 7), np.float32)
             w.add_episode(EpisodeInfo(e, f"ep{e}"), f, s, np.arange(episode_frames), np.arange(episode_frames) / 4)
         w.seal()
-    from store import merge_manifest
-
     merge_manifest(root)
     return root
 
@@ -75,24 +74,18 @@ def sequential_read(root: Path) -> float:
     return n / (time.perf_counter() - start) / 1e6
 
 
-def loader_rate(root: Path, workers: int, clips: int, batch: int = 8) -> tuple[float, float]:
-    """(clips/s, MB/s of delivered features) of the trainer's DataLoader over random windows."""
+def loader_rate(root: Path, workers: int, clips: int, batch: int = 8) -> float:
+    """Clips/s of the trainer's DataLoader over random windows."""
     store = open_store(root)
     data = ClipDataset(store, store.ok_episodes, 8)
     loader = DataLoader(data, batch_size=batch, sampler=ShuffledStream(len(data), seed=1), num_workers=workers,
                         drop_last=True, persistent_workers=False, prefetch_factor=4 if workers else None)
     it = iter(loader)
     next(it)  # workers started
-    start, n, nbytes = time.perf_counter(), 0, 0
+    start, n = time.perf_counter(), 0
     for b in itertools.islice(it, clips // batch):
         n += len(b["features"])
-        nbytes += b["features"].numel() * b["features"].element_size()
-    dt = time.perf_counter() - start
-    return n / dt, nbytes / dt / 1e6
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
+    return n / (time.perf_counter() - start)
 
 
 def run(directory: Path, frames: int = 6000, clips: int = 200, workers=(1, 2, 4), chunks=(1, 4, 8),
@@ -115,7 +108,7 @@ def run(directory: Path, frames: int = 6000, clips: int = 200, workers=(1, 2, 4)
                 drop_cache(root)
                 cold.append(loader_rate(root, w, clips))
                 warm.append(loader_rate(root, w, clips))
-            cold_cps, warm_cps = median([c[0] for c in cold]), median([c[0] for c in warm])
+            cold_cps, warm_cps = median(cold), median(warm)
             cold_mb, warm_mb = cold_cps * clip_mb, warm_cps * clip_mb
             results[f"chunk{chunk}_workers{w}"] = {"cold_clips_s": cold_cps, "warm_clips_s": warm_cps,
                                                   "cold_mb_s": cold_mb, "plain_read_mb_s": plain}

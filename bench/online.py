@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -66,7 +67,7 @@ def interleaved_rates(paths: dict, batches: int, repeats: int) -> dict[str, floa
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             rates[name].append(clips / (time.perf_counter() - start))
-    return {name: sorted(r)[len(r) // 2] for name, r in rates.items()}
+    return {name: median(r) for name, r in rates.items()}
 
 
 def compare(corpus: Path, store_dir: Path, encoder_preset: str, predictor_preset: str, batch: int,
