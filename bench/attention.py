@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from common.device import pick_device
 from extract.vit import attention
 from train.predictor import block_causal_mask
 
-from .report import median_time, table
+from .config import AttentionBench
+from .report import Section, median_time, table
 
 
 def reference(q, k, v, mask):
@@ -22,8 +24,8 @@ SIZES = {  # name: (clips, steps, tokens per step, heads, head dim)
 }
 
 
-def run(sizes: dict[str, tuple] = SIZES, device: str | None = None, repeats: int = 5) -> tuple[str, dict]:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def run(cfg: AttentionBench, sizes: dict[str, tuple] = SIZES, repeats: int = 5) -> Section:
+    dev = pick_device()
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     rows, results = [], {}
     for size, (batch, steps, tokens, heads, head_dim) in sizes.items():
@@ -56,4 +58,4 @@ def run(sizes: dict[str, tuple] = SIZES, device: str | None = None, repeats: int
             "|output - float64 reference|.\n\n"
             + table(["size (clips x heads x steps x tokens)", "implementation", "forward ms", "speed-up",
                      "fwd+bwd ms", "speed-up", "max abs error"], rows))
-    return body, results
+    return Section(f"attention-{dev.type}", f"Block-causal attention ({dev.type.upper()})", body, results)

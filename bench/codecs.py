@@ -8,20 +8,25 @@ from pathlib import Path
 
 import torch
 
+from extract.config import ExtractConfig
 from extract.corpus import DroidCorpus
 from extract.demo import make_demo_corpus
 from extract.encoder import build_encoder
-from extract.job import ExtractConfig, run_extract
+from extract.job import run_extract
 from extract.preprocess import preprocess
 from store import codecs, open_store
 from store.inspect import dir_bytes
+from train.checkpoint import load_trained
+from train.config import TrainConfig
 from train.data import split_episodes
 from train.evaluate import collect, summarize
-from train.loop import TrainConfig, load_trained, run_train, validation_loader
+from train.loop import run_train, validation_loader
 
-from .report import table
+from .config import CodecsBench
+from .report import Section, table
 
 PRESET = "vit_demo"
+DEMO_EPISODES = 32
 
 
 def encoder_features(corpus: Path, frames: int = 256) -> torch.Tensor:
@@ -51,10 +56,11 @@ def val_loss(run: Path) -> float:
         return float(list(csv.DictReader(f))[-1]["tf_l1"])
 
 
-def run(directory: Path, episodes: int = 32, train_steps: int = 300) -> tuple[str, dict]:
+def run(cfg: CodecsBench) -> Section:
+    directory, train_steps = cfg.directory, cfg.steps
     corpus = directory / "corpus"
     if not corpus.exists():
-        make_demo_corpus(corpus, episodes=episodes)
+        make_demo_corpus(corpus, episodes=DEMO_EPISODES)
     reference = encoder_features(corpus)
     raw16 = reference[0].numel() * 2
     results, rows = {}, []
@@ -87,13 +93,13 @@ def run(directory: Path, episodes: int = 32, train_steps: int = 300) -> tuple[st
                                   val_every=train_steps, ckpt_every=train_steps, workers=1))
         losses[codec] = val_loss(out)
     bf16_store = open_store(directory / "store-bf16-none")
-    val_ids = split_episodes(bf16_store, 0.1, 0)[1]
-    cfg = TrainConfig(store=bf16_store.root, out=directory, batch_size=8)
+    defaults = TrainConfig(store=bf16_store.root, out=directory)
+    val_ids = split_episodes(bf16_store, defaults.val_fraction, defaults.seed)[1]
     on_bf16 = {}
     for codec in ("bf16", "int8"):
         model, _ = load_trained(directory / f"run-{codec}" / "latest.pt", bf16_store)
-        on_bf16[codec] = summarize(collect(model, validation_loader(bf16_store, val_ids, cfg, 256),
-                                           torch.device("cpu")))["tf_l1"]
+        loader = validation_loader(bf16_store, val_ids, defaults.frames, 8, defaults.val_clips)
+        on_bf16[codec] = summarize(collect(model, loader, torch.device("cpu")))["tf_l1"]
     gap = on_bf16["int8"] / on_bf16["bf16"] - 1
     results["training"] = {"val_tf_l1_own_store": losses, "val_tf_l1_on_bf16": on_bf16, "relative_gap": gap}
     body = (
@@ -107,4 +113,4 @@ def run(directory: Path, episodes: int = 32, train_steps: int = 300) -> tuple[st
         "teacher-forcing L1 on the held-out bf16 features: "
         f"bf16 {on_bf16['bf16']:.4f}, int8 {on_bf16['int8']:.4f}, **{100 * gap:+.2f}%**."
     )
-    return body, results
+    return Section("codecs", "Feature codecs", body, results)

@@ -9,18 +9,21 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from common.device import pick_device
+from extract.config import ExtractConfig
 from extract.corpus import open_corpus
 from extract.demo import make_demo_corpus
 from extract.encoder import build_encoder
-from extract.job import EpisodePieces, ExtractConfig, run_extract
+from extract.job import EpisodePieces, run_extract
 
-from .report import table
+from .config import ExtractBench
+from .report import Section, table
 
 
 def decode_only(corpus: Path, image_size: int, workers: int) -> float:
     """Frames/s of the job's DataLoader alone (decode + crop + resize + normalise)."""
     c = open_corpus(corpus, "droid", camera="wrist")
-    loader = DataLoader(EpisodePieces(c, c.sources(), 4.0, image_size, 32, 2), batch_size=None, num_workers=workers)
+    loader = DataLoader(EpisodePieces(c, c.sources(), 4.0, image_size), batch_size=None, num_workers=workers)
     start, n = time.perf_counter(), 0
     for piece in loader:
         n += 0 if piece.frames is None else len(piece.frames)
@@ -42,9 +45,9 @@ def encode_only(preset: str, batch: int, frames: int, device: torch.device) -> f
     return max(1, frames // batch) * batch / (time.perf_counter() - start)
 
 
-def run(directory: Path, preset: str, batch: int, workers: int, episodes: int = 32,
-        device: str | None = None) -> tuple[str, dict]:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def run(cfg: ExtractBench) -> Section:
+    directory, preset, batch, workers, episodes = cfg.directory, cfg.preset, cfg.batch, cfg.workers, cfg.episodes
+    dev = pick_device()
     corpus = directory / "corpus"
     if not corpus.exists():
         make_demo_corpus(corpus, episodes=episodes)
@@ -64,4 +67,4 @@ def run(directory: Path, preset: str, batch: int, workers: int, episodes: int = 
                                             ["encode only (main process)", f"{enc:.0f}"],
                                             ["whole job (store written, shards sealed)", f"{job:.0f}"]])
             + f"\n\nJob / slower stage: **{job / slower:.0%}**.")
-    return body, result
+    return Section(f"extract-{preset}", f"Extraction pipeline ({preset})", body, result)

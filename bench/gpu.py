@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import UserError
 from extract.encoder import build_encoder
-from store import UserError
-from train.loop import build_model, param_groups
+from train.loop import param_groups
 from train.losses import training_losses
+from train.predictor import build_model
 
+from .config import GpuBench
 from .online import flops_per_clip
-from .report import median_time, table
+from .report import Section, median_time, table
 
 H100_BF16_PEAK = 989e12  # dense bf16 tensor-core FLOP/s of an H100 SXM
 
@@ -44,7 +46,7 @@ def predictor_step(batch: int, checkpointing: bool) -> float:
     return t
 
 
-def run() -> tuple[str, dict]:
+def run(cfg: GpuBench) -> Section:
     if not torch.cuda.is_available():
         raise UserError("bench gpu needs a CUDA device; none is visible to torch here")
     enc_flops, pred_flops = flops_per_clip("vit_giant", "ac_vitg")
@@ -68,4 +70,4 @@ def run() -> tuple[str, dict]:
             f"ViT-g features, bf16 autocast; {pred_flops / 1e12:.2f} TFLOP per clip (FLOP counter); MFU against "
             f"{H100_BF16_PEAK / 1e12:.0f} TFLOP/s dense bf16.\n\n"
             + table(["clips per step", "activation checkpointing", "step ms", "clips/s", "MFU"], rows))
-    return body, results
+    return Section("gpu", "GPU: encoder and predictor", body, results)

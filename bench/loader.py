@@ -7,21 +7,40 @@ import os
 import shutil
 import time
 import warnings
-from statistics import median
+from collections.abc import Sequence
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, open_store
+from store import StoredEpisode, open_store, write_store
 from train.data import ClipDataset, ShuffledStream
 
-from .report import table
+from .config import LoaderBench
+from .report import Section, table
 
 VITG_DIM, TOKENS = 1408, 256
 PREDICTOR_TFLOP_PER_CLIP = 5.2  # SPEC §5: ac_vitg fwd+bwd with the rollout pass, 8-frame clip
 H100_EFFECTIVE_TFLOPS = 400.0
+
+
+class RandomEpisodes(Sequence):
+    """Episodes of random ViT-g features, built one at a time when the store writer asks for them."""
+
+    def __init__(self, count: int, frames: int):
+        self.count, self.frames = count, frames
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> StoredEpisode:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        g = torch.Generator().manual_seed(i)
+        features = torch.randn(self.frames, TOKENS, VITG_DIM, generator=g).to(torch.bfloat16)
+        return StoredEpisode(features, np.zeros((self.frames, 7), np.float32))
 
 
 def make_store(root: Path, frames: int, chunk_frames: int, episode_frames: int = 66, per_unit: int = 8) -> Path:
@@ -29,21 +48,9 @@ def make_store(root: Path, frames: int, chunk_frames: int, episode_frames: int =
     if (root / "manifest.parquet").exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
-    episodes = max(1, frames // episode_frames)
-    units = [[f"ep{i}" for i in range(u, min(u + per_unit, episodes))] for u in range(0, episodes, per_unit)]
-    config = StoreConfig("vjepa2-vit", "vit_giant", "random-init-seed0", VITG_DIM, (16, 16), 256, 4.0, "bench",
-                         "left", "bf16", "none", chunk_frames, "bench")
-    create_store(root, config, units)
-    g = torch.Generator().manual_seed(0)
-    for u, eps in enumerate(units):
-        w = ShardWriter(root, u)
-        for e in w.expected:
-            f = torch.randn(episode_frames, TOKENS, VITG_DIM, generator=g).to(torch.bfloat16)
-            s = np.zeros((episode_frames, 7), np.float32)
-            w.add_episode(EpisodeInfo(e, f"ep{e}"), f, s, np.arange(episode_frames), np.arange(episode_frames) / 4)
-        w.seal()
-    merge_manifest(root)
-    return root
+    episodes = RandomEpisodes(max(1, frames // episode_frames), episode_frames)
+    return write_store(root, episodes, per_unit, preset="vit_giant", checkpoint_sha256="random-init-seed0",
+                       image_size=256, crop="bench", camera="left", chunk_frames=chunk_frames, source_format="bench")
 
 
 def feature_files(root: Path) -> list[Path]:
@@ -88,8 +95,8 @@ def loader_rate(root: Path, workers: int, clips: int, batch: int = 8) -> float:
     return n / (time.perf_counter() - start)
 
 
-def run(directory: Path, frames: int = 6000, clips: int = 200, workers=(1, 2, 4), chunks=(1, 4, 8),
-        repeats: int = 3) -> tuple[str, dict]:
+def run(cfg: LoaderBench, workers=(1, 2, 4), chunks=(1, 4, 8), repeats: int = 3) -> Section:
+    directory, frames, clips = cfg.directory, cfg.frames, cfg.clips
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on 2 cores: on purpose
     clip_mb = 8 * TOKENS * VITG_DIM * 2 / 1e6
     need_clips = H100_EFFECTIVE_TFLOPS / PREDICTOR_TFLOP_PER_CLIP
@@ -129,4 +136,4 @@ def run(directory: Path, frames: int = 6000, clips: int = 200, workers=(1, 2, 4)
         f"ms per clip = {need_clips:.0f} clips/s = {need_clips * clip_mb:.0f} MB/s."
     )
     results["need_clips_s"] = need_clips
-    return body, results
+    return Section("loader", "Data loader vs plain read", body, results)

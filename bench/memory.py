@@ -9,7 +9,10 @@ from pathlib import Path
 
 from extract.demo import make_demo_corpus
 
-from .report import PeakRSS, table
+from .config import MemoryBench
+from .report import PeakRSS, Section, table
+
+DEMO_EPISODES = 32
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +30,8 @@ def peak(args: list[str]) -> tuple[int, float]:
     return rss.peak, time.perf_counter() - start
 
 
-def run(directory: Path, episodes: int = 32) -> tuple[str, dict]:
+def run(cfg: MemoryBench) -> Section:
+    directory, episodes = cfg.directory, DEMO_EPISODES
     corpus = directory / "corpus"
     if not corpus.exists():
         make_demo_corpus(corpus, episodes=episodes)
@@ -51,4 +55,4 @@ def run(directory: Path, episodes: int = 32) -> tuple[str, dict]:
             "worker shares with its parent (torch's libraries, ~250 MiB each) once per process, so it is an "
             "upper bound.\n\n"
             + table(["job", "peak RSS MiB", "seconds"], rows))
-    return body, results
+    return Section("memory", "Peak memory", body, results)

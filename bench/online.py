@@ -10,18 +10,24 @@ from statistics import median
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from common.device import pick_device
+from extract.config import ExtractConfig
 from extract.corpus import DroidCorpus
 from extract.demo import make_demo_corpus
 from extract.encoder import build_encoder
-from extract.job import ExtractConfig, run_extract
+from extract.job import run_extract
 from extract.preprocess import preprocess
 from store import open_store
 from train.data import ClipDataset, ShuffledStream
 from train.geometry import actions_from_states
 from train.losses import normalize, training_losses
-from train.loop import build_model, param_groups
+from train.loop import param_groups
+from train.predictor import build_model
 
-from .report import median_time, table
+from .config import OnlineBench
+from .report import Section, median_time, table
+
+DEMO_EPISODES = 24
 
 
 class DecodedClips(Dataset):
@@ -141,16 +147,16 @@ def flops_per_clip(encoder_preset: str, predictor_preset: str) -> tuple[float, f
     return e, fc.get_total_flops()
 
 
-def run(directory: Path, pairs: list[tuple[str, str]], batch: int = 4, batches: int = 6, repeats: int = 3,
-        workers: int = 1, episodes: int = 24, device: str | None = None) -> tuple[str, dict]:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    corpus = directory / "corpus"
+def run(cfg: OnlineBench) -> Section:
+    dev = pick_device()
+    batch, batches, repeats, workers = cfg.batch, cfg.batches, cfg.repeats, cfg.workers
+    corpus = cfg.directory / "corpus"
     if not corpus.exists():
-        make_demo_corpus(corpus, episodes=episodes)
+        make_demo_corpus(corpus, episodes=DEMO_EPISODES)
     rows, results = [], {}
-    for enc, pred in pairs:
+    for enc, pred in (p.split(":") for p in cfg.pairs.split(",")):
         e, p = flops_per_clip(enc, pred)
-        r = compare(corpus, directory / f"store-{enc}", enc, pred, batch, batches, repeats, workers, dev)
+        r = compare(corpus, cfg.directory / f"store-{enc}", enc, pred, batch, batches, repeats, workers, dev)
         r.update({"encoder_gflop_per_clip": e / 1e9, "predictor_gflop_per_clip": p / 1e9})
         results[f"{enc}+{pred}"] = r
         rows.append([f"{enc} + {pred}", f"{e / 1e9:.1f} / {p / 1e9:.1f} = {e / p:.2f}",
@@ -172,4 +178,4 @@ def run(directory: Path, pairs: list[tuple[str, str]], batch: int = 4, batches: 
                  "ms per clip: decode / encode / train step", "online clips/s", "cached clips/s", "speed-up",
                  "feature gap"], rows)
     )
-    return body, results
+    return Section("cached-vs-online", f"Cached features vs online encoding ({dev.type.upper()})", body, results)

@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from train.loop import build_model
-from train.plan import CEMConfig, plan_to_goal
+from common.device import pick_device
+from train.plan import plan_to_goal
+from train.predictor import build_model
 
-from .report import table
+from .config import PlanBench
+from .report import Section, table
+
+FEATURES = {"ac_demo": (128, (8, 8)), "ac_vitg": (1408, (16, 16)), "ac_vitg_mini": (320, (8, 8))}  # dim, grid
+HORIZON = 1
 
 
-def run(settings: list[tuple[str, int, tuple[int, int], CEMConfig]], device: str | None = None) -> tuple[str, dict]:
-    """settings: (predictor preset, feature dim, grid, CEM config). Weights are random: speed does not depend on them."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def run(bench: PlanBench) -> Section:
+    """Weights are random: the speed does not depend on them."""
+    dev = pick_device()
+    cfg = bench.cem
     results, rows = {}, []
-    for preset, dim, grid, cfg in settings:
+    for preset in bench.presets.split(","):
+        dim, grid = FEATURES[preset]
         torch.manual_seed(0)
         model = build_model(dim, grid, preset).eval().to(dev)
         n = grid[0] * grid[1]
         z0, goal = torch.randn(n, dim, device=dev), torch.randn(n, dim, device=dev)
         state = torch.tensor([0.5, 0.0, 0.2, 3.14, 0.0, 0.0, 0.5], device=dev)
-        plan_to_goal(model, z0, state, goal, CEMConfig(**{**cfg.__dict__, "iterations": 1}))  # warm-up
-        plan = plan_to_goal(model, z0, state, goal, cfg)
+        plan_to_goal(model, z0, state, goal, replace(cfg, iterations=1), HORIZON)  # warm-up
+        plan = plan_to_goal(model, z0, state, goal, cfg, HORIZON)
         rate = plan.evaluations / plan.seconds
         results[preset] = {"seconds_per_plan": plan.seconds, "evaluations_s": rate}
-        rows.append([preset, f"{dim} x {n}", f"{cfg.samples} x {cfg.iterations}, horizon {cfg.horizon}",
-                     cfg.batch, f"{rate:.0f}", f"**{plan.seconds:.2f}**"])
+        rows.append([preset, f"{dim} x {n}", f"{cfg.samples} x {cfg.iterations}, horizon {HORIZON}",
+                     cfg.energy_batch, f"{rate:.0f}", f"**{plan.seconds:.2f}**"])
     body = (f"CEM (SPEC §6) with the predictor rolled forward one step per action, energies in batches, {dev}"
             f"{' (bf16 autocast)' if dev.type == 'cuda' else ''}.\n\n"
             + table(["predictor", "features", "samples x iterations", "energy batch", "evaluations/s",
                      "seconds per plan"], rows))
-    return body, results
+    return Section(f"plan-{dev.type}", f"Planning speed ({dev.type.upper()})", body, results)

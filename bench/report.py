@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import re
@@ -10,9 +11,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .config import BENCHES, BenchConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
@@ -57,6 +61,30 @@ def table(header: list[str], rows: list[list]) -> str:
 def section(title: str, command: str, body: str) -> str:
     when = time.strftime("%Y-%m-%d")
     return (f"## {title}\n\nCommand: `{command}`  \nMachine: {machine()}  \nDate: {when}\n\n{body.strip()}\n")
+
+
+@dataclass
+class Section:
+    """What a benchmark's run(cfg) returns: its BENCHMARKS.md block and the raw numbers."""
+
+    name: str  # the block's marker in BENCHMARKS.md
+    title: str
+    body: str  # markdown
+    results: dict
+
+
+def device_name() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_bench(command: str, cfg: BenchConfig) -> str:
+    """Run one benchmark; return its section (with the command line that ran it), written if cfg.write."""
+    module = importlib.import_module(f"bench.{BENCHES[command][0]}")
+    result: Section = module.run(cfg)
+    text = section(result.title, "python cli.py " + " ".join(sys.argv[1:]), result.body)
+    if cfg.write:
+        write_section(result.name, text)
+    return text
 
 
 def write_section(name: str, text: str, path: Path = BENCHMARKS) -> None:

@@ -13,7 +13,7 @@ import io
 import json
 import math
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -21,15 +21,14 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from store import UserError
+from common.errors import SkipEpisode, UserError
+from store.manifest import EpisodeInfo
 
-FORMATS = ("droid", "lerobot", "webdataset")
+from .config import DROID_CAMERAS, FORMATS
+
 DROID_HZ = 15.0
-DROID_CAMERAS = ("left", "right", "wrist")
-
-
-class SkipEpisode(Exception):
-    """This episode cannot be extracted; the message is the reason recorded in the manifest."""
+# a target rate that divides the native one exactly (15 / 3.75) must not round up to the next stride
+STRIDE_TOLERANCE = 1e-9
 
 
 def open_video(source: Path | bytes):
@@ -48,7 +47,7 @@ def open_video(source: Path | bytes):
 
 def stride_for(native_fps: float, target_fps: float) -> int:
     """Source frames between stored frames: ceil(native / target), at least 1."""
-    return max(1, math.ceil(native_fps / target_fps - 1e-9))
+    return max(1, math.ceil(native_fps / target_fps - STRIDE_TOLERANCE))
 
 
 @dataclass
@@ -60,12 +59,7 @@ class Episode:
     timestamp: np.ndarray  # [n] seconds from the episode start
     decode_index: np.ndarray  # [n] frame index in the video file (differs in LeRobot v3 files)
     video: object  # decord.VideoReader
-    camera: str
-    task: str = ""
-    success: bool | None = None
-    native_fps: float = 0.0
-    stride: int = 1
-    notes: list[str] = field(default_factory=list)
+    info: EpisodeInfo  # camera, task, success, native fps, stride, note (id and source: the job's)
 
     def __len__(self) -> int:
         return len(self.state)
@@ -80,7 +74,7 @@ class Episode:
 
 def sampled_episode(state: np.ndarray, frame_index: np.ndarray, timestamp: np.ndarray,
                     decode_index: np.ndarray, video, native_fps: float, target_fps: float,
-                    camera: str, notes: list[str], **kw) -> Episode:
+                    camera: str, notes: list[str], task: str = "", success: bool | None = None) -> Episode:
     """Keep the rows whose frame the video really holds, then every stride-th of them."""
     state = np.asarray(state, np.float32)
     if state.ndim != 2 or state.shape[1] != 7:
@@ -91,10 +85,11 @@ def sampled_episode(state: np.ndarray, frame_index: np.ndarray, timestamp: np.nd
         notes.append(f"video holds {n_video} frames for {len(state)} states; used the first {usable}")
     stride = stride_for(native_fps, target_fps)
     rows = np.arange(0, usable, stride)
+    info = EpisodeInfo(camera=camera, task=task, success=success, native_fps=native_fps, stride=stride,
+                       note="; ".join(notes))
     return Episode(state=state[rows], frame_index=np.asarray(frame_index)[rows],
                    timestamp=np.asarray(timestamp, np.float64)[rows],
-                   decode_index=np.asarray(decode_index)[rows], video=video, camera=camera,
-                   native_fps=native_fps, stride=stride, notes=notes, **kw)
+                   decode_index=np.asarray(decode_index)[rows], video=video, info=info)
 
 
 class Corpus:

@@ -13,76 +13,51 @@ stopped), so a resumed or distributed run stores bit-identical features.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from store import (
-    EpisodeInfo, ShardWriter, StoreConfig, UserError, create_store, merge_manifest, remove_unsealed,
-    sealed_units,
-)
+from common.device import pick_device, rank_world
+from common.errors import SkipEpisode
+from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, remove_unsealed, sealed_units
 
-from .corpus import Corpus, SkipEpisode, open_corpus
+from .config import ExtractConfig
+from .corpus import Corpus, open_corpus
 from .encoder import build_encoder
 from .preprocess import CROP_RULE, preprocess
 from .vit import ENCODER_PRESETS
 
-
 WRITES_IN_FLIGHT = 4  # finished episodes queued for the writer thread before encoding waits
-
-
-@dataclass
-class ExtractConfig:
-    corpus: Path
-    out: Path
-    format: str = "droid"
-    camera: str = "left"  # DROID view
-    video_key: str | None = None  # LeRobot camera
-    state_key: str = "observation.state"  # LeRobot 7-D end-effector state column
-    fps: float = 4.0
-    preset: str = "vit_giant"
-    checkpoint: Path | None = None
-    random_init: bool = False
-    codec: str = "bf16"
-    compression: str = "none"
-    chunk_frames: int = 4  # measured: `cli.py bench loader`
-    episodes_per_unit: int = 64
-    batch_size: int = 64
-    workers: int = 4
-    piece_frames: int = 32
-    min_frames: int = 2
-    rank: int | None = None  # default: $RANK (torchrun) or 0
-    world_size: int | None = None  # default: $WORLD_SIZE or 1
-    device: str | None = None  # default: cuda:$LOCAL_RANK if available, else cpu
-    limit: int | None = None  # only the first N episodes of the corpus
+PIECE_FRAMES = 32  # frames a decoding worker hands over at once (bounds its memory, keeps the encoder fed)
+MIN_FRAMES = 2  # an episode needs one action at least
 
 
 @dataclass
 class Piece:
-    """Up to piece_frames preprocessed frames of one episode; the first carries its metadata."""
+    """Up to PIECE_FRAMES preprocessed frames of one episode; the first carries its rows' metadata."""
 
     order: int  # position of the episode in this rank's work list
     last: bool
     frames: torch.Tensor | None = None  # [k, 3, S, S] float32
-    header: dict | None = None
+    info: EpisodeInfo | None = None  # first piece only: the episode's metadata and its per-row arrays
+    state: np.ndarray | None = None
+    frame_index: np.ndarray | None = None
+    timestamp: np.ndarray | None = None
     skip: str | None = None  # set on the last piece of an episode that cannot be extracted
 
 
 class EpisodePieces(IterableDataset):
     """Worker w of n loads episodes w, w+n, ...; the loader interleaves workers round-robin."""
 
-    def __init__(self, corpus: Corpus, sources: list[str], fps: float, size: int,
-                 piece_frames: int, min_frames: int):
+    def __init__(self, corpus: Corpus, sources: list[str], fps: float, size: int):
         self.corpus, self.sources, self.fps, self.size = corpus, sources, fps, size
-        self.piece_frames, self.min_frames = piece_frames, min_frames
 
     def __iter__(self) -> Iterator[Piece]:
         info = get_worker_info()
@@ -93,21 +68,22 @@ class EpisodePieces(IterableDataset):
     def _pieces(self, order: int) -> Iterator[Piece]:
         try:
             ep = self.corpus.load(self.sources[order], self.fps)
-            if len(ep) < self.min_frames:
-                raise SkipEpisode(f"only {len(ep)} frames at {self.fps:g} fps, {self.min_frames} needed")
-            header = {"state": ep.state, "frame_index": ep.frame_index, "timestamp": ep.timestamp,
-                      "camera": ep.camera, "task": ep.task, "success": ep.success,
-                      "native_fps": ep.native_fps, "stride": ep.stride, "note": "; ".join(ep.notes)}
-            for start in range(0, len(ep), self.piece_frames):
-                frames = preprocess(ep.frames(slice(start, start + self.piece_frames)), self.size)
-                yield Piece(order, start + self.piece_frames >= len(ep), frames, header if start == 0 else None)
+            if len(ep) < MIN_FRAMES:
+                raise SkipEpisode(f"only {len(ep)} frames at {self.fps:g} fps, {MIN_FRAMES} needed")
+            for start in range(0, len(ep), PIECE_FRAMES):
+                frames = preprocess(ep.frames(slice(start, start + PIECE_FRAMES)), self.size)
+                piece = Piece(order, start + PIECE_FRAMES >= len(ep), frames)
+                if start == 0:
+                    piece.info, piece.state, piece.frame_index, piece.timestamp = (
+                        ep.info, ep.state, ep.frame_index, ep.timestamp)
+                yield piece
         except SkipEpisode as e:
             yield Piece(order, True, skip=str(e))
 
 
 @dataclass
 class _Episode:
-    header: dict | None = None
+    first: Piece | None = None  # the piece with the metadata
     skip: str | None = None
     released: bool = False  # all pieces handed to the encoder queue
     frames: int = 0
@@ -119,7 +95,7 @@ class _Episode:
 
 
 @dataclass
-class Summary:
+class ExtractSummary:
     rank: int
     world_size: int
     units: int  # this rank's units done in this run
@@ -132,40 +108,17 @@ class Summary:
     store: Path | None = None
 
 
-def _rank_world(cfg: ExtractConfig) -> tuple[int, int]:
-    rank = cfg.rank if cfg.rank is not None else int(os.environ.get("RANK", 0))
-    world = cfg.world_size if cfg.world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
-    if world < 1 or not 0 <= rank < world:
-        raise UserError(f"rank {rank} is not in 0..world_size-1 (world_size {world})")
-    return rank, world
-
-
-def _device(cfg: ExtractConfig) -> torch.device:
-    if cfg.device:
-        return torch.device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def plan_units(sources: list[str], per_unit: int) -> list[list[str]]:
-    if per_unit < 1:
-        raise UserError("episodes per unit must be at least 1")
     return [sources[i:i + per_unit] for i in range(0, len(sources), per_unit)]
 
 
-def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> Summary:
+def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSummary:
     """Run (or resume) this rank's share of the extraction.
 
     `on_start(episodes)` is called once with the number of episodes this run will write,
     `on_episode(frames)` after each written episode (0 frames for a skipped one).
     """
-    rank, world = _rank_world(cfg)
-    if cfg.fps <= 0:
-        raise UserError("--fps must be positive")
-    for name in ("batch_size", "piece_frames", "chunk_frames", "min_frames"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{name.replace('_', '-')} must be at least 1")
+    rank, world = rank_world(cfg.rank, cfg.world_size)
     corpus = open_corpus(cfg.corpus, cfg.format, cfg.camera, cfg.video_key, cfg.state_key)
     sources = corpus.sources()[: cfg.limit]
     units = plan_units(sources, cfg.episodes_per_unit)
@@ -182,14 +135,14 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> Summary:
     remove_unsealed(cfg.out, mine)  # leftovers of a crashed run of this rank
     done = set(sealed_units(cfg.out))
     todo = [u for u in mine if u not in done]
-    summary = Summary(rank, world, units=len(todo), units_skipped=len(mine) - len(todo), store=Path(cfg.out))
+    summary = ExtractSummary(rank, world, units=len(todo), units_skipped=len(mine) - len(todo), store=Path(cfg.out))
 
     first_id = np.cumsum([0] + [len(u) for u in units])
     work = [(int(first_id[u] + i), u, src) for u in todo for i, src in enumerate(units[u])]
     if on_start:
         on_start(len(work))
     if work:
-        device = _device(cfg)
+        device = pick_device(cfg.device)
         encoder.to(device)
         start = time.perf_counter()
         _Pipeline(cfg, encoder, device, work, summary, on_episode).run(corpus, preset.image_size)
@@ -202,7 +155,7 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> Summary:
 
 class _Pipeline:
     def __init__(self, cfg: ExtractConfig, encoder: torch.nn.Module, device: torch.device,
-                 work: list[tuple[int, int, str]], summary: Summary, on_episode):
+                 work: list[tuple[int, int, str]], summary: ExtractSummary, on_episode):
         self.cfg, self.encoder, self.device, self.work = cfg, encoder, device, work
         self.summary, self.on_episode = summary, on_episode
         self.unit_end = {i for i in range(len(work)) if i + 1 == len(work) or work[i + 1][1] != work[i][1]}
@@ -218,8 +171,7 @@ class _Pipeline:
 
     def run(self, corpus: Corpus, image_size: int) -> None:
         cfg = self.cfg
-        dataset = EpisodePieces(corpus, [w[2] for w in self.work], cfg.fps, image_size,
-                                cfg.piece_frames, cfg.min_frames)
+        dataset = EpisodePieces(corpus, [w[2] for w in self.work], cfg.fps, image_size)
         loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
                             pin_memory=self.device.type == "cuda")
         try:
@@ -238,8 +190,8 @@ class _Pipeline:
             order = self.next_release
             piece = self.waiting[order].popleft()
             ep = self.episodes.setdefault(order, _Episode())
-            if piece.header is not None:
-                ep.header = piece.header
+            if piece.info is not None:
+                ep.first = piece
             if piece.frames is not None:
                 self.queue.append((order, piece.frames))
                 self.queued += len(piece.frames)
@@ -300,15 +252,13 @@ class _Pipeline:
         episode_id, unit, source = self.work[order]
         if self.writer is None:
             self.writer = ShardWriter(self.cfg.out, unit)
-        h = ep.header or {}
-        info = EpisodeInfo(episode_id, source, camera=h.get("camera", ""), task=h.get("task", ""),
-                           success=h.get("success"), native_fps=h.get("native_fps", 0.0),
-                           stride=h.get("stride", 0), note=h.get("note", ""))
+        first = ep.first
+        info = replace(first.info if first else EpisodeInfo(), episode_id=episode_id, source=source)
         if ep.skip is not None:
             self.writer.add_skipped(info, ep.skip)
             self.summary.skipped.append((source, ep.skip))
         else:
-            self.writer.add_episode(info, torch.cat(ep.features), h["state"], h["frame_index"], h["timestamp"])
+            self.writer.add_episode(info, torch.cat(ep.features), first.state, first.frame_index, first.timestamp)
             self.summary.episodes_ok += 1
             self.summary.frames += ep.frames
         if order in self.unit_end:

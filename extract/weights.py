@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from store import UserError
+from common.errors import UserError
 
 PREFIXES = ("module.", "backbone.")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -35,7 +26,7 @@ def load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def checkpoint_entry(ckpt: dict, entries: tuple[str, ...], path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+def checkpoint_entry(ckpt: dict, entries: tuple[str, ...], path: Path | str) -> tuple[str, dict[str, torch.Tensor]]:
     """The first of `entries` found in the checkpoint, with `module.` / `backbone.` prefixes stripped."""
     name = next((e for e in entries if isinstance(ckpt.get(e), dict)), None)
     if name is None:
@@ -47,10 +38,6 @@ def checkpoint_entry(ckpt: dict, entries: tuple[str, ...], path: Path) -> tuple[
             key = key.split(".", 1)[1]
         state[key] = value
     return name, state
-
-
-def read_entry(path: Path, entries: tuple[str, ...]) -> tuple[str, dict[str, torch.Tensor]]:
-    return checkpoint_entry(load_checkpoint(path), entries, path)
 
 
 def _names(keys: list[str], limit: int = 6) -> str:

@@ -1,16 +1,21 @@
-"""The sharded Zarr feature store: the one contract between extraction and training."""
+"""The sharded Zarr feature store: the one contract between extraction and training.
 
-from .codecs import CODECS, COMPRESSIONS
-from .format import FORMAT_VERSION, StoreConfig, StoreError, UserError
-from .manifest import EpisodeInfo
-from .reader import Store, open_store
-from .verify import verify
-from .writer import (
-    ShardWriter, create_store, merge_manifest, remove_unsealed, sealed_units, unsealed_units,
-)
+The names below load their module on first use, so `store.format` alone (the layout and
+its names) is cheap to import (the CLI's --help imports it; torch and zarr stay unloaded).
+"""
 
-__all__ = [
-    "CODECS", "COMPRESSIONS", "FORMAT_VERSION", "EpisodeInfo", "ShardWriter", "Store",
-    "StoreConfig", "StoreError", "create_store", "merge_manifest", "open_store",
-    "remove_unsealed", "sealed_units", "unsealed_units", "verify", "UserError",
-]
+import importlib
+
+_HOMES = {
+    "CODECS": "format", "COMPRESSIONS": "format", "FORMAT_VERSION": "format", "StoreConfig": "format",
+    "sealed_units": "format", "unsealed_units": "format", "EpisodeInfo": "manifest", "Store": "reader",
+    "open_store": "reader", "verify": "integrity", "ShardWriter": "writer", "StoredEpisode": "writer",
+    "create_store": "writer", "merge_manifest": "writer", "remove_unsealed": "writer", "write_store": "writer",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

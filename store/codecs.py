@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from zarr.codecs import BloscCodec, ZstdCodec
 
-CODECS = ("bf16", "fp16", "int8")
-COMPRESSIONS = ("none", "zstd", "blosc-zstd")
+from .format import CODECS, COMPRESSIONS
 STORED_DTYPE = {"bf16": np.uint16, "fp16": np.float16, "int8": np.int8}
 
 

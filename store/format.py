@@ -24,6 +24,13 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import pyarrow as pa
+
+from common.errors import StoreError
+from common.files import sha256_file
+
+from . import manifest
+
 FORMAT_VERSION = 1
 STATE_DIM = 7
 PLAN_FILE = "plan.parquet"
@@ -32,14 +39,8 @@ SHARDS_DIR = "shards"
 SEAL_FILE = "sealed.json"
 EPISODES_FILE = "episodes.parquet"
 ROW_ARRAYS = ("features", "scales", "state", "frame_index", "timestamp", "episode")
-
-
-class UserError(Exception):
-    """A mistake in what the user gave (paths, options, data); the CLI reports it in one line."""
-
-
-class StoreError(UserError):
-    """A store is missing, malformed, of another version, or used inconsistently."""
+CODECS = ("bf16", "fp16", "int8")  # see store.codecs
+COMPRESSIONS = ("none", "zstd", "blosc-zstd")
 
 
 @dataclass(frozen=True)
@@ -111,3 +112,34 @@ def read_root_attrs(root: Path) -> dict:
             f"({FORMAT_VERSION}); upgrade the package"
         )
     return attrs
+
+
+def read_plan(root: Path) -> pa.Table:
+    return manifest.read_table(Path(root) / PLAN_FILE, manifest.PLAN_SCHEMA)
+
+
+def _units(root: Path, sealed: bool) -> list[int]:
+    shards = Path(root) / SHARDS_DIR
+    if not shards.is_dir():
+        read_root_attrs(root)  # names the problem if root is no store at all
+        raise StoreError(f"{root}: feature store without a {SHARDS_DIR}/ directory")
+    return sorted(int(d.name) for d in shards.iterdir() if d.name.isdigit() and (d / SEAL_FILE).exists() == sealed)
+
+
+def sealed_units(root: Path) -> list[int]:
+    return _units(root, sealed=True)
+
+
+def unsealed_units(root: Path) -> list[int]:
+    return _units(root, sealed=False)
+
+
+def file_digests(directory: Path, fsync: bool = False) -> dict[str, str]:
+    """SHA-256 of every file under a shard directory except the seal itself (and its temporaries)."""
+    out = {}
+    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        if rel == SEAL_FILE or rel.startswith(f".{SEAL_FILE}"):
+            continue
+        out[rel] = sha256_file(path, fsync=fsync)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,57 +13,78 @@ import torch
 from .format import SEAL_FILE, SHARDS_DIR, read_root_attrs
 from .reader import Store
 
+PCA_SAMPLE_TOKENS = 20_000  # tokens the principal components are fitted on (enough for 3 components)
+PCA_RANGE_EVERY = 7  # the colour range is taken from every 7th projected token (quantiles need no more)
+
 
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
-def shard_rows(root: Path) -> list[dict]:
-    """One dict per shard directory: unit, sealed, episodes, frames, bytes."""
+@dataclass
+class ShardRow:
+    unit: int
+    sealed: bool
+    episodes: int | None  # from the seal; None when unsealed
+    frames: int | None
+    bytes: int
+    codec: str
+
+
+def shard_rows(root: Path) -> list[ShardRow]:
+    """One row per shard directory present (sealed or not)."""
     root = Path(root)
     codec = read_root_attrs(root)["codec"]
     out = []
     for d in sorted(p for p in (root / SHARDS_DIR).iterdir() if p.name.isdigit()):
-        row = {"unit": int(d.name), "sealed": (d / SEAL_FILE).exists(), "episodes": None,
-               "frames": None, "bytes": dir_bytes(d), "codec": codec}
-        if row["sealed"]:
-            seal = json.loads((d / SEAL_FILE).read_text())
-            row["episodes"], row["frames"] = seal["episodes"], seal["rows"]
-        out.append(row)
+        sealed = (d / SEAL_FILE).exists()
+        seal = json.loads((d / SEAL_FILE).read_text()) if sealed else {}
+        out.append(ShardRow(int(d.name), sealed, seal.get("episodes"), seal.get("rows"), dir_bytes(d), codec))
     return out
 
 
-def summary(store: Store) -> dict:
+@dataclass
+class StoreSummary:
+    attrs: dict  # the root attributes: format version and extraction settings
+    units_sealed: int
+    num_units: int
+    episodes_ok: int
+    episodes_skipped: int
+    frames: int
+    hours: float  # of video, at the stored fps
+    bytes: int
+
+
+def summary(store: Store) -> StoreSummary:
     """Store attributes plus totals."""
-    ep = store.episodes.to_pydict()
-    ok = sum(s == "ok" for s in ep["status"])
+    status = store.episodes["status"].to_pylist()
+    ok = sum(s == "ok" for s in status)
     frames = store.total_frames
-    return {
-        **store.attrs,
-        "units_sealed": f"{len(store.sealed)}/{store.num_units}",
-        "episodes_ok": ok,
-        "episodes_skipped": len(ep["status"]) - ok,
-        "frames": frames,
-        "hours": frames / store.config.fps / 3600,
-        "bytes": dir_bytes(store.root),
-    }
+    return StoreSummary(store.attrs, len(store.sealed), store.num_units, ok, len(status) - ok, frames,
+                        frames / store.config.fps / 3600, dir_bytes(store.root))
 
 
-def episode_summary(store: Store, episode_id: int) -> dict:
+@dataclass
+class EpisodeSummary:
+    row: dict  # the manifest row
+    state: dict = field(default_factory=dict)  # first, last, min, max, xyz_path_length (ok episodes)
+    frames: dict = field(default_factory=dict)  # per-frame lists: frame_index, timestamp, mean, std, ...
+
+
+def episode_summary(store: Store, episode_id: int) -> EpisodeSummary:
     """Manifest row, state trajectory summary and per-frame feature statistics of an episode."""
-    row = store.episode(episode_id)
-    out = {"row": row}
-    if row["status"] != "ok":
+    out = EpisodeSummary(store.episode(episode_id))
+    if out.row["status"] != "ok":
         return out
     data = store.read_episode(episode_id)
     f = data["features"].float()
     s = data["state"]
-    out["state"] = {
+    out.state = {
         "first": s[0].tolist(), "last": s[-1].tolist(), "min": s.min(0).tolist(),
         "max": s.max(0).tolist(),
         "xyz_path_length": float(np.linalg.norm(np.diff(s[:, :3], axis=0), axis=1).sum()),
     }
-    out["frames"] = {
+    out.frames = {
         "frame_index": data["frame_index"].tolist(),
         "timestamp": data["timestamp"].tolist(),
         "mean": f.mean((1, 2)).tolist(),
@@ -74,7 +96,7 @@ def episode_summary(store: Store, episode_id: int) -> dict:
     return out
 
 
-def feature_stats(store: Store, on_episode: Callable[[int], None] | None = None) -> dict:
+def feature_stats(store: Store, on_episode: Callable[[int], None] | None = None) -> dict[str, float]:
     """Mean/std of all feature values, token-norm range and NaN/Inf counts over every ok episode."""
     n = nan = inf = 0
     total = total_sq = 0.0
@@ -111,10 +133,11 @@ def pca_rgb(features: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     """[n, tokens, D] -> [n, rows, cols, 3] in [0, 1]: the first three principal components."""
     x = features.float().reshape(-1, features.shape[-1])
     x = x - x.mean(0)
-    sample = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:20000]]
+    sample = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:PCA_SAMPLE_TOKENS]]
     _, _, v = torch.linalg.svd(sample, full_matrices=False)
     proj = x @ v[:3].T
-    lo, hi = torch.quantile(proj[::7], 0.01, dim=0), torch.quantile(proj[::7], 0.99, dim=0)
+    every = proj[::PCA_RANGE_EVERY]
+    lo, hi = torch.quantile(every, 0.01, dim=0), torch.quantile(every, 0.99, dim=0)
     rgb = ((proj - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
     return rgb.reshape(features.shape[0], *grid, 3).numpy()
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from common.files import atomic_write
 
 SCHEMA = pa.schema(
     [
@@ -31,10 +32,11 @@ PLAN_SCHEMA = pa.schema([("unit", pa.int32()), ("episode_id", pa.int64()), ("sou
 
 @dataclass
 class EpisodeInfo:
-    """What the extraction job knows about an episode besides its frames."""
+    """What is known about an episode besides its frames: filled by the corpus reader, numbered by
+    the extraction job, written by the shard writer as the episode's manifest row."""
 
-    episode_id: int
-    source: str
+    episode_id: int = -1
+    source: str = ""
     camera: str = ""
     task: str = ""
     success: bool | None = None
@@ -43,14 +45,14 @@ class EpisodeInfo:
     note: str = ""
 
 
+def manifest_row(info: EpisodeInfo, unit: int, first_row: int, num_frames: int, status: str, reason: str) -> dict:
+    return {**asdict(info), "unit": unit, "first_row": first_row, "num_frames": num_frames,
+            "status": status, "reason": reason}
+
+
 def write_table(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file atomically (temp file + rename), so readers never see half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a Parquet file atomically, so readers never see half of one."""
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
 def read_table(path: Path, schema: pa.Schema = SCHEMA) -> pa.Table:

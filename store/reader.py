@@ -11,9 +11,10 @@ import pyarrow.compute as pc
 import torch
 import zarr
 
+from common.errors import StoreError
+
 from . import codecs, manifest
-from .format import EPISODES_FILE, MANIFEST_FILE, ROW_ARRAYS, StoreConfig, StoreError, read_root_attrs, shard_dir
-from .writer import sealed_units
+from .format import EPISODES_FILE, MANIFEST_FILE, ROW_ARRAYS, StoreConfig, read_root_attrs, sealed_units, shard_dir
 
 
 class Store:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +15,13 @@ import pyarrow as pa
 import torch
 import zarr
 
+from common.errors import StoreError
+from common.files import atomic_write_bytes, remove_stale_temps
+
 from . import codecs, manifest
 from .format import (
-    EPISODES_FILE,
-    FORMAT_VERSION,
-    MANIFEST_FILE,
-    PLAN_FILE,
-    SEAL_FILE,
-    SHARDS_DIR,
-    STATE_DIM,
-    StoreConfig,
-    StoreError,
-    read_root_attrs,
-    shard_dir,
+    EPISODES_FILE, FORMAT_VERSION, MANIFEST_FILE, PLAN_FILE, SEAL_FILE, SHARDS_DIR, STATE_DIM, StoreConfig,
+    file_digests, read_plan, read_root_attrs, sealed_units, shard_dir, unsealed_units,
 )
 
 ROW_CHUNK = 4096  # rows per chunk of the small per-row arrays
@@ -41,10 +37,6 @@ def plan_table(units: list[list[str]]) -> pa.Table:
         {"unit": unit_col, "episode_id": list(range(len(sources))), "source": sources},
         schema=manifest.PLAN_SCHEMA,
     )
-
-
-def read_plan(root: Path) -> pa.Table:
-    return manifest.read_table(Path(root) / PLAN_FILE, manifest.PLAN_SCHEMA)
 
 
 def create_store(root: Path, config: StoreConfig, units: list[list[str]]) -> bool:
@@ -89,23 +81,6 @@ def check_compatible(root: Path, config: StoreConfig, plan: pa.Table) -> None:
             f"{root} holds a different plan of episodes than this corpus gives now; "
             "the corpus or the units option changed. Use another output path."
         )
-
-
-def file_digests(directory: Path, fsync: bool = False) -> dict[str, str]:
-    """SHA-256 of every file under a shard directory except the seal itself."""
-    out = {}
-    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-        rel = path.relative_to(directory).as_posix()
-        if rel == SEAL_FILE or rel.startswith(f".{SEAL_FILE}"):
-            continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                h.update(block)
-            if fsync:
-                os.fsync(f.fileno())
-        out[rel] = h.hexdigest()
-    return out
 
 
 class ShardWriter:
@@ -158,12 +133,7 @@ class ShardWriter:
             raise StoreError(f"unit {self.unit}: got episode {info.episode_id}, expected {want}")
 
     def _record(self, info: manifest.EpisodeInfo, n: int, status: str, reason: str) -> None:
-        self.records.append({
-            "episode_id": info.episode_id, "unit": self.unit, "first_row": self.rows,
-            "num_frames": n, "source": info.source, "camera": info.camera, "task": info.task,
-            "success": info.success, "status": status, "reason": reason,
-            "native_fps": info.native_fps, "stride": info.stride, "note": info.note,
-        })
+        self.records.append(manifest.manifest_row(info, self.unit, self.rows, n, status, reason))
         self.rows += n
 
     def add_episode(
@@ -210,33 +180,7 @@ class ShardWriter:
             "episodes": len(self.records),
             "files": file_digests(self.dir, fsync=True),
         }
-        tmp = self.dir / f".{SEAL_FILE}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(seal, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / SEAL_FILE)
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _units(root: Path, sealed: bool) -> list[int]:
-    shards = Path(root) / SHARDS_DIR
-    if not shards.is_dir():
-        read_root_attrs(root)  # names the problem if root is no store at all
-        raise StoreError(f"{root}: feature store without a {SHARDS_DIR}/ directory")
-    return sorted(int(d.name) for d in shards.iterdir() if d.name.isdigit() and (d / SEAL_FILE).exists() == sealed)
-
-
-def sealed_units(root: Path) -> list[int]:
-    return _units(root, sealed=True)
-
-
-def unsealed_units(root: Path) -> list[int]:
-    return _units(root, sealed=False)
+        atomic_write_bytes(self.dir / SEAL_FILE, json.dumps(seal, indent=1).encode())
 
 
 def remove_unsealed(root: Path, units: list[int] | None = None) -> list[int]:
@@ -262,5 +206,53 @@ def merge_manifest(root: Path) -> pa.Table:
     table = manifest.concat(
         [manifest.read_table(shard_dir(root, u) / EPISODES_FILE) for u in range(num_units)]
     )
+    remove_stale_temps(root, MANIFEST_FILE)  # of a merge that was killed
     manifest.write_table(table, root / MANIFEST_FILE)
     return table
+
+
+@dataclass
+class StoredEpisode:
+    """An episode for `write_store`: its rows, or the reason it was skipped."""
+
+    features: torch.Tensor | None = None  # [n, tokens, D] raw encoder output
+    state: np.ndarray | None = None  # [n, 7]
+    info: manifest.EpisodeInfo = field(default_factory=manifest.EpisodeInfo)  # id and source are set here
+    skip: str = ""
+
+
+def write_store(root: Path, episodes: Sequence[StoredEpisode], per_unit: int | None = None, merge: bool = True,
+                **config) -> Path:
+    """A complete store from episodes already in memory (tests, benchmarks, features computed elsewhere).
+
+    `config` sets StoreConfig fields; feature_dim comes from the features, the grid is square unless
+    given. Episodes are read in order when they are written (the first one with features once more,
+for its shape), so `episodes` may build them lazily. Stored frame i
+    has frame_index i and timestamp i / fps; episode i has source `episode_i`.
+    """
+    first = next(e.features for e in episodes if e.features is not None)
+    tokens = first.shape[1]
+    side = math.isqrt(tokens)
+    defaults = dict(encoder="vjepa2-vit", preset="test", checkpoint_sha256="random-init", feature_dim=first.shape[2],
+                    grid=(side, side), image_size=16 * side, fps=4.0, crop="test", camera="test", codec="bf16",
+                    compression="none", chunk_frames=4, source_format="test")
+    cfg = StoreConfig.from_attrs({**defaults, **config})
+    per_unit = per_unit or len(episodes)
+    sources = [f"episode_{i}" for i in range(len(episodes))]
+    create_store(root, cfg, [sources[i:i + per_unit] for i in range(0, len(sources), per_unit)])
+    writer = None
+    for i in range(len(episodes)):
+        if i % per_unit == 0:
+            writer = ShardWriter(root, i // per_unit)
+        ep = episodes[i]
+        info = replace(ep.info, episode_id=i, source=sources[i])
+        if ep.features is None:
+            writer.add_skipped(info, ep.skip)
+        else:
+            n = len(ep.features)
+            writer.add_episode(info, ep.features, ep.state, np.arange(n), np.arange(n) / cfg.fps)
+        if (i + 1) % per_unit == 0 or i + 1 == len(episodes):
+            writer.seal()
+    if merge:
+        merge_manifest(root)
+    return Path(root)

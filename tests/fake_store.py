@@ -17,16 +17,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest  # noqa: E402
+from store import (  # noqa: E402
+    EpisodeInfo, ShardWriter, StoreConfig, StoredEpisode, create_store, write_store,
+)
 
 TOKENS, DIM = 16, 32
-UNITS = [[f"ep{u}_{i}" for i in range(5)] for u in range(3)]  # 3 units x 5 episodes
+PER_UNIT = 5
+UNITS = [[f"episode_{u * PER_UNIT + i}" for i in range(PER_UNIT)] for u in range(3)]  # 3 units x 5 episodes, as
+# write_store names them
 
 
 def config(codec: str = "bf16", compression: str = "none") -> StoreConfig:
     return StoreConfig(
         encoder="vjepa2-vit", preset="test", checkpoint_sha256="random-init", feature_dim=DIM,
-        grid=(4, 4), image_size=64, fps=4.0, crop="test", camera="left", codec=codec,
+        grid=(4, 4), image_size=64, fps=4.0, crop="test", camera="test", codec=codec,
         compression=compression, chunk_frames=4, source_format="test",
     )
 
@@ -46,28 +50,33 @@ def make_store(root: Path, codec: str = "bf16", compression: str = "none") -> No
     create_store(root, config(codec, compression), UNITS)
 
 
+def stored_episode(episode_id: int) -> StoredEpisode:
+    info = EpisodeInfo(task=f"task {episode_id}")
+    if is_skipped(episode_id):
+        return StoredEpisode(info=info, skip="corrupt video")
+    f, s = episode_data(episode_id)
+    return StoredEpisode(f, s, info)
+
+
 def complete_store(root: Path, codec: str = "bf16", compression: str = "none", merge: bool = True) -> Path:
-    """make_store, every unit written and sealed, the manifest merged."""
-    make_store(root, codec, compression)
-    for unit in range(len(UNITS)):
-        write_unit(root, unit)
-    if merge:
-        merge_manifest(root)
-    return root
+    """Every unit of make_store's plan written and sealed, the manifest merged (unless merge=False)."""
+    episodes = [stored_episode(e) for e in range(sum(map(len, UNITS)))]
+    return write_store(root, episodes, PER_UNIT, merge, **config(codec, compression).to_attrs())
 
 
 def write_unit(root: Path, unit: int, hang_after: int | None = None, delay: float = 0.0) -> None:
+    """One unit of a make_store store, as complete_store writes it (episode by episode, as a writer process)."""
     w = ShardWriter(root, unit)
     for i, episode_id in enumerate(w.expected):
         if hang_after is not None and i == hang_after:
             print("READY", flush=True)
             time.sleep(600)
-        info = EpisodeInfo(episode_id, UNITS[unit][i], camera="left", task=f"task {episode_id}")
-        if is_skipped(episode_id):
-            w.add_skipped(info, "corrupt video")
+        ep = stored_episode(episode_id)
+        info = EpisodeInfo(episode_id, UNITS[unit][i], task=ep.info.task)
+        if ep.features is None:
+            w.add_skipped(info, ep.skip)
         else:
-            f, s = episode_data(episode_id)
-            w.add_episode(info, f, s, np.arange(len(s)) * 4, np.arange(len(s)) / 4.0)
+            w.add_episode(info, ep.features, ep.state, np.arange(len(ep.state)), np.arange(len(ep.state)) / 4.0)
         time.sleep(delay)
     w.seal()
 

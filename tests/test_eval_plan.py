@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, open_store
+from store import StoredEpisode, open_store, write_store
+from train.config import CEMConfig, PlanConfig
 from train.data import ClipDataset
 from train.evaluate import evaluate
-from train.plan import CEMConfig, cem
+from train.plan import cem, run_plan
 from train.predictor import PREDICTOR_PRESETS, ACPredictor
 from tests.conftest import run_cli
 
@@ -25,10 +26,7 @@ def known_store(root: Path, episodes: int = 6) -> Path:
 
     So |LN(z_0) - LN(z_h)| averages h/2 and cos(z_0, z_h) = 1 - h/2, for h = 1..4.
     """
-    config = StoreConfig("vjepa2-vit", "test", "random-init", 8, (1, 2), 32, 4.0, "test", "left", "fp16",
-                         "none", 4, "test")
-    create_store(root, config, [[f"e{i}" for i in range(episodes)]])
-    w = ShardWriter(root, 0)
+    data = []
     for e in range(episodes):
         frames = []
         for t in range(5):
@@ -36,10 +34,8 @@ def known_store(root: Path, episodes: int = 6) -> Path:
             v[:2 * t] *= -1
             frames.append(np.stack([v, -v]))
         states = np.random.default_rng(e).normal(0, 0.05, (5, 7)).astype(np.float32)
-        w.add_episode(EpisodeInfo(e, f"e{e}"), torch.tensor(np.stack(frames)), states, np.arange(5), np.arange(5) / 4)
-    w.seal()
-    merge_manifest(root)
-    return root
+        data.append(StoredEpisode(torch.tensor(np.stack(frames)), states))
+    return write_store(root, data, grid=(1, 2), codec="fp16")
 
 
 def test_eval_baselines_on_a_known_store(tmp_path):
@@ -71,7 +67,7 @@ def test_cem_finds_the_minimum_of_a_shifted_quadratic():
     def energy(a: torch.Tensor) -> torch.Tensor:
         return ((a[:, 0] - target) ** 2).sum(-1)
 
-    plan = cem(energy, CEMConfig(samples=200, iterations=12, elites=20, horizon=1, seed=1))
+    plan = cem(energy, CEMConfig(samples=200, iterations=12, elites=20, seed=1), horizon=1)
     assert plan.actions.shape == (1, 7)
     assert torch.allclose(plan.actions[0], target, atol=3e-3), plan.actions
     assert plan.energy < 1e-4 and plan.evaluations == 200 * 12 + 1
@@ -88,23 +84,25 @@ def test_cem_searches_all_dims_when_asked():
     def energy(a: torch.Tensor) -> torch.Tensor:
         return ((a - two_steps) ** 2).sum((1, 2))
 
-    plan = cem(energy, CEMConfig(samples=300, iterations=15, elites=30, horizon=2, dims="all", seed=2))
+    plan = cem(energy, CEMConfig(samples=300, iterations=15, elites=30, dims="all", seed=2), horizon=2)
     assert torch.allclose(plan.actions, two_steps, atol=5e-3)
-    only_xyzg = cem(energy, CEMConfig(samples=300, iterations=15, elites=30, horizon=2, seed=2))
+    only_xyzg = cem(energy, CEMConfig(samples=300, iterations=15, elites=30, seed=2), horizon=2)
     assert torch.all(only_xyzg.actions[:, 3:6] == 0)
 
 
 def test_eval_cli_on_the_demo_model(demo_run, demo_store, tmp_path):
+    from train.evaluate import EvalReport
+
     run, _ = demo_run
-    r = run_cli("eval", "--checkpoint", run / "latest.pt", "--store", demo_store, "--out", tmp_path / "eval",
-                "--max-clips", 48)
+    run_cli("eval", "--checkpoint", run / "latest.pt", "--store", demo_store, "--out", tmp_path / "eval",
+            "--max-clips", 48)
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["clips"] == 48 and len(report["rollout_l1"]) == 7
     assert (tmp_path / "eval" / "horizon.png").read_bytes()[:4] == b"\x89PNG"
     assert report["rollout_l1"][0] < report["copy_l1"][0]
     # the demo model uses its actions: other clips' actions make its rollouts worse
     assert np.mean(report["shuffled_over_true"]) > 1.02
-    assert "the model uses its actions" in r.stdout
+    assert EvalReport(report, 8, tmp_path / "eval").uses_actions
 
 
 def test_offline_planning_beats_the_zero_action(demo_run, demo_store, tmp_path):
@@ -119,15 +117,19 @@ def test_offline_planning_beats_the_zero_action(demo_run, demo_store, tmp_path):
     assert m["cosine"] > 0.3, m
 
 
-def test_plan_cli_with_landscape(demo_run, demo_store, tmp_path):
+def test_plan_with_landscape(demo_run, demo_store, tmp_path):
     run, _ = demo_run
     store = open_store(demo_store)
     episode = store.ok_episodes[0]
     png = tmp_path / "landscape.png"
-    r = run_cli("plan", "--checkpoint", run / "latest.pt", "--store", demo_store, "--episode", episode,
-                "--start", 2, "--samples", 64, "--iterations", 3, "--landscape", png)
-    assert "planned actions" in r.stdout and "energy evaluations/s" in r.stdout and "true 0" in r.stdout
+    run_cli("plan", "--checkpoint", run / "latest.pt", "--store", demo_store, "--episode", episode,
+            "--start", 2, "--samples", 64, "--iterations", 3, "--landscape", png)
     assert png.read_bytes()[:4] == b"\x89PNG"
+    result = run_plan(PlanConfig(checkpoint=run / "latest.pt", store=demo_store, episode=episode, start=2,
+                                 horizon=2, cem=CEMConfig(samples=64, iterations=3)))
+    assert result.plan.actions.shape == (2, 7) and result.true_actions.shape == (2, 7)
+    assert result.plan.evaluations == 64 * 3 + 1 and result.plan.seconds > 0
+    assert torch.all(result.plan.actions[:, 3:6] == 0)  # rotations are not searched by default
 
 
 def test_plan_from_images(demo_run, demo_corpus, tmp_path):
@@ -142,10 +144,12 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
     for i, f in enumerate(frames):
         Image.fromarray(f).save(tmp_path / f"{i}.png")
     run, _ = demo_run
-    r = run_cli("plan", "--checkpoint", run / "latest.pt", "--image", tmp_path / "0.png", "--goal-image",
-                tmp_path / "1.png", "--state", ",".join(f"{v:.5f}" for v in ep.state[0]), "--samples", 64,
-                "--iterations", 3)
-    assert "planned actions" in r.stdout
+    run_cli("plan", "--checkpoint", run / "latest.pt", "--image", tmp_path / "0.png", "--goal-image",
+            tmp_path / "1.png", "--state", ",".join(f"{v:.5f}" for v in ep.state[0]), "--samples", 64,
+            "--iterations", 3)
+    result = run_plan(PlanConfig(checkpoint=run / "latest.pt", image=tmp_path / "0.png", goal_image=tmp_path / "1.png",
+                                 state=",".join(f"{v:.5f}" for v in ep.state[0]), cem=CEMConfig(samples=64, iterations=3)))
+    assert result.plan.actions.shape == (1, 7) and result.true_actions is None and np.isfinite(result.plan.energy)
 
 
 @pytest.mark.parametrize("args,message", [

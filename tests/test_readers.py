@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from extract.corpus import DroidCorpus, LeRobotCorpus, SkipEpisode, WebDatasetCorpus, open_corpus
+from common.errors import SkipEpisode, UserError
+from extract.corpus import DroidCorpus, LeRobotCorpus, WebDatasetCorpus, open_corpus
 from extract.encoder import build_encoder
 from extract.preprocess import crop_box, preprocess
-from store import UserError
 from tests import corpora
 from tests.corpora import decode_code
 
@@ -17,7 +17,7 @@ from tests.corpora import decode_code
 def check_episode(ep, n_states: int, stride: int, first_code: int = 0):
     """Rows are every stride-th source frame; the state and the decoded frame both match it."""
     expect = np.arange(0, n_states, stride)
-    assert ep.stride == stride
+    assert ep.info.stride == stride
     assert np.array_equal(ep.frame_index, expect)
     assert np.allclose(ep.state[:, 0] * 100, expect)
     assert np.allclose(ep.timestamp, expect / 15)
@@ -33,11 +33,11 @@ def test_droid_reader(tmp_path):
     assert c.sources() == ["LAB/failure/2024-01-01/ep_a", "LAB/success/2024-01-01/ep_b"]
     a = c.load(c.sources()[0], fps=4)
     check_episode(a, 20, 4)  # the MP4 holds one frame fewer: the common 20 frames are used
-    assert a.notes == ["video holds 20 frames for 21 states; used the first 20"]
-    assert (a.task, a.success, a.camera) == ("fold", False, "left:111")
+    assert a.info.note == "video holds 20 frames for 21 states; used the first 20"
+    assert (a.info.task, a.info.success, a.info.camera) == ("fold", False, "left:111")
     b = c.load(c.sources()[1], fps=5)  # 15 / 5 = stride 3
     check_episode(b, 30, 3)
-    assert b.notes == []
+    assert b.info.note == ""
     # a list file of episode folders works like the folder walk
     listing = tmp_path / "episodes.txt"
     listing.write_text("# chosen episodes\nLAB/success/2024-01-01/ep_b\n")
@@ -60,7 +60,7 @@ def test_lerobot_v21_reader(tmp_path):
     assert c.sources() == ["episode_000000", "episode_000001"]
     ep = c.load("episode_000001", fps=4)
     check_episode(ep, 25, 4)
-    assert ep.task == "open the drawer" and ep.camera == corpora.VIDEO_KEY
+    assert ep.info.task == "open the drawer" and ep.info.camera == corpora.VIDEO_KEY
 
 
 def test_lerobot_v30_av1_reader(tmp_path):
@@ -100,10 +100,10 @@ def test_webdataset_reader(tmp_path):
                            "shards/000000.tar#ep2", "shards/000000.tar#ep3"]
     ep0 = c.load(c.sources()[0], 4)
     check_episode(ep0, 18, 4)
-    assert ep0.task == "wipe the table" and ep0.notes == []
+    assert ep0.info.task == "wipe the table" and ep0.info.note == ""
     ep1 = c.load(c.sources()[1], 4)
     check_episode(ep1, 12, 4)
-    assert ep1.notes == ["no fps in the sidecar; used the container's 15.00"]
+    assert ep1.info.note == "no fps in the sidecar; used the container's 15.00"
     with pytest.raises(SkipEpisode, match="unreadable .json sidecar"):
         c.load(c.sources()[2], 4)
     check_episode(c.load(c.sources()[3], 4), 10, 4)  # state from the .npy

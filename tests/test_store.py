@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from store import (
-    ShardWriter, StoreError, codecs, merge_manifest, open_store, remove_unsealed, sealed_units, verify,
-)
+from common.errors import StoreError
+from store import ShardWriter, codecs, merge_manifest, open_store, remove_unsealed, sealed_units, verify
 from store.format import SEAL_FILE, shard_dir
 from tests import fake_store
 from tests.fake_store import UNITS, complete_store, episode_data, is_skipped, make_store, write_unit

@@ -7,15 +7,22 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from store import Store, UserError
+from common.errors import UserError
+from store import Store
 
 from .geometry import actions_from_states
+
+EPOCH_SEED_STRIDE = 100_003  # epoch e of run seed s shuffles with seed s * 100003 + e: a prime, so no two
+# (seed, epoch) pairs of a practical run collide
+
+
+def evenly_spaced(n: int, k: int) -> list[int]:
+    """At most k indices spread evenly over range(n), always the same ones (validation and evaluation sets)."""
+    return list(range(0, n, max(1, n // k)))[:k]
 
 
 def split_episodes(store: Store, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic episode-level (train, validation) split of the store's ok episodes."""
-    if not 0 <= val_fraction < 1:
-        raise UserError("--val-fraction must be in [0, 1)")
     ids = store.ok_episodes
     perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = round(val_fraction * len(ids))
@@ -33,8 +40,6 @@ class ClipDataset(Dataset):
     """
 
     def __init__(self, store: Store, episodes: list[int], frames: int):
-        if frames < 2:
-            raise UserError("--frames must be at least 2 (one action)")
         self.store, self.frames = store, frames
         self.windows = [(e, s) for e in episodes for s in range(store.num_frames(e) - frames + 1)]
 
@@ -61,7 +66,7 @@ class ShuffledStream(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         epoch, offset = divmod(self.skip, self.per_rank)
         while True:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            g = torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
             perm = torch.randperm(self.size, generator=g)[: self.per_rank * self.world]
             yield from perm[self.rank::self.world][offset:].tolist()
             epoch, offset = epoch + 1, 0

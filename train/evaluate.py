@@ -7,31 +7,51 @@ the copy-the-last-frame baseline (predict z_h by z_0).
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from common.device import pick_device
+from common.errors import UserError
+from store import open_store
+
+from .checkpoint import episodes_of, load_trained
+from .config import EvalConfig
+from .data import ClipDataset, evenly_spaced
 from .losses import normalize, predict, rollout
+
+# The model "uses its actions" when other clips' actions make its rollouts worse by more than 2% on
+# average over the horizons. A model blind to its actions gives exactly 1.000; 2% is a difference
+# one can see on the horizon plot, well above the run-to-run noise of the ratio (< 0.5% on the demo).
+USES_ACTIONS_MARGIN = 0.02
 
 
 @torch.no_grad()
 def clip_metrics(model, batch: dict[str, torch.Tensor], device: torch.device,
-                 actions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 actions: torch.Tensor | None = None, rollout_only: bool = False) -> dict[str, torch.Tensor]:
     """Per-clip metrics of one batch: tf_l1 [B]; rollout_l1/cos, copy_l1/cos [B, F-1].
 
-    `actions` replaces the clip's true actions (action-sensitivity tests).
+    `actions` replaces the clip's true actions (action-sensitivity tests); `rollout_only` skips
+    the teacher-forced and copy-last metrics, which do not depend on them.
     """
     z = normalize(batch["features"].to(device))
     s = batch["states"].to(device).float()
     a = (batch["actions"] if actions is None else actions).to(device).float()
+    target = z[:, 1:]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        tf = predict(model, z[:, :-1], a, s[:, :-1]).float()
         roll = rollout(model, z[:, :1], a, s, z.shape[1] - 1).float()
-    target, copy = z[:, 1:], z[:, :1].expand_as(z[:, 1:])
+        out = {"rollout_l1": (roll - target).abs().mean((2, 3)).cpu(),
+               "rollout_cos": F.cosine_similarity(roll, target, dim=-1).mean(2).cpu()}
+        if rollout_only:
+            return out
+        tf = predict(model, z[:, :-1], a, s[:, :-1]).float()
+    copy = z[:, :1].expand_as(target)
     return {
-        "tf_l1": (tf - target).abs().mean((1, 2, 3)).cpu(),
-        "rollout_l1": (roll - target).abs().mean((2, 3)).cpu(),
-        "rollout_cos": F.cosine_similarity(roll, target, dim=-1).mean(2).cpu(),
+        "tf_l1": (tf - target).abs().mean((1, 2, 3)).cpu(), **out,
         "copy_l1": (copy - target).abs().mean((2, 3)).cpu(),
         "copy_cos": F.cosine_similarity(copy, target, dim=-1).mean(2).cpu(),
     }
@@ -91,10 +111,8 @@ def evaluate(model, clips: Dataset, device: torch.device, batch_size: int = 8, s
     for batch in loader:
         variants = {"": None, "shuffled_": batch["shuffled_actions"], "zero_": torch.zeros_like(batch["actions"])}
         for prefix, actions in variants.items():
-            m = clip_metrics(model, batch, device, actions=actions)
-            keys = m if not prefix else ("rollout_l1", "rollout_cos")
-            for k in keys:
-                parts.setdefault(prefix + k, []).append(m[k])
+            for k, v in clip_metrics(model, batch, device, actions=actions, rollout_only=bool(prefix)).items():
+                parts.setdefault(prefix + k, []).append(v)
     report = summarize({k: torch.cat(v) for k, v in parts.items()})
     true = torch.tensor(report["rollout_l1"])
     report["shuffled_over_true"] = (torch.tensor(report["shuffled_rollout_l1"]) / true).tolist()
@@ -125,3 +143,40 @@ def plot_report(report: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@dataclass
+class EvalReport:
+    metrics: dict  # evaluate()'s means and standard errors, as written to report.json
+    frames: int
+    out: Path  # folder holding report.json and horizon.png
+
+    @property
+    def shuffled_worse(self) -> float:
+        """How much worse the rollouts get with other clips' actions, averaged over horizons (0.05 = 5%)."""
+        ratios = self.metrics["shuffled_over_true"]
+        return sum(ratios) / len(ratios) - 1
+
+    @property
+    def uses_actions(self) -> bool:
+        return self.shuffled_worse > USES_ACTIONS_MARGIN
+
+
+def run_eval(cfg: EvalConfig) -> EvalReport:
+    """`cli.py eval`: metrics of a checkpoint on a store's held-out (or all) clips, with report and plot."""
+    device = pick_device(cfg.device)
+    store = open_store(cfg.store)
+    model, ckpt = load_trained(cfg.checkpoint, store)
+    frames = cfg.frames or ckpt.get("split", {}).get("frames", 8)
+    clips = ClipDataset(store, episodes_of(ckpt, store, cfg.episodes), frames)
+    if len(clips) == 0:
+        raise UserError(f"no episode of {cfg.store} holds {frames} frames")
+    metrics = evaluate(model.to(device), Subset(clips, evenly_spaced(len(clips), cfg.max_clips)), device,
+                       cfg.batch_size, cfg.seed)
+    metrics.update({"checkpoint": str(cfg.checkpoint), "store": str(cfg.store), "episodes": cfg.episodes,
+                    "frames": frames})
+    out = cfg.out or Path(cfg.checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(metrics, indent=1))
+    plot_report(metrics, out / "horizon.png")
+    return EvalReport(metrics, frames, out)

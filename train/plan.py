@@ -7,40 +7,28 @@ are rolled forward with the actions (xyz + d, R_delta R, gripper clipped to [0, 
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from store import UserError
+from common.device import pick_device
+from common.errors import UserError
+from common.settings import as_dict
+from store import Store, open_store
 
+from .checkpoint import RELEASED_META, episodes_of, load_trained
+from .config import SEARCH_DIMS, CEMConfig, PlanConfig, PlanEvalConfig
+from .data import evenly_spaced
 from .geometry import actions_from_states, apply_action
-from .losses import normalize
+from .losses import normalize, rollout
 
-SEARCH_DIMS = {"xyzg": [0, 1, 2, 6], "all": list(range(7))}
-
-
-@dataclass
-class CEMConfig:
-    samples: int = 800
-    iterations: int = 10
-    elites: int = 10
-    horizon: int = 1
-    momentum_mean: float = 0.15  # new = elites * (1 - m) + old * m
-    momentum_std: float = 0.15
-    maxnorm: float = 0.075  # each xyz component clipped to +-maxnorm (m)
-    gripper_max: float = 0.75  # gripper change clipped to +-gripper_max
-    rotation_max: float = 0.25  # rad, per Euler component, when rotations are searched
-    dims: str = "xyzg"  # xyz + gripper as the reference; "all" for the 7 dims
-    batch: int = 800  # energies evaluated per predictor call
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.dims not in SEARCH_DIMS:
-            raise UserError(f"--dims must be one of {', '.join(SEARCH_DIMS)}")
-        if not 1 <= self.elites <= self.samples or self.iterations < 1 or self.horizon < 1:
-            raise UserError("need 1 <= elites <= samples, iterations >= 1 and horizon >= 1")
+ACTION_DIM = 7
+GRIPPER_INIT_STD = 1.0  # the gripper change is searched over its whole range [-1, 1] at first
 
 
 def clip_actions(a: torch.Tensor, cfg: CEMConfig) -> torch.Tensor:
@@ -53,20 +41,15 @@ def clip_actions(a: torch.Tensor, cfg: CEMConfig) -> torch.Tensor:
 def energies(model, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, actions: torch.Tensor,
              batch: int = 800) -> torch.Tensor:
     """Energy [S] of S action sequences [S, H, 7] from the normalised start frame z0 [N, D] with `state` [7]."""
-    device = z0.device
     out = []
     for chunk in actions.split(batch):
         s, h = chunk.shape[:2]
-        states = [state.expand(s, 7)]
+        states = [state.expand(s, ACTION_DIM)]
         for k in range(h - 1):
             states.append(apply_action(states[-1], chunk[:, k]))
-        states = torch.stack(states, 1).float()
-        seq = z0.expand(s, 1, *z0.shape)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            for k in range(h):
-                nxt = normalize(model(seq, chunk[:, :k + 1], states[:, :k + 1])[:, -1:])
-                seq = torch.cat([seq, nxt], 1)
-        out.append((seq[:, -1].float() - goal).abs().mean((1, 2)))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=z0.device.type == "cuda"):
+            last = rollout(model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states, 1).float(), h)[:, -1]
+        out.append((last.float() - goal).abs().mean((1, 2)))
     return torch.cat(out)
 
 
@@ -78,20 +61,19 @@ class Plan:
     evaluations: int
 
 
-def cem(energy, cfg: CEMConfig) -> Plan:
+def cem(energy: Callable[[torch.Tensor], torch.Tensor], cfg: CEMConfig, horizon: int = 1) -> Plan:
     """Cross-entropy method over the searched action dims; returns the final mean sequence.
 
     `energy(actions [S, H, 7] on CPU) -> [S]` scores candidate sequences (lower is better).
     """
-    cfg.check()
     dims = SEARCH_DIMS[cfg.dims]
     g = torch.Generator().manual_seed(cfg.seed)
-    init_std = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [1.0])[dims]
-    mean = torch.zeros(cfg.horizon, len(dims))
-    std = init_std.expand(cfg.horizon, -1).clone()
+    init_std = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [GRIPPER_INIT_STD])[dims]
+    mean = torch.zeros(horizon, len(dims))
+    std = init_std.expand(horizon, -1).clone()
     start = time.perf_counter()
     for _ in range(cfg.iterations):
-        sample = mean + std * torch.randn(cfg.samples, cfg.horizon, len(dims), generator=g)
+        sample = mean + std * torch.randn(cfg.samples, horizon, len(dims), generator=g)
         full = clip_actions(_embed(sample, dims), cfg)
         e = energy(full).float().cpu()
         elite = full[e.topk(cfg.elites, largest=False).indices][..., dims]
@@ -102,13 +84,14 @@ def cem(energy, cfg: CEMConfig) -> Plan:
     return Plan(best[0], value, time.perf_counter() - start, cfg.samples * cfg.iterations + 1)
 
 
-def plan_to_goal(model, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, cfg: CEMConfig) -> Plan:
+def plan_to_goal(model, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, cfg: CEMConfig,
+                 horizon: int = 1) -> Plan:
     """CEM with the world model's energy from start frame z0 (state) to the goal features."""
-    return cem(lambda a: energies(model, z0, state, goal, a.to(z0.device), cfg.batch), cfg)
+    return cem(lambda a: energies(model, z0, state, goal, a.to(z0.device), cfg.energy_batch), cfg, horizon)
 
 
 def _embed(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    full = torch.zeros(*x.shape[:-1], 7)
+    full = torch.zeros(*x.shape[:-1], ACTION_DIM)
     full[..., dims] = x
     return full
 
@@ -121,14 +104,14 @@ def landscape(model, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, 
     """
     grid = torch.linspace(-extent, extent, points)
     dy, dx = torch.meshgrid(grid, grid, indexing="ij")
-    actions = torch.zeros(points * points, 1, 7)
+    actions = torch.zeros(points * points, 1, ACTION_DIM)
     actions[:, 0, 0], actions[:, 0, 1] = dx.flatten(), dy.flatten()
     e = energies(model, z0, state, goal, actions.to(z0.device), batch).cpu()
     return grid, e.view(points, points)
 
 
 def plot_landscape(grid: torch.Tensor, energy: torch.Tensor, true_action: torch.Tensor | None,
-                   planned: torch.Tensor | None, path) -> None:
+                   planned: torch.Tensor | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -152,7 +135,7 @@ def plot_landscape(grid: torch.Tensor, energy: torch.Tensor, true_action: torch.
     plt.close(fig)
 
 
-def store_pair(store, episode: int, start: int, goal: int, device: torch.device):
+def store_pair(store: Store, episode: int, start: int, goal: int, device: torch.device):
     """(z_start [N, D], state [7], z_goal [N, D], true actions [goal-start, 7]) from a store episode."""
     n = store.num_frames(episode)
     if not 0 <= start < n:
@@ -164,8 +147,88 @@ def store_pair(store, episode: int, start: int, goal: int, device: torch.device)
     return z[0], states[0].to(device), z[-1], actions_from_states(states)
 
 
-def offline_planning(model, store, episodes: list[int], k: int, pairs: int, cfg: CEMConfig,
-                     device: torch.device, on_pair=None) -> dict:
+def encode_images(paths: list[Path], ckpt: dict, encoder_checkpoint: Path | None,
+                  device: torch.device) -> torch.Tensor:
+    """Normalised features [len(paths), N, D] of image files, through the encoder the model was trained on."""
+    from PIL import Image
+
+    from extract.encoder import store_encoder
+    from extract.preprocess import preprocess
+
+    encoder = store_encoder(ckpt.get("store"), encoder_checkpoint, ckpt)
+    frames = []
+    for p in paths:
+        try:
+            frames.append(np.asarray(Image.open(p).convert("RGB")))
+        except OSError as e:
+            raise UserError(f"cannot read image {p}: {e}") from None
+    x = torch.cat([preprocess(f[None], encoder.preset.image_size) for f in frames]).to(device)
+    encoder.to(device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return normalize(encoder(x)).float()
+
+
+def parse_state(text: str, device: torch.device) -> torch.Tensor:
+    """'x,y,z,roll,pitch,yaw,gripper' -> a state [7]."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != ACTION_DIM:
+        raise UserError(f"--state must be {ACTION_DIM} comma-separated numbers (x,y,z,roll,pitch,yaw,gripper)")
+    return torch.tensor(values, device=device)
+
+
+@dataclass
+class PlanResult:
+    plan: Plan
+    true_actions: torch.Tensor | None  # [k, 7] from the store episode, when planning between stored frames
+    notes: list[str] = field(default_factory=list)
+    landscape: Path | None = None
+    device: str = "cpu"
+
+
+def run_plan(cfg: PlanConfig) -> PlanResult:
+    """`cli.py plan`: CEM from a start to a goal, both from a store episode or from two images and a state."""
+    device = pick_device(cfg.device)
+    true, notes = None, []
+    if cfg.store is not None:
+        if cfg.episode is None:
+            raise UserError("--store needs --episode (and --start, --goal)")
+        store = open_store(cfg.store)
+        model, _ = load_trained(cfg.checkpoint, store)
+        goal = cfg.start + cfg.horizon if cfg.goal is None else cfg.goal
+        z0, s0, zg, true = store_pair(store, cfg.episode, cfg.start, goal, device)
+        if len(true) != cfg.horizon:
+            notes.append(f"goal is {len(true)} frames after start, planning {cfg.horizon} action(s)")
+    elif cfg.image is not None and cfg.goal_image is not None and cfg.state is not None:
+        s0 = parse_state(cfg.state, device)
+        model, ckpt = load_trained(cfg.checkpoint)
+        z0, zg = encode_images([cfg.image, cfg.goal_image], ckpt, cfg.encoder_checkpoint, device)
+        want = ckpt.get("model_meta", RELEASED_META)["feature_dim"]
+        if z0.shape[-1] != want:
+            raise UserError(f"the encoder gives {z0.shape[-1]}-dim features, the predictor takes {want}")
+    else:
+        raise UserError("give --store/--episode/--start/--goal, or --image, --goal-image and --state")
+    model.to(device)
+    plan = plan_to_goal(model, z0, s0, zg, cfg.cem, cfg.horizon)
+    if cfg.landscape:
+        grid, energy = landscape(model, z0, s0, zg, cfg.cem.maxnorm, batch=cfg.cem.energy_batch)
+        plot_landscape(grid, energy, None if true is None else true[0, :2], plan.actions[0, :2], cfg.landscape)
+    return PlanResult(plan, true, notes, cfg.landscape, str(device))
+
+
+@dataclass
+class PlanEvalResult:
+    pairs: int
+    k: int
+    mean: dict[str, float]  # the per-pair values below, averaged
+    rows: list[dict]  # per pair: episode, start, xyz_error, zero_xyz_error, cosine, gripper errors, ...
+    out: Path | None = None  # folder of report.json
+
+
+def offline_planning(model, store: Store, episodes: list[int], k: int, pairs: int, cfg: CEMConfig,
+                     device: torch.device, on_pair: Callable[[dict], None] | None = None) -> PlanEvalResult:
     """Plan between held-out frames k apart and compare with the true displacement.
 
     Per pair: xyz error of the planned total displacement (m), direction cosine, gripper
@@ -174,11 +237,11 @@ def offline_planning(model, store, episodes: list[int], k: int, pairs: int, cfg:
     candidates = [(e, s) for e in episodes for s in range(store.num_frames(e) - k)]
     if not candidates:
         raise UserError(f"no held-out episode has more than {k} frames")
-    step = max(1, len(candidates) // pairs)
     rows = []
-    for e, s in candidates[::step][:pairs]:
+    for i in evenly_spaced(len(candidates), pairs):
+        e, s = candidates[i]
         z0, state, goal, true = store_pair(store, e, s, s + k, device)
-        plan = plan_to_goal(model, z0, state, goal, CEMConfig(**{**cfg.__dict__, "horizon": k}))
+        plan = plan_to_goal(model, z0, state, goal, cfg, k)
         true_xyz, planned_xyz = true[:, :3].sum(0).double(), plan.actions[:, :3].sum(0).double()
         true_g, planned_g = float(true[:, 6].sum()), float(plan.actions[:, 6].sum())
         rows.append({
@@ -191,45 +254,18 @@ def offline_planning(model, store, episodes: list[int], k: int, pairs: int, cfg:
         if on_pair:
             on_pair(rows[-1])
     mean = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0] if key not in ("episode", "start")}
-    return {"pairs": len(rows), "k": k, "mean": mean, "rows": rows}
+    return PlanEvalResult(len(rows), k, mean, rows)
 
 
-def encode_images(paths: list, ckpt: dict, encoder_checkpoint, device: torch.device) -> torch.Tensor:
-    """Normalised features [len(paths), N, D] of image files, through the encoder the model was trained on.
-
-    The encoder preset and weights id come from the checkpoint's store attributes (ours), or are
-    the released ViT-g with the encoder inside the checkpoint itself (vjepa2-ac-vitg.pt).
-    """
-    from PIL import Image
-
-    from extract.encoder import ENCODER_ENTRIES, build_encoder
-    from extract.preprocess import preprocess
-    from extract.vit import ENCODER_PRESETS, VisionTransformer
-    from extract.weights import checkpoint_entry, load_strict
-
-    attrs = ckpt.get("store", {"preset": "vit_giant", "checkpoint_sha256": None})
-    weights = attrs["checkpoint_sha256"]
-    if weights and weights.startswith("random-init-seed"):
-        encoder, _ = build_encoder(attrs["preset"], random_init=True, seed=int(weights.removeprefix("random-init-seed")))
-    elif encoder_checkpoint is not None:
-        encoder, got = build_encoder(attrs["preset"], checkpoint=encoder_checkpoint)
-        if weights and got != weights:
-            raise UserError(f"{encoder_checkpoint} is not the encoder the features were made with "
-                            f"(sha256 {got[:12]}... vs {weights[:12]}...)")
-    elif any(isinstance(ckpt.get(e), dict) for e in ENCODER_ENTRIES):
-        encoder = VisionTransformer(ENCODER_PRESETS[attrs["preset"]])
-        load_strict(encoder, checkpoint_entry(ckpt, ENCODER_ENTRIES, "the checkpoint")[1], "encoder of the checkpoint")
-        encoder.eval().requires_grad_(False)
-    else:
-        raise UserError("give --encoder-checkpoint: the encoder the store's features were made with")
-    frames = []
-    for p in paths:
-        try:
-            frames.append(np.asarray(Image.open(p).convert("RGB")))
-        except OSError as e:
-            raise UserError(f"cannot read image {p}: {e}") from None
-    size = encoder.preset.image_size
-    x = torch.cat([preprocess(f[None], size) for f in frames]).to(device)
-    encoder.to(device)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        return normalize(encoder(x)).float()
+def run_plan_eval(cfg: PlanEvalConfig, on_pair: Callable[[dict], None] | None = None) -> PlanEvalResult:
+    """`cli.py plan-eval`: offline planning over held-out pairs, written to report.json."""
+    device = pick_device(cfg.device)
+    store = open_store(cfg.store)
+    model, ckpt = load_trained(cfg.checkpoint, store)
+    result = offline_planning(model.to(device), store, episodes_of(ckpt, store, cfg.episodes), cfg.k, cfg.pairs,
+                              cfg.cem, device, on_pair)
+    result = replace(result, out=cfg.out or Path(cfg.checkpoint).parent / "plan-eval")
+    result.out.mkdir(parents=True, exist_ok=True)
+    report = {"pairs": result.pairs, "k": result.k, "mean": result.mean, "rows": result.rows, "cem": as_dict(cfg.cem)}
+    (result.out / "report.json").write_text(json.dumps(report, indent=1))
+    return result

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from common.errors import UserError
 from extract.vit import LN_EPS, Block, init_weights, rope_tables
-from extract.weights import checkpoint_entry, load_checkpoint, load_strict
-from store import UserError
 
 ACTION_DIM = STATE_DIM = 7
 EXTRINSICS_DIM = 6
@@ -33,13 +31,6 @@ PREDICTOR_PRESETS = {
 }
 
 
-# "per-step": one unmasked SDPA call per step over the keys so far (skips the masked half, lets
-# CUDA use its flash kernel); "mask": one SDPA call with the boolean block-causal mask. Equal
-# outputs (tested); per-step measured faster on CPU at both the ac_vitg and the demo size
-# (BENCHMARKS.md, attention).
-ATTENTION = ("per-step", "mask")
-
-
 def block_causal_mask(steps: int, tokens_per_step: int, device: torch.device | None = None) -> torch.Tensor:
     """[L, L] bool, True where query i may attend key j: step(j) <= step(i)."""
     step = torch.arange(steps, device=device).repeat_interleave(tokens_per_step)
@@ -57,9 +48,7 @@ class ACPredictor(nn.Module):
                  use_extrinsics: bool = False, activation_checkpointing: bool = False,
                  attention: str = "per-step"):
         super().__init__()
-        if attention not in ATTENTION:
-            raise UserError(f"--attention must be one of {', '.join(ATTENTION)}")
-        self.attention = attention
+        self.attention = attention  # see train.config.ATTENTION
         w = preset.width
         self.grid, self.head_dim = tuple(grid), w // preset.heads
         self.use_extrinsics, self.activation_checkpointing = use_extrinsics, activation_checkpointing
@@ -100,27 +89,26 @@ class ACPredictor(nn.Module):
         if (t, n) != (actions.shape[1], self.grid[0] * self.grid[1]) or states.shape[1] != t:
             raise ValueError(f"z {list(z.shape)}, actions {list(actions.shape)}, states {list(states.shape)} "
                              f"do not fit a {self.grid} grid")
-        cond = [self.action_encoder(actions), self.state_encoder(states)]
+        cond = [self.action_encoder(actions), self.state_encoder(states)]  # each [B, T, W]
         if self.use_extrinsics:
             cond.append(self.extrinsics_encoder(extrinsics))
-        x = torch.cat([c.unsqueeze(2) for c in cond] + [self.predictor_embed(z)], dim=2).flatten(1, 2)
+        c = self.cond_tokens
+        # per step [action, state, (extrinsics,) N frame tokens]: [B, T, c + N, W] -> [B, T (c + N), W]
+        x = torch.cat([e.unsqueeze(2) for e in cond] + [self.predictor_embed(z)], dim=2).flatten(1, 2)
         cos, sin, mask = self.tables(t, z.device)
-        step_tokens = self.cond_tokens + n if mask is None else None
+        step_tokens = c + n if mask is None else None
         for block in self.predictor_blocks:
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, cos, sin, mask, step_tokens, use_reentrant=False)
             else:
                 x = block(x, cos, sin, mask, step_tokens)
-        x = x.view(b, t, self.cond_tokens + n, -1)[:, :, self.cond_tokens:]
-        return self.predictor_proj(self.predictor_norm(x))
+        x = x.view(b, t, c + n, -1)[:, :, c:]  # [B, T (c + N), W] -> the frame tokens [B, T, N, W]
+        return self.predictor_proj(self.predictor_norm(x))  # [B, T, N, D]
 
 
-def load_predictor_weights(model: ACPredictor, path: Path, ckpt: dict | None = None) -> None:
-    """Load a `predictor` entry (released vjepa2-ac-vitg.pt or our own checkpoint) strictly."""
-    _, state = checkpoint_entry(ckpt if ckpt is not None else load_checkpoint(path), ("predictor",), path)
-    embed = state.get("predictor_embed.weight")
-    own = model.predictor_embed.weight
-    if embed is not None and embed.shape[1] != own.shape[1]:
-        raise UserError(f"{path}: the predictor takes {embed.shape[1]}-dim features, the store holds "
-                        f"{own.shape[1]}-dim ones; extract with the matching encoder")
-    load_strict(model, state, f"predictor of {path}")
+def build_model(feature_dim: int, grid: tuple[int, int], preset: str, activation_checkpointing: bool = False,
+                attention: str = "per-step") -> ACPredictor:
+    if preset not in PREDICTOR_PRESETS:
+        raise UserError(f"unknown predictor preset {preset!r}; choose one of {', '.join(PREDICTOR_PRESETS)}")
+    return ACPredictor(feature_dim, tuple(grid), PREDICTOR_PRESETS[preset],
+                       activation_checkpointing=activation_checkpointing, attention=attention)

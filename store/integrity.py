@@ -11,10 +11,10 @@ import pyarrow as pa
 
 from . import codecs, manifest
 from .format import (
-    EPISODES_FILE, MANIFEST_FILE, SEAL_FILE, STATE_DIM, StoreConfig, read_root_attrs, shard_dir,
+    EPISODES_FILE, MANIFEST_FILE, SEAL_FILE, STATE_DIM, StoreConfig, file_digests, read_plan, read_root_attrs,
+    sealed_units, shard_dir, unsealed_units,
 )
 from .reader import shard_arrays
-from .writer import file_digests, read_plan, sealed_units, unsealed_units
 
 
 def verify(root: Path, on_shard: Callable[[int], None] | None = None) -> list[str]:

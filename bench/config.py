@@ -1,0 +1,90 @@
+"""Settings of the benchmarks (`cli.py bench NAME`), one dataclass per benchmark; its docstring is the help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.settings import check, setting
+from train.config import CEMConfig
+
+
+@dataclass
+class BenchConfig:
+    write: bool = setting(True, "Write the section into BENCHMARKS.md.")
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass
+class DirBench(BenchConfig):
+    directory: Path = setting(Path("data/bench"), "Working folder (corpora and stores are reused).")
+
+
+@dataclass
+class OnlineBench(DirBench):
+    """Training clips/s from the store vs decoding + encoding on every step (the reference way)."""
+
+    pairs: str = setting("vit_demo:ac_demo,vit_g_mini:ac_vitg_mini",
+                         "encoder:predictor pairs (vit_giant:ac_vitg on a GPU).")
+    batch: int = setting(4, "Clips per step.", min=1)
+    batches: int = setting(8, "Steps per run.", min=1)
+    repeats: int = setting(5, "Runs per path, alternating (the median is reported).", min=1)
+    workers: int = setting(1, "DataLoader workers.", min=0)
+
+
+@dataclass
+class LoaderBench(DirBench):
+    """Random 8-frame windows through the trainer's DataLoader vs a plain sequential read of the shards."""
+
+    frames: int = setting(6000, "Frames in each benchmark store (ViT-g size: 704 KiB each).", min=66)
+    clips: int = setting(200, "Clips read per measurement.", min=8)
+
+
+@dataclass
+class ExtractBench(DirBench):
+    """Whole-job frames/s vs decode-only and encode-only."""
+
+    preset: str = setting("vit_demo", "Encoder preset (vit_giant on a GPU).")
+    batch: int = setting(64, "Encoder batch (frames).", min=1)
+    workers: int = setting(1, "Decoding workers.", min=0)
+    episodes: int = setting(32, "Demo corpus episodes.", min=1)
+
+
+@dataclass
+class CodecsBench(DirBench):
+    """Bytes per frame, read speed and fidelity of each codec and compression; int8 vs bf16 training."""
+
+    steps: int = setting(300, "Training steps of the int8-vs-bf16 comparison.", min=1)
+
+
+@dataclass
+class AttentionBench(BenchConfig):
+    """The predictor's block-causal attention: masked SDPA vs per-step SDPA vs plain softmax."""
+
+
+@dataclass
+class MemoryBench(DirBench):
+    """Peak RSS of the extraction job and of training at the demo sizes."""
+
+
+@dataclass
+class GpuBench(BenchConfig):
+    """ViT-g encoder frames/s (bf16, batch 64); ac_vitg step time and MFU at 8 and 16 clips."""
+
+
+@dataclass
+class PlanBench(BenchConfig):
+    """Energy evaluations/s and seconds per planning call (paper settings: 800 x 10, horizon 1)."""
+
+    presets: str = setting("ac_demo", "Predictor presets: ac_demo (128-dim 8x8 features), ac_vitg (ViT-g).")
+    cem: CEMConfig = setting(factory=CEMConfig)
+
+
+BENCHES = {  # command name -> (module in bench/, settings)
+    "cached-vs-online": ("online", OnlineBench), "loader": ("loader", LoaderBench),
+    "extract": ("extract", ExtractBench), "codecs": ("codecs", CodecsBench),
+    "attention": ("attention", AttentionBench), "memory": ("memory", MemoryBench),
+    "gpu": ("gpu", GpuBench), "plan": ("plan", PlanBench),
+}

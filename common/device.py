@@ -1,0 +1,42 @@
+"""Which torch device a process uses: one rule for extraction, training, evaluation and planning."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def pick_device(name: str | None = None) -> "torch.device":
+    """`name` if given (checked), else cuda:$LOCAL_RANK when CUDA is available (torchrun), else cpu."""
+    import torch
+
+    if name is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise UserError(f"--device {name!r}: only cpu and cuda devices are supported")
+    return device
+
+
+def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size): the given values, else torchrun's RANK / WORLD_SIZE, else (0, 1)."""
+    rank = rank if rank is not None else int(os.environ.get("RANK", 0))
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"rank {rank} is not in 0..world_size-1 (world_size {world})")
+    return rank, world

@@ -1,0 +1,17 @@
+"""The pipeline's exceptions, in one place, free of heavy imports (the CLI imports this first)."""
+
+
+class UserError(Exception):
+    """A mistake in what the user gave (paths, options, data): the CLI prints one `error:` line, exit 2."""
+
+
+class StoreError(UserError):
+    """A store is missing, malformed, corrupt, of another version, or used inconsistently."""
+
+
+class SkipEpisode(Exception):
+    """One corpus episode cannot be extracted; the message is the reason recorded in the manifest."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf. Not the user's input at fault: the CLI says so in one line, exit 1."""

@@ -1,0 +1,90 @@
+"""Crash-safe local file writes and checksums.
+
+Every file that readers trust is written to a temporary name beside it, flushed to disk,
+renamed into place and the directory entry flushed too: after a crash there is either the
+old file or the complete new one, never a torn one. Temporary names carry the host and pid,
+so a later run can tell a crashed writer's leftover from a live writer's file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+TMP_MARK = ".tmp-"
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` creates the content at a temporary path; it then replaces `path` durably."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def remove_stale_temps(directory: Path, pattern: str = "*") -> list[Path]:
+    """Delete temporaries of `pattern` files left by writers of this host that no longer run.
+
+    A SIGKILLed writer cannot clean up after itself; the next run of the same command does.
+    Temporaries of live processes (or of other hosts sharing the folder) are left alone.
+    """
+    removed = []
+    host = socket.gethostname()
+    for p in Path(directory).glob(f".{pattern}{TMP_MARK}*"):
+        owner, _, pid = p.name.rpartition(TMP_MARK)[2].rpartition("-")
+        if owner == host and pid.isdigit() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sha256_file(path: Path, fsync: bool = False) -> str:
+    """Hex SHA-256 of a file's bytes (optionally flushing it to disk while it is open)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+        if fsync:
+            os.fsync(f.fileno())
+    return h.hexdigest()

@@ -1,0 +1,72 @@
+"""Settings as dataclass fields: each one's default, help and limits written once.
+
+The CLI turns the fields of a command's config dataclass into its options (cli.py); the
+dataclass checks them in `__post_init__` through `check`, so a library caller gets the same
+one-line errors as a CLI user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import MISSING, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def setting(default: Any = MISSING, help: str = "", *, min: float | None = None, gt: float | None = None,
+            max: float | None = None, choices: tuple[str, ...] | None = None, arg: bool = False,
+            factory: Any = None) -> Any:
+    """A dataclass field with its help text and limits (min: >=, gt: >, max: <=, choices).
+
+    `arg` makes it a positional CLI argument; `factory` builds a nested settings dataclass.
+    """
+    meta = {"help": help, "min": min, "gt": gt, "max": max, "choices": choices, "arg": arg}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def cli_name(f: dataclasses.Field) -> str:
+    """How the CLI spells a field: --batch-size, or OUT for a positional argument."""
+    return f.name.upper() if f.metadata.get("arg") else "--" + f.name.replace("_", "-")
+
+
+def limits_text(f: dataclasses.Field) -> str:
+    m = f.metadata
+    parts = [f">= {m['min']:g}" if m.get("min") is not None else "", f"> {m['gt']:g}" if m.get("gt") is not None else "",
+             f"<= {m['max']:g}" if m.get("max") is not None else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def check(cfg: Any) -> None:
+    """Raise one UserError naming the first setting outside its limits (None means 'not given')."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None or is_dataclass(value):
+            continue
+        m, name = f.metadata, cli_name(f)
+        if m.get("choices") and value not in m["choices"]:
+            raise UserError(f"{name} {value!r} is not one of: {', '.join(m['choices'])}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value != value:  # NaN
+                raise UserError(f"{name} must be a number (got nan)")
+            low, above, high = m.get("min"), m.get("gt"), m.get("max")
+            if (low is not None and value < low) or (above is not None and value <= above) or \
+                    (high is not None and value > high):
+                raise UserError(f"{name} must be {limits_text(f)} (got {value:g})")
+
+
+def as_dict(cfg: Any) -> dict:
+    """A JSON-friendly dict of a settings dataclass (paths as strings), for checkpoints and reports."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))

@@ -1,0 +1,50 @@
+"""Settings of the extraction commands (`extract`, `demo-corpus`): defaults, help and limits, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.settings import check, setting
+from store.format import CODECS, COMPRESSIONS
+
+FORMATS = ("droid", "lerobot", "webdataset")
+DROID_CAMERAS = ("left", "right", "wrist")
+
+
+@dataclass
+class ExtractConfig:
+    corpus: Path = setting(help="Corpus root: DROID folders (or a list file), a LeRobot dataset, or .tar shards.")
+    out: Path = setting(help="Store directory to create or resume.")
+    format: str = setting("droid", "Corpus format.", choices=FORMATS)
+    camera: str = setting("left", "DROID camera.", choices=DROID_CAMERAS)
+    video_key: str | None = setting(None, "LeRobot video key (camera), e.g. observation.images.front.")
+    state_key: str = setting("observation.state", "LeRobot column with the 7-D end-effector state.")
+    fps: float = setting(4.0, "Stored frames per second; stride = ceil(native fps / fps).", gt=0, max=1000)
+    preset: str = setting("vit_giant", "Encoder: vit_large | vit_huge | vit_giant (256 px); small: vit_g_mini, "
+                                       "vit_demo, vit_test.")
+    checkpoint: Path | None = setting(None, "Released .pt file (vitg.pt, vjepa2-ac-vitg.pt, ...).")
+    random_init: bool = setting(False, "Allow a large preset without checkpoint (random weights; timing only).")
+    codec: str = setting("bf16", "Feature codec.", choices=CODECS)
+    compression: str = setting("none", "Chunk compression.", choices=COMPRESSIONS)
+    chunk_frames: int = setting(4, "Frames per feature chunk file (4: see BENCHMARKS.md, loader).", min=1, max=4096)
+    episodes_per_unit: int = setting(64, "Episodes per work unit (= per shard).", min=1, max=1_000_000)
+    batch_size: int = setting(64, "Frames per encoder batch.", min=1, max=65536)
+    workers: int = setting(4, "Decoding worker processes (0: decode in the main process).", min=0, max=256)
+    rank: int | None = setting(None, "This rank (default $RANK or 0): takes units rank, rank+world, ...", min=0)
+    world_size: int | None = setting(None, "Number of ranks (default $WORLD_SIZE or 1).", min=1)
+    device: str | None = setting(None, "Torch device (default: cuda:$LOCAL_RANK if available, else cpu).")
+    limit: int | None = setting(None, "Only the first N episodes of the corpus.", min=1)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass
+class DemoCorpusConfig:
+    out: Path = setting(help="Folder to write the corpus into (DROID raw layout).", arg=True)
+    episodes: int = setting(64, "Number of episodes.", min=1, max=100_000)
+    seed: int = setting(0, "Random seed; the same seed gives the same corpus.", min=0)
+
+    def __post_init__(self) -> None:
+        check(self)

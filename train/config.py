@@ -1,0 +1,155 @@
+"""Settings of the training, evaluation and planning commands: defaults, help and limits, once.
+
+The checkpoint stores the TrainConfig it was trained with (`common.settings.as_dict`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+from common.settings import check, setting
+
+# "per-step": one unmasked SDPA call per step over the keys so far (skips the masked half, lets
+# CUDA use its flash kernel); "mask": one SDPA call with the boolean block-causal mask. Equal
+# outputs (tested); per-step measured faster on CPU at both the ac_vitg and the demo size
+# (BENCHMARKS.md, attention).
+ATTENTION = ("per-step", "mask")
+SEARCH_DIMS = {"xyzg": [0, 1, 2, 6], "all": list(range(7))}  # CEM's searched action dims
+EPISODE_SETS = ("val", "all")
+# reference schedule (SPEC §5): 4,500 warmup and 4,500 anneal steps out of 94,500
+PHASE_FRACTION = 4500 / 94500
+
+
+def _checkpoint() -> Path:
+    return setting(help="Predictor checkpoint: RUN/latest.pt, or the released vjepa2-ac-vitg.pt.")
+
+
+def _device() -> str | None:
+    return setting(None, "Torch device (default: cuda:$LOCAL_RANK if available, else cpu).")
+
+
+def _episodes() -> str:
+    return setting("val", "val: the trainer's held-out episodes; all: every episode.", choices=EPISODE_SETS)
+
+
+@dataclass
+class TrainConfig:
+    store: Path = setting(help="Feature store written by `extract`.")
+    out: Path = setting(help="Run folder: checkpoints, metrics.csv, val.csv, tb/.")
+    preset: str = setting("ac_vitg", "Predictor: ac_vitg (released 1024x24); small: ac_vitg_mini, ac_demo, ac_test.")
+    frames: int = setting(8, "Stored frames per clip.", min=2, max=1024)
+    rollout_steps: int = setting(2, "Autoregressive steps of the rollout loss (0: teacher forcing only).", min=0)
+    batch_size: int = setting(8, "Clips per step and rank.", min=1, max=65536)
+    steps: int = setting(1000, "Optimizer steps in all.", min=1)
+    lr: float = setting(4.25e-4, "Peak learning rate.", gt=0, max=10)
+    start_lr: float = setting(7.5e-5, "Learning rate at the start of warmup.", min=0, max=10)
+    final_lr: float = setting(0.0, "Learning rate at the end of the anneal.", min=0, max=10)
+    warmup: int | None = setting(None, "Warmup steps (default: 4.8% of --steps, as 4.5k of 94.5k).", min=0)
+    anneal: int | None = setting(None, "Anneal steps (default: 4.8% of --steps).", min=0)
+    weight_decay: float = setting(0.04, "AdamW weight decay on weight matrices.", min=0)
+    grad_clip: float | None = setting(None, "Clip the gradient norm to this (default: no clipping).", gt=0)
+    val_fraction: float = setting(0.1, "Fraction of episodes held out for validation.", min=0, max=0.99)
+    val_every: int = setting(200, "Validate every N steps, and at the end (0: only at the end).", min=0)
+    val_clips: int = setting(256, "Validation clips (evenly spaced windows of held-out episodes).", min=1)
+    ckpt_every: int = setting(500, "Write a checkpoint every N steps (and at the end).", min=1)
+    keep_last: int = setting(3, "Step checkpoints kept besides latest.pt.", min=1)
+    resume: bool = setting(False, "Continue from OUT/latest.pt.")
+    init_from: Path | None = setting(None, "Start from a predictor checkpoint (e.g. vjepa2-ac-vitg.pt).")
+    seed: int = setting(0, "Seed of the model init, the data order and the split.", min=0)
+    workers: int = setting(2, "DataLoader worker processes.", min=0, max=256)
+    activation_checkpointing: bool = setting(False, "Recompute block activations in backward (less memory).")
+    attention: str = setting("per-step", "Block-causal attention: per-step (one unmasked SDPA per step) or mask "
+                                         "(one masked SDPA); see bench attention.", choices=ATTENTION)
+    device: str | None = _device()
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.rollout_steps > self.frames - 1:
+            raise UserError(f"--rollout-steps {self.rollout_steps} must be at most --frames - 1 = {self.frames - 1}")
+        self.phases()
+
+    def phases(self) -> tuple[int, int]:
+        """(warmup, anneal) steps."""
+        warmup = self.warmup if self.warmup is not None else round(self.steps * PHASE_FRACTION)
+        anneal = self.anneal if self.anneal is not None else round(self.steps * PHASE_FRACTION)
+        if warmup + anneal > self.steps:
+            raise UserError(f"warmup {warmup} + anneal {anneal} must fit in {self.steps} steps")
+        return warmup, anneal
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: Path = _checkpoint()
+    store: Path = setting(help="Feature store to evaluate on.")
+    episodes: str = _episodes()
+    frames: int | None = setting(None, "Frames per clip, H = frames - 1 (default: the training clip length).",
+                                 min=2, max=1024)
+    max_clips: int = setting(512, "At most this many clips (evenly spaced windows).", min=1)
+    batch_size: int = setting(8, "Clips per batch.", min=1, max=65536)
+    out: Path | None = setting(None, "Report folder (default: eval/ beside the checkpoint).")
+    seed: int = setting(0, "Seed of the action shuffle.", min=0)
+    device: str | None = _device()
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass
+class CEMConfig:
+    """The cross-entropy method (SPEC §6); the defaults are the paper's."""
+
+    samples: int = setting(800, "CEM samples per iteration.", min=1, max=1_000_000)
+    iterations: int = setting(10, "CEM iterations.", min=1, max=10_000)
+    elites: int = setting(10, "CEM elites (top-k lowest energies).", min=1)
+    momentum_mean: float = setting(0.15, "Momentum of the mean: new = elites x (1 - m) + old x m.", min=0, max=0.99)
+    momentum_std: float = setting(0.15, "Momentum of the std.", min=0, max=0.99)
+    maxnorm: float = setting(0.075, "Each xyz action component is clipped to +-maxnorm (m).", gt=0, max=1)
+    gripper_max: float = setting(0.75, "Gripper change clipped to +-this.", gt=0, max=1)
+    rotation_max: float = setting(0.25, "Each Euler angle change clipped to +-this (rad), with --dims all.",
+                                  gt=0, max=3.15)
+    dims: str = setting("xyzg", "Searched action dims: xyzg (xyz + gripper, rotation 0) or all.",
+                        choices=tuple(SEARCH_DIMS))
+    energy_batch: int = setting(800, "Energies per predictor call.", min=1, max=1_000_000)
+    seed: int = setting(0, "Seed of the CEM samples.", min=0)
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.elites > self.samples:
+            raise UserError(f"--elites {self.elites} must be at most --samples {self.samples}")
+
+
+@dataclass
+class PlanConfig:
+    checkpoint: Path = _checkpoint()
+    store: Path | None = setting(None, "Take start and goal frames from this store ...")
+    episode: int | None = setting(None, "... episode id,", min=0)
+    start: int = setting(0, "... start frame (stored index),", min=0)
+    goal: int | None = setting(None, "... goal frame (default: start + horizon).", min=0)
+    image: Path | None = setting(None, "Or: the current camera image (encoded with the run's encoder) ...")
+    goal_image: Path | None = setting(None, "... the goal image ...")
+    state: str | None = setting(None, "... and the current state 'x,y,z,roll,pitch,yaw,gripper'.")
+    encoder_checkpoint: Path | None = setting(None, "Encoder weights for --image (the store's encoder).")
+    horizon: int = setting(1, "Actions planned.", min=1, max=64)
+    landscape: Path | None = setting(None, "Write the energy over a (dx, dy) grid around 0 to this PNG.")
+    cem: CEMConfig = setting(factory=CEMConfig)
+    device: str | None = _device()
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass
+class PlanEvalConfig:
+    checkpoint: Path = _checkpoint()
+    store: Path = setting(help="Feature store with the held-out episodes.")
+    k: int = setting(1, "Stored frames between start and goal (= actions planned).", min=1, max=64)
+    pairs: int = setting(32, "Start/goal pairs (evenly spaced over the episodes).", min=1, max=100_000)
+    episodes: str = _episodes()
+    out: Path | None = setting(None, "Report folder (default: plan-eval/ beside the checkpoint).")
+    cem: CEMConfig = setting(factory=CEMConfig)
+    device: str | None = _device()
+
+    def __post_init__(self) -> None:
+        check(self)
