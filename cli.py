@@ -22,6 +22,7 @@ from rich.table import Table
 
 from bench.config import BENCHES
 from common.errors import TrainingDiverged, UserError
+from common.files import output_file
 from common.settings import limits_text
 from extract.config import DemoCorpusConfig, ExtractConfig
 from train.config import EvalConfig, PlanConfig, PlanEvalConfig, TrainConfig
@@ -134,10 +135,13 @@ def extract(cfg: ExtractConfig) -> None:
         ["episodes ok", s.episodes_ok], ["episodes skipped", len(s.skipped)], ["frames", s.frames],
         ["seconds", f"{s.seconds:.1f}"], ["frames/s", f"{s.frames / max(s.seconds, 1e-9):.1f}"],
         ["manifest merged", "yes" if s.merged else "no (units of other ranks pending)"]])
-    if s.skipped:
-        console.print(f"[yellow]{len(s.skipped)} episode(s) skipped:[/yellow]")
-        for source, reason in s.skipped:
-            console.print(f"  {source}: {reason}")
+    for what, items in (("skipped", s.skipped), ("stored with a note", s.notes)):
+        if items:
+            console.print(f"[yellow]{len(items)} episode(s) {what}:[/yellow]")
+            for source, text in items:
+                console.print(f"  {source}: {text}")
+    if s.failed:
+        raise UserError(s.failed)
 
 
 def _horizon_rows(val: dict) -> list[list]:
@@ -263,6 +267,8 @@ def store_show(path: Path = StorePath, episode: int = typer.Argument(..., help="
     from store import open_store
     from store.inspect import episode_png, episode_summary
 
+    if png:
+        output_file(png, "--png")
     store = open_store(path)
     s = episode_summary(store, episode)
     console.print(f"[bold]episode {episode}[/bold]  status={s.row['status']} {s.row['reason']}")
@@ -310,8 +316,8 @@ def store_stats(path: Path = StorePath) -> None:
         stats = feature_stats(store, on_episode=lambda _: p.advance(task))
     _table(f"feature statistics of {path}", None, [[k, f"{v:.5g}" if isinstance(v, float) else v]
                                                     for k, v in stats.items()])
-    if stats["nan"] or stats["inf"]:
-        console.print("[red]non-finite feature values found[/red]")
+    if any(stats[k] for k in ("nan", "inf", "state_nan", "state_inf")):
+        console.print("[red]non-finite values found[/red]")
         raise typer.Exit(1)
 
 
@@ -338,6 +344,13 @@ for _name, (_, _cls) in BENCHES.items():
     command(bench_app, _name, _cls)(_bench(_name))
 
 
+def _one_line(e: Exception) -> str:
+    text = str(e).strip()
+    if "Original Traceback" in text:  # raised in a DataLoader worker: torch wraps it in the worker's traceback,
+        text = text.splitlines()[-1].split(": ", 1)[-1]  # whose last line is "module.Class: message"
+    return text
+
+
 def main() -> None:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
@@ -349,12 +362,9 @@ def main() -> None:
     except ClickException as e:  # typer's own parsing errors (unknown option, not a number, ...)
         print(f"error: {e.format_message()}", file=sys.stderr)
         code = 2
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)  # one line, never wrapped
-        code = 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 1
+    except (UserError, TrainingDiverged) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)  # never wrapped
+        code = 2 if isinstance(e, UserError) else 1
     except KeyboardInterrupt:
         err.print("interrupted")
         code = 130

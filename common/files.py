@@ -14,7 +14,31 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import UserError
+
 TMP_MARK = ".tmp-"
+
+
+def output_dir(path: Path, option: str) -> Path:
+    """Create the folder a command writes into (and its parents); one-line error if a file is in the way."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{option} {path}: a file is in the way of this folder") from None
+    except OSError as e:
+        raise UserError(f"{option} {path}: cannot create this folder ({e.strerror})") from None
+    return path
+
+
+def output_file(path: Path, option: str) -> Path:
+    """A file a command will write: its folder must exist, and it must not be a folder itself."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{option} {path}: folder {path.parent} does not exist")
+    return path
 
 
 def fsync_dir(directory: Path) -> None:

@@ -28,6 +28,11 @@ def setting(default: Any = MISSING, help: str = "", *, min: float | None = None,
     return field(default=default, metadata=meta)
 
 
+def device_setting() -> Any:
+    """The --device option of every command that runs a model (see common.device.pick_device)."""
+    return setting(None, "Torch device (default: cuda:$LOCAL_RANK if available, else cpu).")
+
+
 def cli_name(f: dataclasses.Field) -> str:
     """How the CLI spells a field: --batch-size, or OUT for a positional argument."""
     return f.name.upper() if f.metadata.get("arg") else "--" + f.name.replace("_", "-")

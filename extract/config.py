@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.settings import check, setting
+from common.settings import check, device_setting, setting
 from store.format import CODECS, COMPRESSIONS
 
 FORMATS = ("droid", "lerobot", "webdataset")
@@ -33,7 +33,7 @@ class ExtractConfig:
     workers: int = setting(4, "Decoding worker processes (0: decode in the main process).", min=0, max=256)
     rank: int | None = setting(None, "This rank (default $RANK or 0): takes units rank, rank+world, ...", min=0)
     world_size: int | None = setting(None, "Number of ranks (default $WORLD_SIZE or 1).", min=1)
-    device: str | None = setting(None, "Torch device (default: cuda:$LOCAL_RANK if available, else cpu).")
+    device: str | None = device_setting()
     limit: int | None = setting(None, "Only the first N episodes of the corpus.", min=1)
 
     def __post_init__(self) -> None:

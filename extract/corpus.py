@@ -32,17 +32,19 @@ STRIDE_TOLERANCE = 1e-9
 
 
 def open_video(source: Path | bytes):
-    """A decord VideoReader on a file or in-memory MP4 (H.264, AV1, ...)."""
+    """A decord VideoReader on a file or in-memory MP4 (H.264, AV1, ...), with ffmpeg's own logging off."""
     import decord
     import torch.utils.data
 
+    # ffmpeg and its decoders print to stderr for every damaged packet; the skip reason says it once
+    decord.logging.set_level(decord.logging.QUIET)
     # in a DataLoader worker, one decoding thread per worker; in the main process, all cores
     threads = 1 if torch.utils.data.get_worker_info() is not None else 0
     try:
         return decord.VideoReader(io.BytesIO(source) if isinstance(source, bytes) else str(source),
                                   num_threads=threads)
-    except RuntimeError as e:
-        raise SkipEpisode(f"unreadable video: {str(e).splitlines()[0][:200]}") from None
+    except RuntimeError:  # decord's text is internal (source lines, return codes): say what it means
+        raise SkipEpisode("unreadable video (damaged, truncated, or not a video decord can open)") from None
 
 
 def stride_for(native_fps: float, target_fps: float) -> int:
@@ -66,23 +68,39 @@ class Episode:
 
     def frames(self, rows: slice) -> np.ndarray:
         """uint8 [k, H, W, 3] frames of the sampled rows."""
+        index = self.decode_index[rows].tolist()
         try:
-            return self.video.get_batch(self.decode_index[rows].tolist()).asnumpy()
-        except Exception as e:  # noqa: BLE001 - decord raises plain errors on damaged streams
-            raise SkipEpisode(f"video decoding failed: {str(e).splitlines()[0][:200]}") from None
+            return self.video.get_batch(index).asnumpy()
+        except Exception:  # noqa: BLE001 - decord raises plain errors, with internal text, on damaged streams
+            raise SkipEpisode(f"video decoding failed between video frames {index[0]} and {index[-1]} "
+                              "(damaged or truncated stream)") from None
 
 
 def sampled_episode(state: np.ndarray, frame_index: np.ndarray, timestamp: np.ndarray,
                     decode_index: np.ndarray, video, native_fps: float, target_fps: float,
-                    camera: str, notes: list[str], task: str = "", success: bool | None = None) -> Episode:
-    """Keep the rows whose frame the video really holds, then every stride-th of them."""
+                    camera: str, notes: list[str], task: str = "", success: bool | None = None,
+                    shared_video: bool = False) -> Episode:
+    """Keep the rows whose frame the video really holds, then every stride-th of them.
+
+    `shared_video`: the file holds other episodes too (LeRobot v3), so its length says nothing
+    about this episode's except where it ends too early.
+    """
     state = np.asarray(state, np.float32)
     if state.ndim != 2 or state.shape[1] != 7:
         raise SkipEpisode(f"state has shape {list(state.shape)}, expected [T, 7]")
     n_video = len(video)
     usable = int(np.searchsorted(decode_index, n_video))  # decode_index is increasing
-    if usable < len(state):
+    if usable < len(state) and shared_video:
+        notes.append(f"the video ended early: the file holds {n_video} frames, this episode needs frames "
+                     f"{decode_index[0]}..{decode_index[-1]}; used the first {usable} of {len(state)} states")
+    elif usable < len(state):
         notes.append(f"video holds {n_video} frames for {len(state)} states; used the first {usable}")
+    elif n_video > len(state) and not shared_video:
+        notes.append(f"states end before the video: {len(state)} states for {n_video} video frames; "
+                     f"used the first {len(state)} frames")
+    bad = np.flatnonzero(~np.isfinite(state[:usable]).all(1))
+    if len(bad):
+        raise SkipEpisode(f"state holds NaN or Inf in {len(bad)} of {usable} rows (first: row {bad[0]})")
     stride = stride_for(native_fps, target_fps)
     rows = np.arange(0, usable, stride)
     info = EpisodeInfo(camera=camera, task=task, success=success, native_fps=native_fps, stride=stride,
@@ -131,10 +149,12 @@ class DroidCorpus(Corpus):
             self._sources = [s for s in lines if s and not s.startswith("#")]
         else:
             self.base = _require_dir(root, "DROID episode folders or a list file")
-            self._sources = sorted(p.parent.relative_to(self.base).as_posix()
-                                   for p in self.base.rglob("metadata_*.json"))
+            # an episode folder holds metadata_*.json and trajectory.h5; one that lacks either is listed
+            # (and skipped with the reason), not silently dropped
+            found = [*self.base.rglob("metadata_*.json"), *self.base.rglob("trajectory.h5")]
+            self._sources = sorted({p.parent.relative_to(self.base).as_posix() for p in found})
         if not self._sources:
-            raise UserError(f"no DROID episodes (folders holding metadata_*.json) found in {root}")
+            raise UserError(f"no DROID episodes (folders holding metadata_*.json or trajectory.h5) found in {root}")
 
     def sources(self) -> list[str]:
         return self._sources
@@ -268,7 +288,8 @@ class LeRobotCorpus(Corpus):
         tasks = ep.get("tasks") or []
         return sampled_episode(state, table["frame_index"].to_numpy(), timestamp, decode_index, video,
                                self.fps, fps, self.video_key, notes,
-                               task="; ".join(map(str, tasks if isinstance(tasks, list) else [tasks])))
+                               task="; ".join(map(str, tasks if isinstance(tasks, list) else [tasks])),
+                               shared_video=self.v3)
 
 
 def _split_key(name: str) -> tuple[str | None, str | None]:

@@ -19,6 +19,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common.files import output_dir
+
 WIDTH, HEIGHT = 320, 180  # 16:9 like DROID's 1280x720, so the crop rule applies
 HZ = 15
 EXT_SERIAL, WRIST_SERIAL = "20000001", "10000001"
@@ -155,12 +157,16 @@ def push_block(states: np.ndarray, start: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_mp4(path: Path, frames: list[np.ndarray], fps: int = HZ, codec: str = "libx264") -> None:
-    """Encode uint8 RGB frames [H, W, 3] with PyAV (libx264, or libsvtav1 for AV1 as LeRobot does)."""
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int = HZ, codec: str = "libx264",
+              faststart: bool = False) -> None:
+    """Encode uint8 RGB frames [H, W, 3] with PyAV (libx264, or libsvtav1 for AV1 as LeRobot does).
+
+    `faststart` puts the index (moov) before the frames, so a cut file still opens (with fewer frames).
+    """
     import av
 
     options = {"crf": "18", "preset": "ultrafast"} if codec == "libx264" else {"crf": "30", "g": "2"}
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
@@ -202,7 +208,7 @@ def write_episode(root: Path, index: int, rng: np.random.Generator, renderer: Re
 
 def make_demo_corpus(out: Path, episodes: int = 64, seed: int = 0, progress=None) -> Path:
     """Write the demo corpus under `out`; returns `out`."""
-    out = Path(out)
+    out = output_dir(out, "OUT")
     renderer = Renderer(np.random.default_rng(seed + 1))
     for i in range(episodes):
         write_episode(out, i, np.random.default_rng([seed, i]), renderer)

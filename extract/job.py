@@ -69,7 +69,8 @@ class EpisodePieces(IterableDataset):
         try:
             ep = self.corpus.load(self.sources[order], self.fps)
             if len(ep) < MIN_FRAMES:
-                raise SkipEpisode(f"only {len(ep)} frames at {self.fps:g} fps, {MIN_FRAMES} needed")
+                why = f" ({ep.info.note})" if ep.info.note else ""
+                raise SkipEpisode(f"only {len(ep)} frames at {self.fps:g} fps, {MIN_FRAMES} needed{why}")
             for start in range(0, len(ep), PIECE_FRAMES):
                 frames = preprocess(ep.frames(slice(start, start + PIECE_FRAMES)), self.size)
                 piece = Piece(order, start + PIECE_FRAMES >= len(ep), frames)
@@ -104,8 +105,16 @@ class ExtractSummary:
     frames: int = 0
     seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (source, note) of stored episodes with a note
     merged: bool = False
     store: Path | None = None
+
+    @property
+    def failed(self) -> str | None:
+        """Why this run extracted nothing although it had episodes to do, else None."""
+        if self.skipped and not self.episodes_ok:
+            return f"all {len(self.skipped)} episodes of this run were skipped; nothing was extracted"
+        return None
 
 
 def plan_units(sources: list[str], per_unit: int) -> list[list[str]]:
@@ -119,6 +128,7 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     `on_episode(frames)` after each written episode (0 frames for a skipped one).
     """
     rank, world = rank_world(cfg.rank, cfg.world_size)
+    device = pick_device(cfg.device)  # a bad --device stops here, before any work
     corpus = open_corpus(cfg.corpus, cfg.format, cfg.camera, cfg.video_key, cfg.state_key)
     sources = corpus.sources()[: cfg.limit]
     units = plan_units(sources, cfg.episodes_per_unit)
@@ -142,7 +152,6 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     if on_start:
         on_start(len(work))
     if work:
-        device = pick_device(cfg.device)
         encoder.to(device)
         start = time.perf_counter()
         _Pipeline(cfg, encoder, device, work, summary, on_episode).run(corpus, preset.image_size)
@@ -259,6 +268,8 @@ class _Pipeline:
             self.summary.skipped.append((source, ep.skip))
         else:
             self.writer.add_episode(info, torch.cat(ep.features), first.state, first.frame_index, first.timestamp)
+            if info.note:
+                self.summary.notes.append((source, info.note))
             self.summary.episodes_ok += 1
             self.summary.frames += ep.frames
         if order in self.unit_end:

@@ -15,11 +15,14 @@ A store is a Zarr v3 group directory:
         sealed.json              written last: row count + SHA-256 of every file above
     <store>/manifest.parquet     all units' episode tables, merged once every unit is sealed
 
-Only shards with `sealed.json` exist for readers. See README "Store format".
+Only shards with `sealed.json` exist for readers. The root attributes also record the SHA-256 of
+plan.parquet (at creation) and of manifest.parquet (at each merge), so a damaged plan or manifest
+is refused on opening. See README "Store format".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from common.errors import StoreError
-from common.files import sha256_file
+from common.files import atomic_write_bytes, sha256_file
 
 from . import manifest
 
@@ -100,22 +103,51 @@ def read_root_attrs(root: Path) -> dict:
     if not meta.is_file():
         raise StoreError(f"{root}: not a feature store (no zarr.json)")
     try:
-        attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (OSError, ValueError) as e:
-        raise StoreError(f"{root}: unreadable zarr.json ({e})") from None
-    version = attrs.get("format_version")
-    if not isinstance(version, int):
-        raise StoreError(f"{root}: a Zarr group but not a feature store (no format_version)")
-    if version > FORMAT_VERSION:
+        attrs = json.loads(meta.read_bytes())["attributes"]
+        version = attrs["format_version"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"{root}: zarr.json is unreadable or damaged ({type(e).__name__}: {e}); "
+                         "not a feature store, or its metadata was overwritten") from None
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise StoreError(
             f"{root}: store format version {version} is newer than this code supports "
             f"({FORMAT_VERSION}); upgrade the package"
         )
+    if not isinstance(version, int) or not isinstance(attrs.get("num_units"), int) or attrs["num_units"] < 1:
+        raise StoreError(f"{root}: zarr.json holds no valid format_version and num_units (damaged metadata)")
     return attrs
 
 
-def read_plan(root: Path) -> pa.Table:
-    return manifest.read_table(Path(root) / PLAN_FILE, manifest.PLAN_SCHEMA)
+def update_root_attrs(root: Path, **values) -> None:
+    """Set root attributes (rewriting zarr.json atomically; concurrent writers of equal values are harmless)."""
+    meta = Path(root) / "zarr.json"
+    doc = json.loads(meta.read_bytes())
+    doc["attributes"].update(values)
+    atomic_write_bytes(meta, json.dumps(doc, indent=2).encode())
+
+
+def read_checked(path: Path, digest: str | None) -> bytes:
+    """A file's bytes, refused unless they match `digest` (when one is recorded)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{path}: missing") from None
+    except OSError as e:
+        raise StoreError(f"{path}: unreadable ({e.strerror})") from None
+    if digest and hashlib.sha256(data).hexdigest() != digest:
+        raise StoreError(f"{path}: does not match its recorded checksum (damaged, or changed after it was written)")
+    return data
+
+
+def read_plan(root: Path, attrs: dict) -> pa.Table:
+    """The work plan, checked against its checksum and against the unit count of the root attributes."""
+    path = Path(root) / PLAN_FILE
+    plan = manifest.parse_table(read_checked(path, attrs.get("plan_sha256")), manifest.PLAN_SCHEMA, path)
+    units = len(set(plan["unit"].to_pylist()))
+    if units != attrs["num_units"]:
+        raise StoreError(f"{root}: zarr.json says {attrs['num_units']} units but {PLAN_FILE} has {units} "
+                         "(damaged metadata)")
+    return plan
 
 
 def _units(root: Path, sealed: bool) -> list[int]:
@@ -132,6 +164,25 @@ def sealed_units(root: Path) -> list[int]:
 
 def unsealed_units(root: Path) -> list[int]:
     return _units(root, sealed=False)
+
+
+def read_seal(root: Path, unit: int) -> dict:
+    """A sealed shard's seal: unit, rows, episodes and the SHA-256 of every other file of the shard."""
+    path = shard_dir(root, unit) / SEAL_FILE
+    try:
+        seal = json.loads(path.read_bytes())
+        if not (isinstance(seal["files"], dict) and isinstance(seal["rows"], int) and isinstance(seal["episodes"], int)):
+            raise TypeError("wrong field types")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StoreError(f"shard {unit:05d}: unreadable seal ({type(e).__name__}: {e})") from None
+    return seal
+
+
+def shard_episodes(root: Path, unit: int, seal: dict | None = None) -> pa.Table:
+    """A sealed shard's episode table, checked against its seal."""
+    seal = seal or read_seal(root, unit)
+    path = shard_dir(root, unit) / EPISODES_FILE
+    return manifest.parse_table(read_checked(path, seal["files"].get(EPISODES_FILE)), manifest.SCHEMA, path)
 
 
 def file_digests(directory: Path, fsync: bool = False) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .format import SEAL_FILE, SHARDS_DIR, read_root_attrs
+from .format import SEAL_FILE, SHARDS_DIR, read_root_attrs, read_seal
 from .reader import Store
 
 PCA_SAMPLE_TOKENS = 20_000  # tokens the principal components are fitted on (enough for 3 components)
@@ -38,7 +37,7 @@ def shard_rows(root: Path) -> list[ShardRow]:
     out = []
     for d in sorted(p for p in (root / SHARDS_DIR).iterdir() if p.name.isdigit()):
         sealed = (d / SEAL_FILE).exists()
-        seal = json.loads((d / SEAL_FILE).read_text()) if sealed else {}
+        seal = read_seal(root, int(d.name)) if sealed else {}
         out.append(ShardRow(int(d.name), sealed, seal.get("episodes"), seal.get("rows"), dir_bytes(d), codec))
     return out
 
@@ -97,13 +96,16 @@ def episode_summary(store: Store, episode_id: int) -> EpisodeSummary:
 
 
 def feature_stats(store: Store, on_episode: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Mean/std of all feature values, token-norm range and NaN/Inf counts over every ok episode."""
-    n = nan = inf = 0
+    """Mean/std of all feature values, token-norm range and NaN/Inf counts (features and states)."""
+    n = nan = inf = state_nan = state_inf = 0
     total = total_sq = 0.0
     norm_min, norm_max, norm_sum, tokens = float("inf"), 0.0, 0.0, 0
     per_dim = torch.zeros(store.config.feature_dim, dtype=torch.float64)
     for e in store.ok_episodes:
-        f = store.read_episode(e)["features"].double()
+        data = store.read_episode(e)
+        state_nan += int(np.isnan(data["state"]).sum())
+        state_inf += int(np.isinf(data["state"]).sum())
+        f = data["features"].double()
         nan += int(torch.isnan(f).sum())
         inf += int(torch.isinf(f).sum())
         f = torch.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
@@ -117,13 +119,13 @@ def feature_stats(store: Store, on_episode: Callable[[int], None] | None = None)
         tokens += norms.numel()
         if on_episode:
             on_episode(e)
+    counts = {"values": n, "nan": nan, "inf": inf, "state_nan": state_nan, "state_inf": state_inf}
     if n == 0:
-        return {"values": 0, "nan": 0, "inf": 0}
+        return counts
     mean = total / n
     dim_means = per_dim / (n / store.config.feature_dim)
     return {
-        "values": n, "nan": nan, "inf": inf, "mean": mean,
-        "std": max(total_sq / n - mean * mean, 0.0) ** 0.5,
+        **counts, "mean": mean, "std": max(total_sq / n - mean * mean, 0.0) ** 0.5,
         "token_norm_mean": norm_sum / tokens, "token_norm_min": norm_min, "token_norm_max": norm_max,
         "dim_mean_min": float(dim_means.min()), "dim_mean_max": float(dim_means.max()),
     }

@@ -1,18 +1,23 @@
-"""Integrity checks of a store: seals, checksums, shapes and manifest consistency."""
+"""Integrity checks of a store: metadata, seals, checksums, shapes and manifest consistency.
+
+`verify` never stops at the first problem and never raises on damage: it returns one line per
+problem it finds (an unreadable root zarr.json, which makes it no store at all, is the exception).
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from common.errors import StoreError
+
 from . import codecs, manifest
 from .format import (
-    EPISODES_FILE, MANIFEST_FILE, SEAL_FILE, STATE_DIM, StoreConfig, file_digests, read_plan, read_root_attrs,
-    sealed_units, shard_dir, unsealed_units,
+    MANIFEST_FILE, STATE_DIM, StoreConfig, file_digests, read_checked, read_plan, read_root_attrs,
+    read_seal, sealed_units, shard_dir, shard_episodes, unsealed_units,
 )
 from .reader import shard_arrays
 
@@ -22,41 +27,47 @@ def verify(root: Path, on_shard: Callable[[int], None] | None = None) -> list[st
     root = Path(root)
     attrs = read_root_attrs(root)
     config = StoreConfig.from_attrs(attrs)
-    plan = read_plan(root).to_pydict()
-    planned: dict[int, list[int]] = {u: [] for u in range(attrs["num_units"])}
-    for u, e in zip(plan["unit"], plan["episode_id"]):
-        planned[u].append(e)
+    problems: list[str] = []
+    try:
+        plan = read_plan(root, attrs).to_pydict()
+        planned: dict[int, list[int]] | None = {}
+        for u, e in zip(plan["unit"], plan["episode_id"]):
+            planned.setdefault(u, []).append(e)
+    except StoreError as e:
+        problems.append(str(e))
+        planned = None
+    units = set(planned) if planned is not None else set(range(attrs["num_units"]))
 
-    problems = []
     sealed, unsealed = sealed_units(root), unsealed_units(root)
     for u in unsealed:
         problems.append(f"shard {u:05d}: unsealed (its writer did not finish; resume removes and redoes it)")
-    for u in sorted(set(planned) - set(sealed) - set(unsealed)):
+    for u in sorted(units - set(sealed) - set(unsealed)):
         problems.append(f"shard {u:05d}: not written yet")
     tables = []
     for u in sealed:
-        shard_problems, table = _verify_shard(root, u, config, planned.get(u))
+        if u not in units:
+            problems.append(f"shard {u:05d}: not in the plan")
+            continue
+        shard_problems, table = _verify_shard(root, u, config, None if planned is None else planned[u])
         problems += shard_problems
         if table is not None:
             tables.append(table)
         if on_shard:
             on_shard(u)
-    if (root / MANIFEST_FILE).exists():
-        problems += _verify_manifest(root, manifest.concat(tables), len(sealed) == len(planned), len(plan["unit"]))
+    if planned is not None:
+        complete = set(sealed) >= units
+        problems += _verify_manifest(root, attrs, manifest.concat(tables), complete, planned)
     return problems
 
 
 def _verify_shard(root: Path, unit: int, config: StoreConfig, planned: list[int] | None):
     name = f"shard {unit:05d}"
-    if planned is None:
-        return [f"{name}: not in the plan"], None
     d = shard_dir(root, unit)
     try:
-        seal = json.loads((d / SEAL_FILE).read_text())
-        expected = seal["files"]
-    except (OSError, ValueError, KeyError) as e:
-        return [f"{name}: unreadable seal ({e})"], None
-    actual = file_digests(d)
+        seal = read_seal(root, unit)
+    except StoreError as e:
+        return [str(e)], None
+    expected, actual = seal["files"], file_digests(d)
     bad = [f"{name}: checksum mismatch in {f}" for f in sorted(expected) if f in actual and actual[f] != expected[f]]
     bad += [f"{name}: missing file {f}" for f in sorted(set(expected) - set(actual))]
     bad += [f"{name}: unexpected file {f}" for f in sorted(set(actual) - set(expected))]
@@ -65,9 +76,10 @@ def _verify_shard(root: Path, unit: int, config: StoreConfig, planned: list[int]
 
     rows = seal["rows"]
     try:
-        arrays = shard_arrays(d, config.codec)
-    except (OSError, ValueError) as e:
-        return [f"{name}: arrays unreadable ({e})"], None
+        arrays = shard_arrays(root, unit, config.codec, seal)
+        table = shard_episodes(root, unit, seal)
+    except StoreError as e:
+        return [str(e)], None
     shapes = {
         "features": ((rows, config.tokens, config.feature_dim), codecs.STORED_DTYPE[config.codec]),
         "state": ((rows, STATE_DIM), np.float32),
@@ -81,9 +93,8 @@ def _verify_shard(root: Path, unit: int, config: StoreConfig, planned: list[int]
         if arrays[key].shape != shape or arrays[key].dtype != np.dtype(dtype):
             bad.append(f"{name}: array {key} is {arrays[key].dtype}{list(arrays[key].shape)}, "
                        f"expected {np.dtype(dtype)}{list(shape)}")
-    table = manifest.read_table(d / EPISODES_FILE)
     t = table.to_pydict()
-    if t["episode_id"] != planned:
+    if planned is not None and t["episode_id"] != planned:
         bad.append(f"{name}: holds episodes {t['episode_id']}, planned {planned}")
     if bad:
         return bad, None
@@ -104,18 +115,30 @@ def _verify_shard(root: Path, unit: int, config: StoreConfig, planned: list[int]
     return bad, (None if bad else table)
 
 
-def _verify_manifest(root: Path, shards: pa.Table, complete: bool, num_episodes: int) -> list[str]:
-    """Compare the merged manifest with the episode tables of the shards that passed their checks."""
+def _verify_manifest(root: Path, attrs: dict, shards: pa.Table, complete: bool,
+                     planned: dict[int, list[int]]) -> list[str]:
+    """The merged manifest against its recorded checksum and, row by row, the shards' own tables."""
+    path, digest = root / MANIFEST_FILE, attrs.get("manifest_sha256")
+    if not path.exists():  # fine before the merge; after it (a checksum was recorded), the file was lost
+        return [f"{MANIFEST_FILE}: missing although the store was merged; `cli.py store merge` rewrites it"] \
+            if digest else []
     if not complete:
         return [f"{MANIFEST_FILE}: present although not every unit is sealed"]
+    bad = []
     try:
-        merged = manifest.read_table(root / MANIFEST_FILE).to_pylist()
-    except (OSError, pa.ArrowException) as e:
-        return [f"{MANIFEST_FILE}: unreadable ({e})"]
-    good = {r["episode_id"]: r for r in shards.to_pylist()}
-    units = {r["unit"] for r in good.values()}
-    bad = [f"{MANIFEST_FILE}: episode {r['episode_id']} differs from its shard's table"
-           for r in merged if r["unit"] in units and good.get(r["episode_id"]) != r]
-    if len(merged) != num_episodes:
-        bad.append(f"{MANIFEST_FILE}: {len(merged)} episodes, the plan has {num_episodes}")
+        read_checked(path, digest)
+    except StoreError:
+        bad.append(f"{MANIFEST_FILE}: checksum mismatch (damaged, or changed after `store merge`; the merge "
+                   "rewrites it)")
+    try:
+        merged = manifest.read_table(path).to_pylist()
+    except StoreError as e:
+        return bad + [str(e)]
+    good = {r["episode_id"]: r for r in shards.to_pylist()}  # episodes of the shards that passed their checks
+    listed = [r["episode_id"] for r in merged]
+    bad += [f"{MANIFEST_FILE}: episode {r['episode_id']} differs from its shard's table"
+            for r in merged if r["episode_id"] in good and good[r["episode_id"]] != r]
+    expected = sorted(e for episodes in planned.values() for e in episodes)
+    if listed != expected:  # merge writes the episodes in id order
+        bad.append(f"{MANIFEST_FILE}: lists {len(listed)} episodes, not the plan's {len(expected)} episodes")
     return bad

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.errors import StoreError
 from common.files import atomic_write
 
 SCHEMA = pa.schema(
@@ -50,13 +51,31 @@ def manifest_row(info: EpisodeInfo, unit: int, first_row: int, num_frames: int, 
             "status": status, "reason": reason}
 
 
+def table_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
 def write_table(table: pa.Table, path: Path) -> None:
     """Write a Parquet file atomically, so readers never see half of one."""
     atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
+def parse_table(data: bytes, schema: pa.Schema, path: Path) -> pa.Table:
+    """A Parquet file's bytes as a table of `schema`; damage becomes one StoreError naming the file."""
+    try:
+        return pq.read_table(pa.BufferReader(data), schema=schema)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise StoreError(f"{path}: unreadable Parquet ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+
+
 def read_table(path: Path, schema: pa.Schema = SCHEMA) -> pa.Table:
-    return pq.read_table(path, schema=schema)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise StoreError(f"{path}: unreadable ({e.strerror})") from None
+    return parse_table(data, schema, path)
 
 
 def empty() -> pa.Table:

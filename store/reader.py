@@ -1,27 +1,78 @@
-"""Reading a store: the episode table and windows of frames, cheap enough for DataLoader workers."""
+"""Reading a store: the episode table and windows of frames, cheap enough for DataLoader workers.
+
+Every byte a reader takes from a shard is checked against the shard's seal on the way in
+(`VerifiedChunks`): a deleted, truncated or altered chunk is a one-line StoreError naming the
+shard and the file, never zeros or garbage handed to training.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import zarr
+from zarr.storage import LocalStore, WrapperStore
 
 from common.errors import StoreError
 
 from . import codecs, manifest
-from .format import EPISODES_FILE, MANIFEST_FILE, ROW_ARRAYS, StoreConfig, read_root_attrs, sealed_units, shard_dir
+from .format import (
+    MANIFEST_FILE, ROW_ARRAYS, StoreConfig, read_checked, read_plan, read_root_attrs, read_seal, sealed_units,
+    shard_dir, shard_episodes,
+)
+
+
+class VerifiedChunks(WrapperStore):
+    """A read-only zarr store over one sealed shard that checks each file it serves against the seal.
+
+    A file the seal lists must exist and hash to its recorded SHA-256; zarr would otherwise read a
+    missing chunk as fill values and a damaged one as noise. The cost: one SHA-256 per chunk read
+    (BENCHMARKS.md, loader).
+    """
+
+    def __init__(self, store: LocalStore, digests: dict[str, str], unit: int):
+        super().__init__(store)
+        self.digests, self.unit = digests, unit
+
+    def _with_store(self, store: LocalStore) -> "VerifiedChunks":
+        return type(self)(store, self.digests, self.unit)
+
+    async def get(self, key, prototype, byte_range=None):
+        want = self.digests.get(key)
+        buf = await self._store.get(key, prototype, None if want else byte_range)
+        if want is None:  # not part of the shard (zarr probing for optional keys)
+            return buf
+        if buf is None:
+            raise StoreError(f"shard {self.unit:05d}: {key} is missing (deleted after sealing); the store is "
+                             "damaged: run `cli.py store verify`")
+        if hashlib.sha256(buf.to_bytes()).hexdigest() != want:
+            raise StoreError(f"shard {self.unit:05d}: {key} does not match its checksum (damaged or changed "
+                             "after sealing); run `cli.py store verify`")
+        return buf if byte_range is None else await super().get(key, prototype, byte_range)
+
+
+def shard_arrays(root: Path, unit: int, codec: str, seal: dict | None = None) -> dict[str, zarr.Array]:
+    """The row arrays of one sealed shard, opened by name, every read checked against its seal."""
+    seal = seal or read_seal(root, unit)
+    store = VerifiedChunks(LocalStore(shard_dir(root, unit), read_only=True), seal["files"], unit)
+    names = [n for n in ROW_ARRAYS if n != "scales" or codec == "int8"]
+    try:
+        return {n: zarr.open_array(store=store, path=n, mode="r", zarr_format=3) for n in names}
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise StoreError(f"shard {unit:05d}: arrays unreadable ({type(e).__name__}: {e})") from None
 
 
 class Store:
     """A read-only view of the sealed shards of a store.
 
-    Zarr arrays are opened lazily, per process: a Store made before a fork (or pickled
-    into a DataLoader worker) reopens its files in the child.
+    Opening checks the store's metadata: the plan and the manifest against the checksums recorded
+    in the root attributes, the unit count, and that the manifest names only sealed shards.
+    Zarr arrays are opened lazily, per process: a Store made before a fork (or pickled into a
+    DataLoader worker) reopens its files in the child.
     """
 
     def __init__(self, root: Path):
@@ -30,17 +81,32 @@ class Store:
         self.config = StoreConfig.from_attrs(self.attrs)
         self.num_units: int = self.attrs["num_units"]
         self.sealed = sealed_units(self.root)
+        try:
+            read_plan(self.root, self.attrs)  # a damaged plan or unit count is refused here
+            if self.sealed and self.sealed[-1] >= self.num_units:
+                raise StoreError(f"{self.root}: shard {self.sealed[-1]:05d} exists but zarr.json says "
+                                 f"{self.num_units} units (damaged metadata)")
+            self.episodes = self._episode_table()
+        except StoreError as e:
+            raise StoreError(f"{e}; run `cli.py store verify {self.root}`") from None
         self.complete = len(self.sealed) == self.num_units
-        if (self.root / MANIFEST_FILE).exists():
-            self.episodes = manifest.read_table(self.root / MANIFEST_FILE)
-        else:
-            self.episodes = manifest.concat(
-                [manifest.read_table(shard_dir(self.root, u) / EPISODES_FILE) for u in self.sealed]
-            )
         cols = self.episodes.select(["episode_id", "unit", "first_row", "num_frames"]).to_pydict()
         self._where = {e: (u, r, n) for e, u, r, n in zip(*cols.values())}
         self._arrays: dict[int, dict[str, zarr.Array]] = {}
         self._pid = os.getpid()
+
+    def _episode_table(self):
+        path, digest = self.root / MANIFEST_FILE, self.attrs.get("manifest_sha256")
+        if digest and not path.exists():
+            raise StoreError(f"{path}: missing although the store was merged (`cli.py store merge` rewrites it)")
+        if not path.exists():  # not merged yet: the sealed shards' own tables
+            return manifest.concat([shard_episodes(self.root, u) for u in self.sealed])
+        table = manifest.parse_table(read_checked(path, digest), manifest.SCHEMA, path)
+        stray = sorted(set(table["unit"].to_pylist()) - set(self.sealed))
+        if stray:
+            raise StoreError(f"{path}: lists episodes of unit(s) {stray[:5]} that are not sealed (damaged "
+                             "manifest or shards)")
+        return table
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -59,8 +125,7 @@ class Store:
 
     def episode(self, episode_id: int) -> dict:
         """The manifest row of one episode as a dict."""
-        if episode_id not in self._where:
-            raise StoreError(f"episode {episode_id} is not in a sealed shard of {self.root}")
+        self._locate(episode_id)
         mask = pc.equal(self.episodes["episode_id"], episode_id)
         return self.episodes.filter(mask).to_pylist()[0]
 
@@ -77,7 +142,7 @@ class Store:
         if self._pid != os.getpid():  # forked: file handles of the parent are not ours
             self._arrays, self._pid = {}, os.getpid()
         if unit not in self._arrays:
-            self._arrays[unit] = shard_arrays(shard_dir(self.root, unit), self.config.codec)
+            self._arrays[unit] = shard_arrays(self.root, unit, self.config.codec)
         return self._arrays[unit]
 
     def read_window(self, episode_id: int, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,19 +162,12 @@ class Store:
 
     def read_episode(self, episode_id: int) -> dict[str, np.ndarray | torch.Tensor]:
         """All rows of an episode: features, state, frame_index, timestamp."""
-        n = self._locate(episode_id)[2]
+        unit, first, n = self._locate(episode_id)
         features, state = self.read_window(episode_id, 0, n)
-        unit, first, _ = self._locate(episode_id)
         a = self._unit_arrays(unit)
         rows = slice(first, first + n)
         return {"features": features, "state": state.numpy(),
                 "frame_index": a["frame_index"][rows], "timestamp": a["timestamp"][rows]}
-
-
-def shard_arrays(directory: Path, codec: str) -> dict[str, zarr.Array]:
-    """The row arrays of one shard, opened by name (no directory listing)."""
-    names = [n for n in ROW_ARRAYS if n != "scales" or codec == "int8"]
-    return {n: zarr.open_array(Path(directory) / n, mode="r") for n in names}
 
 
 def open_store(root: Path | str) -> Store:

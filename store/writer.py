@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -16,12 +17,13 @@ import torch
 import zarr
 
 from common.errors import StoreError
-from common.files import atomic_write_bytes, remove_stale_temps
+from common.files import atomic_write_bytes, fsync_dir, output_dir, remove_stale_temps, sha256_file
 
 from . import codecs, manifest
 from .format import (
     EPISODES_FILE, FORMAT_VERSION, MANIFEST_FILE, PLAN_FILE, SEAL_FILE, SHARDS_DIR, STATE_DIM, StoreConfig,
-    file_digests, read_plan, read_root_attrs, sealed_units, shard_dir, unsealed_units,
+    file_digests, read_plan, read_root_attrs, sealed_units, shard_dir, shard_episodes, unsealed_units,
+    update_root_attrs,
 )
 
 ROW_CHUNK = 4096  # rows per chunk of the small per-row arrays
@@ -47,24 +49,29 @@ def create_store(root: Path, config: StoreConfig, units: list[list[str]]) -> boo
     """
     root = Path(root)
     plan = plan_table(units)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} is a file, not a store folder")
     if root.exists() and any(root.iterdir()):
         check_compatible(root, config, plan)
         return False
     if config.codec not in codecs.CODECS:
         raise StoreError(f"unknown codec {config.codec!r}; choose one of {', '.join(codecs.CODECS)}")
     codecs.compressors(config.compression)  # validates the name
-    root.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(root.parent, "store folder")
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    attrs = {"format_version": FORMAT_VERSION, "num_units": len(units), **config.to_attrs()}
+    plan_bytes = manifest.table_bytes(plan)
+    attrs = {"format_version": FORMAT_VERSION, "num_units": len(units), **config.to_attrs(),
+             "plan_sha256": hashlib.sha256(plan_bytes).hexdigest()}
     zarr.open_group(tmp, mode="w", attributes=attrs).create_group(SHARDS_DIR)
-    manifest.write_table(plan, tmp / PLAN_FILE)
+    (tmp / PLAN_FILE).write_bytes(plan_bytes)
     try:
         os.rename(tmp, root)  # replaces an empty directory, fails on a non-empty one
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         check_compatible(root, config, plan)  # another rank created it first
         return False
+    fsync_dir(root.parent)
     return True
 
 
@@ -76,7 +83,7 @@ def check_compatible(root: Path, config: StoreConfig, plan: pa.Table) -> None:
             f"{root} was made with other settings ({'; '.join(diffs)}); "
             "use another output path or the original settings"
         )
-    if not read_plan(root).equals(plan):
+    if not read_plan(root, attrs).equals(plan):
         raise StoreError(
             f"{root} holds a different plan of episodes than this corpus gives now; "
             "the corpus or the units option changed. Use another output path."
@@ -95,7 +102,7 @@ class ShardWriter:
         self.config = StoreConfig.from_attrs(attrs)
         if not 0 <= unit < attrs["num_units"]:
             raise StoreError(f"unit {unit} out of range 0..{attrs['num_units'] - 1}")
-        plan = read_plan(self.root).to_pydict()
+        plan = read_plan(self.root, attrs).to_pydict()
         self.unit = unit
         self.expected = [e for u, e in zip(plan["unit"], plan["episode_id"]) if u == unit]
         self.dir = shard_dir(self.root, unit)
@@ -197,17 +204,21 @@ def remove_unsealed(root: Path, units: list[int] | None = None) -> list[int]:
 def merge_manifest(root: Path) -> pa.Table:
     """Write manifest.parquet from every unit's episode table; all units must be sealed."""
     root = Path(root)
-    num_units = read_root_attrs(root)["num_units"]
+    attrs = read_root_attrs(root)
+    num_units = len(set(read_plan(root, attrs)["unit"].to_pylist()))  # checked against the attributes
     sealed = set(sealed_units(root))
     missing = [u for u in range(num_units) if u not in sealed]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise StoreError(f"{root}: {len(missing)} of {num_units} units not sealed yet ({shown})")
-    table = manifest.concat(
-        [manifest.read_table(shard_dir(root, u) / EPISODES_FILE) for u in range(num_units)]
-    )
+    table = manifest.concat([shard_episodes(root, u) for u in range(num_units)])
     remove_stale_temps(root, MANIFEST_FILE)  # of a merge that was killed
-    manifest.write_table(table, root / MANIFEST_FILE)
+    data = manifest.table_bytes(table)
+    digest = hashlib.sha256(data).hexdigest()
+    path = root / MANIFEST_FILE
+    if attrs.get("manifest_sha256") != digest or not path.is_file() or sha256_file(path) != digest:
+        atomic_write_bytes(path, data)  # (an identical merge, as every finishing rank does, writes nothing)
+        update_root_attrs(root, manifest_sha256=digest)
     return table
 
 

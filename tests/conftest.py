@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -18,6 +21,26 @@ def run_cli(*args, env=None, timeout=600, check=True) -> subprocess.CompletedPro
     if check and r.returncode != 0:
         raise AssertionError(f"cli.py {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def cli_main(*args) -> tuple[int, str, str]:
+    """`python cli.py ARGS` run in this process (typer's parsing and cli.main's error handling, without
+    starting Python and torch again): (exit code, stdout, stderr)."""
+    import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.object(sys, "argv", ["cli.py", *map(str, args)]), redirect_stdout(out), redirect_stderr(err):
+        try:
+            cli.main()
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_error_line(code: int, err: str, message: str, exit_code: int = 2) -> None:
+    """Exit code, exactly one `error:` line holding `message`, and no traceback."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == exit_code and len(errors) == 1 and message in errors[0] and "Traceback" not in err, (code, err)
 
 
 @pytest.fixture(scope="session")

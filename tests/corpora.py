@@ -40,18 +40,23 @@ def states(n: int) -> np.ndarray:
 
 
 def droid_episode(root: Path, name: str, steps: int, video_frames: int | None = None,
-                  drop_key: str | None = None, task: str = "stack cups", success: bool = True) -> Path:
+                  drop_key: str | None = None, task: str = "stack cups", success: bool = True,
+                  bad_value: float | None = None, metadata: bool = True) -> Path:
+    """One DROID raw episode folder; `bad_value` (NaN, Inf) replaces x of state row 2; no metadata json if asked."""
     folder = root / "LAB" / ("success" if success else "failure") / "2024-01-01" / name
     (folder / "recordings" / "MP4").mkdir(parents=True)
     write_mp4(folder / "recordings" / "MP4" / "111.mp4", frames(0, video_frames or steps), fps=15)
     s = states(steps).astype(np.float64)
+    if bad_value is not None:
+        s[2, 0] = bad_value
     with h5py.File(folder / "trajectory.h5", "w") as f:
         if drop_key != "cartesian_position":
             f["observation/robot_state/cartesian_position"] = s[:, :6]
         f["observation/robot_state/gripper_position"] = s[:, 6]
     meta = {"uuid": name, "lab": "LAB", "success": success, "current_task": task, "trajectory_length": steps,
             "left_mp4_path": f"success/2024-01-01/{name}/recordings/MP4/111.mp4"}
-    (folder / f"metadata_{name}.json").write_text(json.dumps(meta))
+    if metadata:
+        (folder / f"metadata_{name}.json").write_text(json.dumps(meta))
     return folder
 
 
@@ -109,7 +114,7 @@ def lerobot_v21(root: Path, lengths: list[int], fps: int = 15) -> Path:
     return root
 
 
-def lerobot_v30(root: Path, lengths: list[int], fps: int = 15) -> Path:
+def lerobot_v30(root: Path, lengths: list[int], fps: int = 15, faststart: bool = False) -> Path:
     """All episodes in one data file and one AV1 video file, cut by from/to timestamps."""
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     info = _info("v3.0", fps, "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
@@ -133,7 +138,7 @@ def lerobot_v30(root: Path, lengths: list[int], fps: int = 15) -> Path:
     pq.write_table(pa.Table.from_pylist(rows), root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     path = root / "videos" / VIDEO_KEY / "chunk-000" / "file-000.mp4"
     path.parent.mkdir(parents=True)
-    write_mp4(path, video, fps=fps, codec="libsvtav1")
+    write_mp4(path, video, fps=fps, codec="libsvtav1", faststart=faststart)
     return root
 
 

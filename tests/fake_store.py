@@ -81,6 +81,19 @@ def write_unit(root: Path, unit: int, hang_after: int | None = None, delay: floa
     w.seal()
 
 
+def tiny_store(root: Path, nan_episodes: set[int] = frozenset(), dim: int = 16, episodes: int = 12,
+               frames: int = 12, per_unit: int | None = None) -> Path:
+    """A store of random features (2x2 tokens) with smoothly moving states; optionally NaN in some episodes."""
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for e in range(episodes):
+        f = torch.randn(frames, 4, dim, generator=g)
+        if e in nan_episodes:
+            f[-1] = float("nan")  # only the last window of the episode holds it
+        data.append(StoredEpisode(f, np.cumsum(np.full((frames, 7), 0.01, np.float32), 0)))
+    return write_store(root, data, per_unit, codec="fp16")
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
     hang = int(args[args.index("--hang-after") + 1]) if "--hang-after" in args else None

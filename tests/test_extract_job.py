@@ -163,6 +163,31 @@ def test_bad_episodes_are_skipped_with_reasons(tmp_path):
     assert verify(out) == []
 
 
+def test_truncated_shared_video_is_quiet_and_says_why(tmp_path):
+    corpus = corpora.lerobot_v30(tmp_path / "v3", [20, 30, 25, 22], faststart=True)
+    video = corpus / "videos" / corpora.VIDEO_KEY / "chunk-000" / "file-000.mp4"
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    r = run_cli("extract", "--corpus", corpus, "--format", "lerobot", "--out", tmp_path / "s", "--preset", "vit_test",
+                "--workers", 1)
+    noise = [line for line in r.stderr.splitlines() if "@ 0x" in line or "/project/src" in line]
+    assert noise == [], noise[:5]  # ffmpeg's and decord's own logging is off
+    rows = open_store(tmp_path / "s").episodes.to_pylist()
+    assert rows[0]["status"] == "ok"
+    assert any("the video ended early" in row["reason"] for row in rows[1:]), [row["reason"] for row in rows]
+
+
+def test_all_episodes_skipped_is_an_error(tmp_path):
+    corpus = tmp_path / "corpus"
+    for name in ("a", "b"):
+        corpora.droid_episode(corpus, name, steps=12, drop_key="cartesian_position")
+    r = run_cli("extract", "--corpus", corpus, "--out", tmp_path / "s", "--preset", "vit_test", "--workers", 0,
+                check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert [line for line in r.stderr.splitlines() if line.startswith("error:")] == [
+        "error: all 2 episodes of this run were skipped; nothing was extracted"]
+    assert "cartesian_position" in r.stdout  # the summary with each reason comes first
+
+
 @pytest.mark.parametrize("args,message", [
     (["--corpus", "/nonexistent"], "corpus /nonexistent does not exist"),
     (["--preset", "vit_tiny"], "unknown encoder preset 'vit_tiny'"),

@@ -109,6 +109,50 @@ def test_webdataset_reader(tmp_path):
     check_episode(c.load(c.sources()[3], 4), 10, 4)  # state from the .npy
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_states_are_a_skip(tmp_path, value):
+    corpora.droid_episode(tmp_path, "ep", steps=20, bad_value=value)
+    c = DroidCorpus(tmp_path)
+    with pytest.raises(SkipEpisode, match=r"state holds NaN or Inf in 1 of 20 rows \(first: row 2\)"):
+        c.load(c.sources()[0], 4)
+
+
+def test_droid_folder_without_metadata_is_listed_and_skipped(tmp_path):
+    corpora.droid_episode(tmp_path, "a", steps=12)
+    corpora.droid_episode(tmp_path, "b", steps=12, metadata=False)
+    c = DroidCorpus(tmp_path)
+    assert c.sources() == ["LAB/success/2024-01-01/a", "LAB/success/2024-01-01/b"]
+    with pytest.raises(SkipEpisode, match="no metadata_\\*.json"):
+        c.load(c.sources()[1], 4)
+
+
+def test_short_trajectory_says_what_was_cut(tmp_path):
+    corpora.droid_episode(tmp_path, "ep", steps=10, video_frames=87)
+    c = DroidCorpus(tmp_path)
+    ep = c.load(c.sources()[0], 4)
+    check_episode(ep, 10, 4)
+    assert ep.info.note == "states end before the video: 10 states for 87 video frames; used the first 10 frames"
+
+
+def test_truncated_shared_v3_video_says_it_ended_early(tmp_path):
+    corpora.lerobot_v30(tmp_path, [20, 30, 25, 22], faststart=True)
+    video = tmp_path / "videos" / corpora.VIDEO_KEY / "chunk-000" / "file-000.mp4"
+    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    c = LeRobotCorpus(tmp_path)
+    reasons = []
+    for source in c.sources():
+        try:
+            ep = c.load(source, 4)
+            ep.frames(slice(0, len(ep)))
+            reasons.append(ep.info.note)
+        except SkipEpisode as e:
+            reasons.append(str(e))
+    assert reasons[0] == ""  # before the cut: whole
+    assert all("the video ended early" in r or "video decoding failed" in r for r in reasons[1:]), reasons
+    assert any("the video ended early" in r for r in reasons), reasons
+    assert all(len(r) < 200 and "/project/src" not in r for r in reasons)  # no decoder internals
+
+
 def test_truncated_video_is_a_skip(tmp_path):
     folder = corpora.droid_episode(tmp_path, "ep", steps=12)
     mp4 = folder / "recordings" / "MP4" / "111.mp4"

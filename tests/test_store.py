@@ -190,7 +190,9 @@ def test_manifest_tampering_is_caught(tmp_path):
     t = t.set_column(t.schema.get_field_index("num_frames"), "num_frames",
                      [[n + (1 if i == 2 else 0) for i, n in enumerate(t["num_frames"].to_pylist())]])
     pq.write_table(t, root / "manifest.parquet")
-    assert verify(root) == ["manifest.parquet: episode 2 differs from its shard's table"]
+    assert verify(root) == [
+        "manifest.parquet: checksum mismatch (damaged, or changed after `store merge`; the merge rewrites it)",
+        "manifest.parquet: episode 2 differs from its shard's table"]
 
 
 def test_seal_records_every_file(tmp_path):
@@ -201,3 +203,36 @@ def test_seal_records_every_file(tmp_path):
     files = set(seal["files"])
     assert {"episodes.parquet", "zarr.json", "features/zarr.json", "scales/zarr.json", "state/c/0/0"} <= files
     assert seal["rows"] == sum(len(episode_data(e)[1]) for e in range(5) if not is_skipped(e))
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_leftovers_of_killed_writers_are_cleaned(tmp_path):
+    """A merge or checkpoint write killed mid-way leaves a temporary; the next run of the command removes it
+    (and leaves alone the temporaries of writers still running)."""
+    import socket
+
+    from train.config import TrainConfig
+    from train.loop import run_train
+
+    root = complete_store(tmp_path / "s", merge=False)
+    host = socket.gethostname()
+    dead = root / f".manifest.parquet.tmp-{host}-{dead_pid()}"
+    live = root / f".manifest.parquet.tmp-{host}-{os.getppid()}"
+    dead.write_bytes(b"half a manifest")
+    live.write_bytes(b"another writer's")
+    merge_manifest(root)
+    assert not dead.exists() and live.exists()
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = run / f".step_00000002.pt.tmp-{host}-{dead_pid()}"
+    stale.write_bytes(b"x" * 1000)
+    run_train(TrainConfig(store=fake_store.tiny_store(tmp_path / "t", episodes=4), out=run, preset="ac_test",
+                          frames=4, steps=1, batch_size=2, workers=0, val_every=0))
+    assert not stale.exists() and (run / "latest.pt").exists()
+    assert not list(run.glob(".*tmp*")) and not list(root.glob(".*tmp-*" + str(os.getpid())))

@@ -15,13 +15,14 @@ from scipy.spatial.transform import Rotation
 
 from common.errors import TrainingDiverged, UserError
 from extract.vit import apply_rope, attention, rope_slice, rope_tables
-from store import StoredEpisode, open_store, write_store
+from store import open_store
 from train.checkpoint import load_predictor_weights
 from train.config import TrainConfig
 from train.geometry import actions_from_states, apply_action
 from train.loop import lr_at, run_train
 from train.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask
 from tests.conftest import DEMO_STEPS, ROOT
+from tests.fake_store import tiny_store
 
 
 def small_predictor(seed: int = 0, dim: int = 24, grid=(2, 3), attention: str = "per-step") -> ACPredictor:
@@ -166,18 +167,6 @@ def test_schedule_phases():
     assert lrs[99] == pytest.approx(0.0) and lrs[89] == pytest.approx(0.5)
     default = TrainConfig(store=Path("."), out=Path("."), steps=94500)
     assert default.phases() == (4500, 4500)
-
-
-def tiny_store(root: Path, nan_episodes: set[int] = frozenset(), dim: int = 16, episodes: int = 12) -> Path:
-    """A store of random features with smoothly moving states; optionally NaN in some episodes."""
-    g = torch.Generator().manual_seed(0)
-    data = []
-    for e in range(episodes):
-        f = torch.randn(12, 4, dim, generator=g)
-        if e in nan_episodes:
-            f[11] = float("nan")  # only the last window of the episode holds it
-        data.append(StoredEpisode(f, np.cumsum(np.full((12, 7), 0.01, np.float32), 0)))
-    return write_store(root, data, codec="fp16")
 
 
 def read_losses(run: Path) -> list[tuple]:

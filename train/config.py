@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.settings import check, setting
+from common.files import output_file
+from common.settings import check, device_setting, setting
 
 # "per-step": one unmasked SDPA call per step over the keys so far (skips the masked half, lets
 # CUDA use its flash kernel); "mask": one SDPA call with the boolean block-causal mask. Equal
@@ -24,10 +25,6 @@ PHASE_FRACTION = 4500 / 94500
 
 def _checkpoint() -> Path:
     return setting(help="Predictor checkpoint: RUN/latest.pt, or the released vjepa2-ac-vitg.pt.")
-
-
-def _device() -> str | None:
-    return setting(None, "Torch device (default: cuda:$LOCAL_RANK if available, else cpu).")
 
 
 def _episodes() -> str:
@@ -62,7 +59,7 @@ class TrainConfig:
     activation_checkpointing: bool = setting(False, "Recompute block activations in backward (less memory).")
     attention: str = setting("per-step", "Block-causal attention: per-step (one unmasked SDPA per step) or mask "
                                          "(one masked SDPA); see bench attention.", choices=ATTENTION)
-    device: str | None = _device()
+    device: str | None = device_setting()
 
     def __post_init__(self) -> None:
         check(self)
@@ -90,7 +87,7 @@ class EvalConfig:
     batch_size: int = setting(8, "Clips per batch.", min=1, max=65536)
     out: Path | None = setting(None, "Report folder (default: eval/ beside the checkpoint).")
     seed: int = setting(0, "Seed of the action shuffle.", min=0)
-    device: str | None = _device()
+    device: str | None = device_setting()
 
     def __post_init__(self) -> None:
         check(self)
@@ -134,10 +131,20 @@ class PlanConfig:
     horizon: int = setting(1, "Actions planned.", min=1, max=64)
     landscape: Path | None = setting(None, "Write the energy over a (dx, dy) grid around 0 to this PNG.")
     cem: CEMConfig = setting(factory=CEMConfig)
-    device: str | None = _device()
+    device: str | None = device_setting()
 
     def __post_init__(self) -> None:
         check(self)
+        images = (self.image, self.goal_image, self.state)
+        if self.store is not None and any(v is not None for v in images):
+            raise UserError("give either --store (start and goal from the store) or --image, --goal-image and "
+                            "--state, not both")
+        if self.store is not None and self.episode is None:
+            raise UserError("--store needs --episode (and --start, --goal)")
+        if self.store is None and any(v is None for v in images):
+            raise UserError("give --store/--episode/--start/--goal, or --image, --goal-image and --state")
+        if self.landscape is not None:
+            output_file(self.landscape, "--landscape")
 
 
 @dataclass
@@ -149,7 +156,7 @@ class PlanEvalConfig:
     episodes: str = _episodes()
     out: Path | None = setting(None, "Report folder (default: plan-eval/ beside the checkpoint).")
     cem: CEMConfig = setting(factory=CEMConfig)
-    device: str | None = _device()
+    device: str | None = device_setting()
 
     def __post_init__(self) -> None:
         check(self)

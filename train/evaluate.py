@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from common.device import pick_device
 from common.errors import UserError
+from common.files import output_dir
 from store import open_store
 
 from .checkpoint import episodes_of, load_trained
@@ -175,8 +176,7 @@ def run_eval(cfg: EvalConfig) -> EvalReport:
                        cfg.batch_size, cfg.seed)
     metrics.update({"checkpoint": str(cfg.checkpoint), "store": str(cfg.store), "episodes": cfg.episodes,
                     "frames": frames})
-    out = cfg.out or Path(cfg.checkpoint).parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.out or Path(cfg.checkpoint).parent / "eval", "--out")
     (out / "report.json").write_text(json.dumps(metrics, indent=1))
     plot_report(metrics, out / "horizon.png")
     return EvalReport(metrics, frames, out)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 
 from common.device import pick_device, rank_world
 from common.errors import TrainingDiverged, UserError
-from common.files import remove_stale_temps
+from common.files import output_dir, remove_stale_temps
 from common.settings import as_dict
 from extract.weights import load_checkpoint
 from store import Store, open_store
@@ -156,8 +156,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     device = pick_device(cfg.device)
     store, train_set, val_ids = _open_training_store(cfg, world)
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(cfg.out, "--out")
     remove_stale_temps(out, "*.pt")  # of checkpoint writes that were killed
     latest = out / "latest.pt"
     torch.manual_seed(cfg.seed)
@@ -185,7 +184,7 @@ def _setup(cfg: TrainConfig) -> _Run:
         opt.load_state_dict(opt_state)
     sampler = ShuffledStream(len(train_set), cfg.seed, rank, world, skip=start_step * cfg.batch_size)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=device.type == "cuda", drop_last=True, persistent_workers=cfg.workers > 0)
+                        pin_memory=device.type == "cuda", drop_last=True)
     meta = {"model_meta": model_meta(cfg.preset, store), "store": store.config.to_attrs(),
             "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "frames": cfg.frames},
             "config": as_dict(cfg)}

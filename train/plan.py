@@ -18,6 +18,7 @@ import torch
 
 from common.device import pick_device
 from common.errors import UserError
+from common.files import output_dir
 from common.settings import as_dict
 from store import Store, open_store
 
@@ -193,23 +194,19 @@ def run_plan(cfg: PlanConfig) -> PlanResult:
     device = pick_device(cfg.device)
     true, notes = None, []
     if cfg.store is not None:
-        if cfg.episode is None:
-            raise UserError("--store needs --episode (and --start, --goal)")
         store = open_store(cfg.store)
         model, _ = load_trained(cfg.checkpoint, store)
         goal = cfg.start + cfg.horizon if cfg.goal is None else cfg.goal
         z0, s0, zg, true = store_pair(store, cfg.episode, cfg.start, goal, device)
         if len(true) != cfg.horizon:
             notes.append(f"goal is {len(true)} frames after start, planning {cfg.horizon} action(s)")
-    elif cfg.image is not None and cfg.goal_image is not None and cfg.state is not None:
+    else:
         s0 = parse_state(cfg.state, device)
         model, ckpt = load_trained(cfg.checkpoint)
         z0, zg = encode_images([cfg.image, cfg.goal_image], ckpt, cfg.encoder_checkpoint, device)
         want = ckpt.get("model_meta", RELEASED_META)["feature_dim"]
         if z0.shape[-1] != want:
             raise UserError(f"the encoder gives {z0.shape[-1]}-dim features, the predictor takes {want}")
-    else:
-        raise UserError("give --store/--episode/--start/--goal, or --image, --goal-image and --state")
     model.to(device)
     plan = plan_to_goal(model, z0, s0, zg, cfg.cem, cfg.horizon)
     if cfg.landscape:
@@ -264,8 +261,7 @@ def run_plan_eval(cfg: PlanEvalConfig, on_pair: Callable[[dict], None] | None = 
     model, ckpt = load_trained(cfg.checkpoint, store)
     result = offline_planning(model.to(device), store, episodes_of(ckpt, store, cfg.episodes), cfg.k, cfg.pairs,
                               cfg.cem, device, on_pair)
-    result = replace(result, out=cfg.out or Path(cfg.checkpoint).parent / "plan-eval")
-    result.out.mkdir(parents=True, exist_ok=True)
+    result = replace(result, out=output_dir(cfg.out or Path(cfg.checkpoint).parent / "plan-eval", "--out"))
     report = {"pairs": result.pairs, "k": result.k, "mean": result.mean, "rows": result.rows, "cem": as_dict(cfg.cem)}
     (result.out / "report.json").write_text(json.dumps(report, indent=1))
     return result

@@ -1,0 +1,101 @@
+"""Every bad input a new user tried ends in exit 2 and one `error:` line: no traceback, no wrong exit 0.
+
+Runs cli.main in this process (tests/conftest.py: cli_main), so the whole battery costs seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import corpora
+from tests.conftest import assert_one_error_line, cli_main
+from tests.fake_store import tiny_store
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, str]:
+    from train.config import TrainConfig
+    from train.loop import run_train
+
+    root = tmp_path_factory.mktemp("bad")
+    corpora.droid_episode(root / "corpus", "a", steps=12)
+    store = tiny_store(root / "store", episodes=6)
+    run_train(TrainConfig(store=store, out=root / "run", preset="ac_test", frames=4, steps=1, batch_size=2,
+                          workers=0, val_every=0))
+    (root / "file.txt").write_text("not a folder")
+    return {"CORPUS": str(root / "corpus"), "STORE": str(store), "CKPT": str(root / "run" / "latest.pt"),
+            "FILE": str(root / "file.txt"), "NEW": str(root / "new"), "NOWHERE": str(root / "missing" / "x.png")}
+
+
+EXTRACT = ["extract", "--corpus", "CORPUS", "--out", "NEW", "--preset", "vit_test"]
+TRAIN = ["train", "--store", "STORE", "--out", "NEW", "--preset", "ac_test", "--frames", "4"]
+EVAL = ["eval", "--checkpoint", "CKPT", "--store", "STORE"]
+PLAN = ["plan", "--checkpoint", "CKPT", "--store", "STORE", "--episode", "0"]
+CASES = [
+    (EXTRACT + ["--workers", "-1"], "--workers must be >= 0, <= 256 (got -1)"),
+    (EXTRACT + ["--compression", "foo"], "--compression 'foo' is not one of: none, zstd, blosc-zstd"),
+    (EXTRACT + ["--device", "cuda:0"], "CUDA is not available"),
+    (EXTRACT + ["--device", "foo"], "--device 'foo' is not a torch device"),
+    (EXTRACT + ["--out", "FILE"], "is a file, not a store folder"),
+    (EXTRACT + ["--limit", "-1"], "--limit must be >= 1 (got -1)"),
+    (EXTRACT + ["--fps", "0"], "--fps must be > 0"),
+    (EXTRACT + ["--camera", "top"], "--camera 'top' is not one of: left, right, wrist"),
+    (TRAIN + ["--batch-size", "0"], "--batch-size must be >= 1"),
+    (TRAIN + ["--ckpt-every", "0"], "--ckpt-every must be >= 1"),
+    (TRAIN + ["--lr", "-1"], "--lr must be > 0"),
+    (TRAIN + ["--workers", "-1"], "--workers must be >= 0"),
+    (TRAIN + ["--out", "FILE"], "a file is in the way"),
+    (TRAIN + ["--frames", "1"], "--frames must be >= 2"),
+    (TRAIN + ["--rollout-steps", "4"], "--rollout-steps 4 must be at most --frames - 1 = 3"),
+    (TRAIN + ["--val-fraction", "1"], "--val-fraction must be >= 0, <= 0.99"),
+    (TRAIN + ["--steps", "10", "--warmup", "8", "--anneal", "8"], "warmup 8 + anneal 8 must fit in 10 steps"),
+    (TRAIN + ["--batch-size", "abc"], "Invalid value for '--batch-size'"),
+    (TRAIN + ["--lr", "nan"], "--lr must be a number"),
+    (EVAL + ["--max-clips", "0"], "--max-clips must be >= 1"),
+    (EVAL + ["--batch-size", "0"], "--batch-size must be >= 1"),
+    (EVAL + ["--out", "FILE"], "a file is in the way"),
+    (EVAL + ["--episodes", "some"], "--episodes 'some' is not one of: val, all"),
+    (PLAN + ["--energy-batch", "0"], "--energy-batch must be >= 1"),
+    (PLAN + ["--landscape", "NOWHERE"], "does not exist"),
+    (PLAN + ["--maxnorm", "-1"], "--maxnorm must be > 0, <= 1"),
+    (PLAN + ["--samples", "5", "--elites", "10"], "--elites 10 must be at most --samples 5"),
+    (PLAN + ["--state", "1,2"], "give either --store"),
+    (["plan", "--checkpoint", "CKPT", "--image", "FILE"], "give --store/--episode/--start/--goal, or --image"),
+    (["plan", "--checkpoint", "CKPT", "--image", "FILE", "--goal-image", "FILE", "--state", "1,2"],
+     "--state must be 7 comma-separated numbers"),
+    (["plan-eval", "--checkpoint", "CKPT", "--store", "STORE", "--pairs", "0"], "--pairs must be >= 1"),
+    (["store", "show", "STORE", "0", "--png", "NOWHERE"], "does not exist"),
+    (["demo-corpus", "FILE"], "a file is in the way"),
+    (["demo-corpus", "FILE/sub"], "a file is in the way"),
+    (["demo-corpus", "NEW", "--episodes", "100000000"], "--episodes must be >= 1, <= 100000"),
+    (["store", "ls", "FILE"], "is a file, not a store directory"),
+    (["train", "--store", "STORE"], "Missing option '--out'"),
+    (["bench", "loader", "--frames", "0"], "--frames must be >= 66"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in CASES])
+def test_bad_input_gives_one_error_line(paths, args, message):
+    args = [paths.get(a.split("/")[0], a.split("/")[0]) + a[len(a.split("/")[0]):] for a in args]
+    code, out, err = cli_main(*args)
+    assert_one_error_line(code, err, message)
+
+
+def test_help_loads_neither_torch_nor_zarr():
+    """`--help` of every command in a fresh interpreter: the library stays unloaded, so help is instant."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import sys, cli\n"
+              "from bench.config import BENCHES\n"
+              "commands = [[c] for c in ('demo-corpus', 'extract', 'train', 'eval', 'plan', 'plan-eval')]\n"
+              "commands += [['store', c] for c in ('ls', 'info', 'show', 'verify', 'stats', 'merge')]\n"
+              "commands += [['bench', c] for c in BENCHES]\n"
+              "for c in commands:\n"
+              "    assert cli.app([*c, '--help'], standalone_mode=False) == 0, c\n"
+              "print(sorted(m for m in ('torch', 'zarr', 'h5py', 'decord') if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
