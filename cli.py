@@ -131,7 +131,7 @@ def extract(cfg: ExtractConfig) -> None:
 
         s = run_extract(cfg, on_start=lambda n: p.update(task, total=n), on_episode=on_episode)
     _table(f"extraction, rank {s.rank} of {s.world_size}", None, [
-        ["store", s.store], ["units written", s.units], ["units already sealed", s.units_skipped],
+        ["store", s.store], ["actions", s.actions], ["units written", s.units], ["units already sealed", s.units_skipped],
         ["episodes ok", s.episodes_ok], ["episodes skipped", len(s.skipped)], ["frames", s.frames],
         ["seconds", f"{s.seconds:.1f}"], ["frames/s", f"{s.frames / max(s.seconds, 1e-9):.1f}"],
         ["manifest merged", "yes" if s.merged else "no (units of other ranks pending)"]])
@@ -204,8 +204,7 @@ def plan(cfg: PlanConfig) -> None:
     rows = [[k, *(f"{v:+.4f}" for v in a)] for k, a in enumerate(r.plan.actions.tolist())]
     rows += [[f"[dim]true {k}", *(f"[dim]{v:+.4f}" for v in a)] for k, a in enumerate(
         [] if r.true_actions is None else r.true_actions.tolist())]
-    _table(f"planned actions (energy {r.plan.energy:.4f})",
-           ["step", "dx", "dy", "dz", "droll", "dpitch", "dyaw", "dgripper"], rows)
+    _table(f"planned actions (energy {r.plan.energy:.4f})", ["step", *r.names], rows)
     c = cfg.cem
     console.print(f"{r.plan.seconds:.2f} s per planning call, {r.plan.evaluations / r.plan.seconds:.0f} energy "
                   f"evaluations/s ({c.samples} samples x {c.iterations} iterations, horizon {cfg.horizon}, {r.device})")
@@ -222,11 +221,15 @@ def plan_eval(cfg: PlanEvalConfig) -> None:
         task = p.add_task("", total=cfg.pairs)
         r = run_plan_eval(cfg, on_pair=lambda _: p.advance(task))
     m = r.mean
-    _table(f"offline planning over {r.pairs} pairs, {r.k} stored frame(s) apart", ["", "CEM plan", "zero action"], [
-        ["xyz error (cm)", f"{100 * m['xyz_error']:.2f}", f"{100 * m['zero_xyz_error']:.2f}"],
-        ["direction cosine", f"{m['cosine']:.3f}", "0"],
-        ["gripper error", f"{m['gripper_error']:.3f}", f"{m['zero_gripper_error']:.3f}"],
-        ["true move (cm)", f"{100 * m['true_move']:.2f}", ""], ["seconds per plan", f"{m['seconds']:.2f}", ""]])
+    rows = [[f"|error| {name}", f"{a:.4g}", f"{b:.4g}"] for name, a, b in zip(r.names, m["action_error"],
+                                                                               m["noop_error"])]
+    if "xyz_error" in m:  # pose-delta
+        rows += [["xyz error (cm)", f"{100 * m['xyz_error']:.2f}", f"{100 * m['zero_xyz_error']:.2f}"],
+                 ["direction cosine", f"{m['cosine']:.3f}", "0"],
+                 ["gripper error", f"{m['gripper_error']:.3f}", f"{m['zero_gripper_error']:.3f}"],
+                 ["true move (cm)", f"{100 * m['true_move']:.2f}", ""]]
+    _table(f"offline planning over {r.pairs} pairs, {r.k} stored frame(s) apart (per action, data units)",
+           ["", "CEM plan", "no move"], rows + [["seconds per plan", f"{m['seconds']:.2f}", ""]])
     console.print(f"wrote {r.out / 'report.json'}")
 
 
@@ -276,9 +279,10 @@ def store_show(path: Path = StorePath, episode: int = typer.Argument(..., help="
         console.print(f"  {k}: {s.row[k]}")
     if not s.state:
         return
+    console.print("  state       " + ", ".join(s.state["names"]))
     for k in ("first", "last", "min", "max"):
         console.print(f"  state {k:5s} [" + ", ".join(f"{x:.3f}" for x in s.state[k]) + "]")
-    console.print(f"  xyz path length: {s.state['xyz_path_length']:.4f}")
+    console.print(f"  path length: {s.state['path_length']:.4f}")
     fr = s.frames
     _table("per-frame features", ["row", "frame", "time s", "mean", "std", "token norm", "L1 to prev"],
            [[i, fr["frame_index"][i], f"{fr['timestamp'][i]:.2f}", f"{fr['mean'][i]:.4f}", f"{fr['std'][i]:.4f}",

@@ -19,7 +19,7 @@ from extract.job import run_extract
 from extract.preprocess import preprocess
 from store import open_store
 from train.data import ClipDataset, ShuffledStream
-from train.geometry import actions_from_states
+from store.actions import actions_from_states
 from train.losses import normalize, training_losses
 from train.loop import param_groups
 from train.predictor import build_model

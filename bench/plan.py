@@ -7,7 +7,8 @@ from dataclasses import replace
 import torch
 
 from common.device import pick_device
-from train.plan import plan_to_goal
+from train.checkpoint import RELEASED_META
+from train.plan import Planner
 from train.predictor import build_model
 
 from .config import PlanBench
@@ -29,8 +30,8 @@ def run(bench: PlanBench) -> Section:
         n = grid[0] * grid[1]
         z0, goal = torch.randn(n, dim, device=dev), torch.randn(n, dim, device=dev)
         state = torch.tensor([0.5, 0.0, 0.2, 3.14, 0.0, 0.0, 0.5], device=dev)
-        plan_to_goal(model, z0, state, goal, replace(cfg, iterations=1), HORIZON)  # warm-up
-        plan = plan_to_goal(model, z0, state, goal, cfg, HORIZON)
+        Planner(model, RELEASED_META, replace(cfg, iterations=1), dev).plan(z0, state, goal, HORIZON)  # warm-up
+        plan = Planner(model, RELEASED_META, cfg, dev).plan(z0, state, goal, HORIZON)
         rate = plan.evaluations / plan.seconds
         results[preset] = {"seconds_per_plan": plan.seconds, "evaluations_s": rate}
         rows.append([preset, f"{dim} x {n}", f"{cfg.samples} x {cfg.iterations}, horizon {HORIZON}",

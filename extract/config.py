@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.settings import check, device_setting, setting
-from store.format import CODECS, COMPRESSIONS
+from store.format import CODECS, COMPRESSIONS, check_source
 
 FORMATS = ("droid", "lerobot", "webdataset")
 DROID_CAMERAS = ("left", "right", "wrist")
@@ -19,7 +19,12 @@ class ExtractConfig:
     format: str = setting("droid", "Corpus format.", choices=FORMATS)
     camera: str = setting("left", "DROID camera.", choices=DROID_CAMERAS)
     video_key: str | None = setting(None, "LeRobot video key (camera), e.g. observation.images.front.")
-    state_key: str = setting("observation.state", "LeRobot column with the 7-D end-effector state.")
+    state_key: str = setting("observation.state", "LeRobot column with the robot's per-frame state (any dims).")
+    actions: str | None = setting(None, "How the action between stored frames is defined: pose-delta (DROID's 7-D "
+                                        "end-effector rule), state-delta (s_t+1 - s_t), or column:KEY (the dataset's "
+                                        "own column; the native rows between two stored frames concatenated). "
+                                        "Default: pose-delta for DROID; column:action for LeRobot and WebDataset "
+                                        "when there is one, else state-delta.")
     fps: float = setting(4.0, "Stored frames per second; stride = ceil(native fps / fps).", gt=0, max=1000)
     preset: str = setting("vit_giant", "Encoder: vit_large | vit_huge | vit_giant (256 px); small: vit_g_mini, "
                                        "vit_demo, vit_test.")
@@ -38,6 +43,8 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        if self.actions is not None:
+            check_source(self.actions)
 
 
 @dataclass

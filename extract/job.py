@@ -48,6 +48,7 @@ class Piece:
     frames: torch.Tensor | None = None  # [k, 3, S, S] float32
     info: EpisodeInfo | None = None  # first piece only: the episode's metadata and its per-row arrays
     state: np.ndarray | None = None
+    action: np.ndarray | None = None
     frame_index: np.ndarray | None = None
     timestamp: np.ndarray | None = None
     skip: str | None = None  # set on the last piece of an episode that cannot be extracted
@@ -75,8 +76,8 @@ class EpisodePieces(IterableDataset):
                 frames = preprocess(ep.frames(slice(start, start + PIECE_FRAMES)), self.size)
                 piece = Piece(order, start + PIECE_FRAMES >= len(ep), frames)
                 if start == 0:
-                    piece.info, piece.state, piece.frame_index, piece.timestamp = (
-                        ep.info, ep.state, ep.frame_index, ep.timestamp)
+                    piece.info, piece.state, piece.action, piece.frame_index, piece.timestamp = (
+                        ep.info, ep.state, ep.action, ep.frame_index, ep.timestamp)
                 yield piece
         except SkipEpisode as e:
             yield Piece(order, True, skip=str(e))
@@ -108,6 +109,7 @@ class ExtractSummary:
     notes: list[tuple[str, str]] = field(default_factory=list)  # (source, note) of stored episodes with a note
     merged: bool = False
     store: Path | None = None
+    actions: str = ""  # the store's action space, said in words
 
     @property
     def failed(self) -> str | None:
@@ -129,7 +131,8 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     """
     rank, world = rank_world(cfg.rank, cfg.world_size)
     device = pick_device(cfg.device)  # a bad --device stops here, before any work
-    corpus = open_corpus(cfg.corpus, cfg.format, cfg.camera, cfg.video_key, cfg.state_key)
+    corpus = open_corpus(cfg.corpus, cfg.format, cfg.camera, cfg.video_key, cfg.state_key, cfg.actions)
+    robot = corpus.robot(cfg.fps)
     sources = corpus.sources()[: cfg.limit]
     units = plan_units(sources, cfg.episodes_per_unit)
     encoder, weights_id = build_encoder(cfg.preset, cfg.checkpoint, cfg.random_init)
@@ -138,14 +141,17 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
         encoder="vjepa2-vit", preset=cfg.preset, checkpoint_sha256=weights_id, feature_dim=preset.dim,
         grid=preset.grid, image_size=preset.image_size, fps=float(cfg.fps), crop=CROP_RULE,
         camera=corpus.camera, codec=cfg.codec, compression=cfg.compression,
-        chunk_frames=cfg.chunk_frames, source_format=corpus.format,
+        chunk_frames=cfg.chunk_frames, source_format=corpus.format, state_dim=robot.state_dim,
+        action_dim=robot.action_dim, actions=robot.actions, state_names=robot.state_names,
+        action_names=robot.action_names,
     )
     create_store(cfg.out, config, units)
     mine = [u for u in range(len(units)) if u % world == rank]
     remove_unsealed(cfg.out, mine)  # leftovers of a crashed run of this rank
     done = set(sealed_units(cfg.out))
     todo = [u for u in mine if u not in done]
-    summary = ExtractSummary(rank, world, units=len(todo), units_skipped=len(mine) - len(todo), store=Path(cfg.out))
+    summary = ExtractSummary(rank, world, units=len(todo), units_skipped=len(mine) - len(todo), store=Path(cfg.out),
+                             actions=f"{robot.actions} ({robot.state_dim}-D states, {robot.action_dim}-D actions)")
 
     first_id = np.cumsum([0] + [len(u) for u in units])
     work = [(int(first_id[u] + i), u, src) for u in todo for i, src in enumerate(units[u])]
@@ -267,7 +273,8 @@ class _Pipeline:
             self.writer.add_skipped(info, ep.skip)
             self.summary.skipped.append((source, ep.skip))
         else:
-            self.writer.add_episode(info, torch.cat(ep.features), first.state, first.frame_index, first.timestamp)
+            self.writer.add_episode(info, torch.cat(ep.features), first.state, first.frame_index, first.timestamp,
+                                    first.action)
             if info.note:
                 self.summary.notes.append((source, info.note))
             self.summary.episodes_ok += 1

@@ -34,14 +34,19 @@ from common.files import atomic_write_bytes, sha256_file
 
 from . import manifest
 
-FORMAT_VERSION = 1
-STATE_DIM = 7
+FORMAT_VERSION = 2
 PLAN_FILE = "plan.parquet"
 MANIFEST_FILE = "manifest.parquet"
 SHARDS_DIR = "shards"
 SEAL_FILE = "sealed.json"
 EPISODES_FILE = "episodes.parquet"
-ROW_ARRAYS = ("features", "scales", "state", "frame_index", "timestamp", "episode")
+ROW_ARRAYS = ("features", "scales", "state", "action", "frame_index", "timestamp", "episode")
+# how a store's actions are defined (store.actions): the names, free of torch for the settings modules
+POSE_DELTA, STATE_DELTA, COLUMN = "pose-delta", "state-delta", "column:"
+STATE_RULES = ("hold", "target")  # how a column action moves the state when planning
+POSE_STATE_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")  # SPEC §4
+# version 1 stores: DROID's 7-D end effector with pose-delta actions, no names, no statistics
+V1_ROBOT = {"state_dim": 7, "action_dim": 7, "actions": "pose-delta", "state_names": None, "action_names": None}
 CODECS = ("bf16", "fp16", "int8")  # see store.codecs
 COMPRESSIONS = ("none", "zstd", "blosc-zstd")
 
@@ -63,29 +68,67 @@ class StoreConfig:
     compression: str  # see store.codecs.COMPRESSIONS
     chunk_frames: int  # rows per feature chunk file
     source_format: str  # "droid" | "lerobot" | "webdataset"
+    state_dim: int  # S, per-frame state
+    action_dim: int  # A, action from stored frame t to t+1
+    actions: str  # how actions are defined: "pose-delta" | "state-delta" | "column:KEY" (store.actions)
+    state_names: tuple[str, ...] | None  # from the source (LeRobot info.json `names`), when it has them
+    action_names: tuple[str, ...] | None
 
     @property
     def tokens(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @property
+    def stored_actions(self) -> bool:
+        """Whether the shards hold an `action` array (a dataset's column) or actions come from the states."""
+        return self.actions.startswith(COLUMN)
+
     def to_attrs(self) -> dict:
         d = asdict(self)
-        d["grid"] = list(self.grid)
+        for k in ("grid", "state_names", "action_names"):
+            d[k] = None if d[k] is None else list(d[k])
         return d
 
     @classmethod
     def from_attrs(cls, d: dict) -> "StoreConfig":
+        if d.get("format_version") == 1:
+            d = {**V1_ROBOT, **d}
         names = {f.name for f in fields(cls)}
         missing = names - set(d)
         if missing:
             raise StoreError(f"store attributes lack {sorted(missing)}")
         kw = {k: d[k] for k in names}
-        kw["grid"] = tuple(kw["grid"])
+        for k in ("grid", "state_names", "action_names"):
+            kw[k] = None if kw[k] is None else tuple(kw[k])
         return cls(**kw)
 
     def differences(self, other: "StoreConfig") -> list[str]:
         a, b = self.to_attrs(), other.to_attrs()
         return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+def check_source(source: str) -> None:
+    if source not in (POSE_DELTA, STATE_DELTA) and not (source.startswith(COLUMN) and len(source) > len(COLUMN)):
+        raise StoreError(f"--actions {source!r} is not one of: pose-delta, state-delta, column:KEY")
+
+
+def column_key(source: str) -> str | None:
+    """KEY of a `column:KEY` source, else None (the actions come from the states)."""
+    return source[len(COLUMN):] if source.startswith(COLUMN) else None
+
+
+def state_names(names, actions: str, dim: int) -> list[str]:
+    """Names of the state dims: the source's, pose-delta's, or s0, s1, ..."""
+    if names:
+        return list(names)
+    return list(POSE_STATE_NAMES) if actions == POSE_DELTA else [f"s{i}" for i in range(dim)]
+
+
+def action_names(names, actions: str, dim: int) -> list[str]:
+    """Names of the action dims: the source's, pose-delta's (dx, ..., dgripper), or a0, a1, ..."""
+    if names:
+        return list(names)
+    return [f"d{n}" for n in POSE_STATE_NAMES] if actions == POSE_DELTA else [f"a{i}" for i in range(dim)]
 
 
 def shard_dir(root: Path, unit: int) -> Path:

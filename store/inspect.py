@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .format import SEAL_FILE, SHARDS_DIR, read_root_attrs, read_seal
+from .format import POSE_DELTA, SEAL_FILE, SHARDS_DIR, read_root_attrs, read_seal, state_names
 from .reader import Store
 
 PCA_SAMPLE_TOKENS = 20_000  # tokens the principal components are fitted on (enough for 3 components)
@@ -66,7 +66,7 @@ def summary(store: Store) -> StoreSummary:
 @dataclass
 class EpisodeSummary:
     row: dict  # the manifest row
-    state: dict = field(default_factory=dict)  # first, last, min, max, xyz_path_length (ok episodes)
+    state: dict = field(default_factory=dict)  # names, first, last, min, max, path_length (ok episodes)
     frames: dict = field(default_factory=dict)  # per-frame lists: frame_index, timestamp, mean, std, ...
 
 
@@ -81,7 +81,10 @@ def episode_summary(store: Store, episode_id: int) -> EpisodeSummary:
     out.state = {
         "first": s[0].tolist(), "last": s[-1].tolist(), "min": s.min(0).tolist(),
         "max": s.max(0).tolist(),
-        "xyz_path_length": float(np.linalg.norm(np.diff(s[:, :3], axis=0), axis=1).sum()),
+        "names": state_names(store.config.state_names, store.config.actions, store.config.state_dim),
+        # how far the robot moved: of the end effector's xyz for pose-delta stores, else of the whole state
+        "path_length": float(np.linalg.norm(np.diff(s[:, :3] if store.config.actions == POSE_DELTA else s, axis=0),
+                                            axis=1).sum()),
     }
     out.frames = {
         "frame_index": data["frame_index"].tolist(),
@@ -164,11 +167,12 @@ def episode_png(store: Store, episode_id: int, path: Path, max_frames: int = 16)
         ax.axis("off")
     ax = fig.add_subplot(grid[1, :])
     s = data["state"]
-    for j, name in enumerate(["x", "y", "z", "roll", "pitch", "yaw", "gripper"]):
+    names = state_names(store.config.state_names, store.config.actions, store.config.state_dim)
+    for j, name in enumerate(names):
         ax.plot(np.arange(n), s[:, j], label=name, linestyle="-" if j < 3 or j == 6 else ":")
     ax.set_xlabel("stored frame")
     ax.set_ylabel("state")
-    ax.legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    ax.legend(ncol=min(len(names), 8), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     row = store.episode(episode_id)
     fig.suptitle(f"episode {episode_id}: {row['source']}  {row['task']}"[:120], fontsize=9)
     fig.tight_layout()

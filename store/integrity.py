@@ -16,7 +16,7 @@ from common.errors import StoreError
 
 from . import codecs, manifest
 from .format import (
-    MANIFEST_FILE, STATE_DIM, StoreConfig, file_digests, read_checked, read_plan, read_root_attrs,
+    MANIFEST_FILE, StoreConfig, file_digests, read_checked, read_plan, read_root_attrs,
     read_seal, sealed_units, shard_dir, shard_episodes, unsealed_units,
 )
 from .reader import shard_arrays
@@ -76,19 +76,21 @@ def _verify_shard(root: Path, unit: int, config: StoreConfig, planned: list[int]
 
     rows = seal["rows"]
     try:
-        arrays = shard_arrays(root, unit, config.codec, seal)
+        arrays = shard_arrays(root, unit, config, seal)
         table = shard_episodes(root, unit, seal)
     except StoreError as e:
         return [str(e)], None
     shapes = {
         "features": ((rows, config.tokens, config.feature_dim), codecs.STORED_DTYPE[config.codec]),
-        "state": ((rows, STATE_DIM), np.float32),
+        "state": ((rows, config.state_dim), np.float32),
         "frame_index": ((rows,), np.int64),
         "timestamp": ((rows,), np.float64),
         "episode": ((rows,), np.int64),
     }
     if config.codec == "int8":
         shapes["scales"] = ((rows, config.tokens), np.float16)
+    if config.stored_actions:
+        shapes["action"] = ((rows, config.action_dim), np.float32)
     for key, (shape, dtype) in shapes.items():
         if arrays[key].shape != shape or arrays[key].dtype != np.dtype(dtype):
             bad.append(f"{name}: array {key} is {arrays[key].dtype}{list(arrays[key].shape)}, "
@@ -100,6 +102,7 @@ def _verify_shard(root: Path, unit: int, config: StoreConfig, planned: list[int]
         return bad, None
 
     row_episode = arrays["episode"][:]
+    action = arrays["action"][:] if config.stored_actions else None
     offset = 0
     for e, first, n, status in zip(t["episode_id"], t["first_row"], t["num_frames"], t["status"]):
         where = f"{name} episode {e}"
@@ -109,6 +112,9 @@ def _verify_shard(root: Path, unit: int, config: StoreConfig, planned: list[int]
             bad.append(f"{where}: status {status} with {n} frames")
         elif not np.all(row_episode[first:first + n] == e):
             bad.append(f"{where}: rows {first}..{first + n - 1} are not all labelled with it")
+        elif n and action is not None and not (np.isfinite(action[first:first + n - 1]).all()
+                                               and np.isnan(action[first + n - 1]).all()):
+            bad.append(f"{where}: actions are not finite with a NaN last row")
         offset = first + n
     if offset != rows:
         bad.append(f"{name}: episodes cover {offset} rows, arrays hold {rows}")

@@ -55,11 +55,12 @@ class VerifiedChunks(WrapperStore):
         return buf if byte_range is None else await super().get(key, prototype, byte_range)
 
 
-def shard_arrays(root: Path, unit: int, codec: str, seal: dict | None = None) -> dict[str, zarr.Array]:
+def shard_arrays(root: Path, unit: int, config: StoreConfig, seal: dict | None = None) -> dict[str, zarr.Array]:
     """The row arrays of one sealed shard, opened by name, every read checked against its seal."""
     seal = seal or read_seal(root, unit)
     store = VerifiedChunks(LocalStore(shard_dir(root, unit), read_only=True), seal["files"], unit)
-    names = [n for n in ROW_ARRAYS if n != "scales" or codec == "int8"]
+    absent = {"scales": config.codec != "int8", "action": not config.stored_actions}
+    names = [n for n in ROW_ARRAYS if not absent.get(n)]
     try:
         return {n: zarr.open_array(store=store, path=n, mode="r", zarr_format=3) for n in names}
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -142,11 +143,18 @@ class Store:
         if self._pid != os.getpid():  # forked: file handles of the parent are not ours
             self._arrays, self._pid = {}, os.getpid()
         if unit not in self._arrays:
-            self._arrays[unit] = shard_arrays(self.root, unit, self.config.codec)
+            self._arrays[unit] = shard_arrays(self.root, unit, self.config)
         return self._arrays[unit]
 
-    def read_window(self, episode_id: int, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames [start, start + length) of an episode: (features [L, tokens, D], state [L, 7]).
+    @property
+    def stats(self) -> dict | None:
+        """Per-dim statistics of states and actions (store.stats), written by the merge; None before it."""
+        return self.attrs.get("stats") or None
+
+    def read_window(self, episode_id: int, start: int,
+                    length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Frames [start, start + length) of an episode: (features [L, tokens, D], state [L, S], and the
+        stored actions [L, A] of a store of column actions, else None).
 
         Features come back in the stored precision (bf16, or float16 for fp16/int8), raw
         encoder output: layer-normalise them before use.
@@ -158,15 +166,16 @@ class Store:
         rows = slice(first + start, first + start + length)
         scales = a["scales"][rows] if "scales" in a else None
         features = codecs.decode(a["features"][rows], scales, self.config.codec)
-        return features, torch.from_numpy(a["state"][rows])
+        action = torch.from_numpy(a["action"][rows]) if "action" in a else None
+        return features, torch.from_numpy(a["state"][rows]), action
 
     def read_episode(self, episode_id: int) -> dict[str, np.ndarray | torch.Tensor]:
-        """All rows of an episode: features, state, frame_index, timestamp."""
+        """All rows of an episode: features, state, action (None unless stored), frame_index, timestamp."""
         unit, first, n = self._locate(episode_id)
-        features, state = self.read_window(episode_id, 0, n)
+        features, state, action = self.read_window(episode_id, 0, n)
         a = self._unit_arrays(unit)
         rows = slice(first, first + n)
-        return {"features": features, "state": state.numpy(),
+        return {"features": features, "state": state.numpy(), "action": None if action is None else action.numpy(),
                 "frame_index": a["frame_index"][rows], "timestamp": a["timestamp"][rows]}
 
 

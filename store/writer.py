@@ -20,8 +20,9 @@ from common.errors import StoreError
 from common.files import atomic_write_bytes, fsync_dir, output_dir, remove_stale_temps, sha256_file
 
 from . import codecs, manifest
+from .stats import robot_stats
 from .format import (
-    EPISODES_FILE, FORMAT_VERSION, MANIFEST_FILE, PLAN_FILE, SEAL_FILE, SHARDS_DIR, STATE_DIM, StoreConfig,
+    EPISODES_FILE, FORMAT_VERSION, MANIFEST_FILE, PLAN_FILE, SEAL_FILE, SHARDS_DIR, StoreConfig,
     file_digests, read_plan, read_root_attrs, sealed_units, shard_dir, shard_episodes, unsealed_units,
     update_root_attrs,
 )
@@ -118,7 +119,7 @@ class ShardWriter:
                 "features", shape=(0, c.tokens, c.feature_dim), dtype=codecs.STORED_DTYPE[c.codec],
                 chunks=(c.chunk_frames, c.tokens, c.feature_dim), compressors=comp, **kw),
             "state": group.create_array(
-                "state", shape=(0, STATE_DIM), dtype="float32", chunks=(ROW_CHUNK, STATE_DIM), **kw),
+                "state", shape=(0, c.state_dim), dtype="float32", chunks=(ROW_CHUNK, c.state_dim), **kw),
             "frame_index": group.create_array(
                 "frame_index", shape=(0,), dtype="int64", chunks=(ROW_CHUNK,), **kw),
             "timestamp": group.create_array(
@@ -126,6 +127,9 @@ class ShardWriter:
             "episode": group.create_array(
                 "episode", shape=(0,), dtype="int64", chunks=(ROW_CHUNK,), **kw),
         }
+        if c.stored_actions:  # [rows, A]; an episode's last row has no next frame: NaN
+            self.arrays["action"] = group.create_array(
+                "action", shape=(0, c.action_dim), dtype="float32", chunks=(ROW_CHUNK, c.action_dim), **kw)
         if c.codec == "int8":
             self.arrays["scales"] = group.create_array(
                 "scales", shape=(0, c.tokens), dtype="float16",
@@ -150,22 +154,29 @@ class ShardWriter:
         state: np.ndarray,
         frame_index: np.ndarray,
         timestamp: np.ndarray,
+        action: np.ndarray | None = None,
     ) -> None:
-        """Append an episode's rows: features [n, tokens, D] (raw encoder output), state [n, 7]."""
+        """Append an episode's rows: features [n, tokens, D] (raw encoder output), state [n, S], and for a
+        store of column actions action [n, A] (the last row NaN)."""
         self._next(info)
         c = self.config
         n = features.shape[0]
         if tuple(features.shape[1:]) != (c.tokens, c.feature_dim):
             raise StoreError(f"features of shape {tuple(features.shape)} do not fit "
                              f"[n, {c.tokens}, {c.feature_dim}]")
-        if n == 0 or np.shape(state) != (n, STATE_DIM) or len(frame_index) != n or len(timestamp) != n:
+        if n == 0 or np.shape(state) != (n, c.state_dim) or len(frame_index) != n or len(timestamp) != n:
             raise StoreError(f"episode {info.episode_id}: {n} feature rows but state "
                              f"{np.shape(state)}, {len(frame_index)} frame indices, {len(timestamp)} timestamps")
+        if (action is not None) != c.stored_actions or (action is not None and np.shape(action) != (n, c.action_dim)):
+            raise StoreError(f"episode {info.episode_id}: action {None if action is None else np.shape(action)} "
+                             f"does not fit this store ({c.actions}, {n} x {c.action_dim})")
         stored, scales = codecs.encode(features, c.codec)
         self.arrays["features"].append(stored)
         if scales is not None:
             self.arrays["scales"].append(scales)
         self.arrays["state"].append(np.asarray(state, np.float32))
+        if action is not None:
+            self.arrays["action"].append(np.asarray(action, np.float32))
         self.arrays["frame_index"].append(np.asarray(frame_index, np.int64))
         self.arrays["timestamp"].append(np.asarray(timestamp, np.float64))
         self.arrays["episode"].append(np.full(n, info.episode_id, np.int64))
@@ -202,7 +213,8 @@ def remove_unsealed(root: Path, units: list[int] | None = None) -> list[int]:
 
 
 def merge_manifest(root: Path) -> pa.Table:
-    """Write manifest.parquet from every unit's episode table; all units must be sealed."""
+    """Write manifest.parquet from every unit's episode table (all units must be sealed), and the
+    states' and actions' statistics (store.stats) into the root attributes."""
     root = Path(root)
     attrs = read_root_attrs(root)
     num_units = len(set(read_plan(root, attrs)["unit"].to_pylist()))  # checked against the attributes
@@ -216,9 +228,11 @@ def merge_manifest(root: Path) -> pa.Table:
     data = manifest.table_bytes(table)
     digest = hashlib.sha256(data).hexdigest()
     path = root / MANIFEST_FILE
-    if attrs.get("manifest_sha256") != digest or not path.is_file() or sha256_file(path) != digest:
-        atomic_write_bytes(path, data)  # (an identical merge, as every finishing rank does, writes nothing)
-        update_root_attrs(root, manifest_sha256=digest)
+    if attrs.get("manifest_sha256") != digest or not path.is_file() or sha256_file(path) != digest \
+            or "stats" not in attrs:  # (an identical merge, as every finishing rank does, writes nothing)
+        atomic_write_bytes(path, data)
+        update_root_attrs(root, manifest_sha256=digest,
+                          stats=robot_stats(root, StoreConfig.from_attrs(attrs), table))
     return table
 
 
@@ -227,7 +241,8 @@ class StoredEpisode:
     """An episode for `write_store`: its rows, or the reason it was skipped."""
 
     features: torch.Tensor | None = None  # [n, tokens, D] raw encoder output
-    state: np.ndarray | None = None  # [n, 7]
+    state: np.ndarray | None = None  # [n, S]
+    action: np.ndarray | None = None  # [n, A] for a store of column actions (the last row NaN)
     info: manifest.EpisodeInfo = field(default_factory=manifest.EpisodeInfo)  # id and source are set here
     skip: str = ""
 
@@ -236,17 +251,21 @@ def write_store(root: Path, episodes: Sequence[StoredEpisode], per_unit: int | N
                 **config) -> Path:
     """A complete store from episodes already in memory (tests, benchmarks, features computed elsewhere).
 
-    `config` sets StoreConfig fields; feature_dim comes from the features, the grid is square unless
-    given. Episodes are read in order when they are written (the first one with features once more,
-for its shape), so `episodes` may build them lazily. Stored frame i
-    has frame_index i and timestamp i / fps; episode i has source `episode_i`.
+    `config` sets StoreConfig fields; feature_dim, state_dim and action_dim come from the arrays, the
+    grid is square and the actions pose-delta (7-D states), a column (given actions) or state-delta
+    unless given. Episodes are read in order when they are written (the first one with features
+    once more, for its shapes), so `episodes` may build them lazily. Stored frame i has frame_index
+    i and timestamp i / fps; episode i has source `episode_i`.
     """
-    first = next(e.features for e in episodes if e.features is not None)
-    tokens = first.shape[1]
+    first = next(e for e in episodes if e.features is not None)
+    tokens, state_dim = first.features.shape[1], np.shape(first.state)[1]
     side = math.isqrt(tokens)
-    defaults = dict(encoder="vjepa2-vit", preset="test", checkpoint_sha256="random-init", feature_dim=first.shape[2],
-                    grid=(side, side), image_size=16 * side, fps=4.0, crop="test", camera="test", codec="bf16",
-                    compression="none", chunk_frames=4, source_format="test")
+    actions = "column:action" if first.action is not None else "pose-delta" if state_dim == 7 else "state-delta"
+    defaults = dict(encoder="vjepa2-vit", preset="test", checkpoint_sha256="random-init",
+                    feature_dim=first.features.shape[2], grid=(side, side), image_size=16 * side, fps=4.0, crop="test",
+                    camera="test", codec="bf16", compression="none", chunk_frames=4, source_format="test",
+                    state_dim=state_dim, action_dim=state_dim if first.action is None else np.shape(first.action)[1],
+                    actions=actions, state_names=None, action_names=None)
     cfg = StoreConfig.from_attrs({**defaults, **config})
     per_unit = per_unit or len(episodes)
     sources = [f"episode_{i}" for i in range(len(episodes))]
@@ -261,7 +280,7 @@ for its shape), so `episodes` may build them lazily. Stored frame i
             writer.add_skipped(info, ep.skip)
         else:
             n = len(ep.features)
-            writer.add_episode(info, ep.features, ep.state, np.arange(n), np.arange(n) / cfg.fps)
+            writer.add_episode(info, ep.features, ep.state, np.arange(n), np.arange(n) / cfg.fps, ep.action)
         if (i + 1) % per_unit == 0 or i + 1 == len(episodes):
             writer.seal()
     if merge:

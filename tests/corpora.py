@@ -2,7 +2,8 @@
 
 Frame i of a video is a flat grey of brightness `code(i)`, and the state of step i is
 (i / 100, 0, 0, 0, 0, 0, 0), so a test can read back which source frame and which state
-row a reader delivered.
+row a reader delivered. LeRobot datasets take other state and action dims; their action of
+the dataset's row r (over all episodes) is (r, r + 0.01, r + 0.02, ...), unique per row.
 """
 
 from __future__ import annotations
@@ -60,14 +61,18 @@ def droid_episode(root: Path, name: str, steps: int, video_frames: int | None = 
     return folder
 
 
-STATE_TYPE = pa.list_(pa.float32(), 7)
 VIDEO_KEY = "observation.images.front"
 
 
-def _frame_table(episode: int, n: int, first_index: int, fps: int) -> pa.Table:
+def lerobot_actions(first_index: int, n: int, dim: int) -> np.ndarray:
+    """The action column of dataset rows first_index .. first_index + n - 1."""
+    return (np.arange(first_index, first_index + n)[:, None] + np.arange(dim)[None] / 100).astype(np.float32)
+
+
+def _frame_table(episode: int, n: int, first_index: int, fps: int, state: np.ndarray, action: np.ndarray) -> pa.Table:
     return pa.table({
-        "observation.state": pa.array(states(n).tolist(), STATE_TYPE),
-        "action": pa.array(np.zeros((n, 7)).tolist(), STATE_TYPE),
+        "observation.state": pa.array(state.tolist(), pa.list_(pa.float32(), state.shape[1])),
+        "action": pa.array(action.tolist(), pa.list_(pa.float32(), action.shape[1])),
         "timestamp": pa.array(np.arange(n, dtype=np.float32) / fps),
         "frame_index": pa.array(np.arange(n, dtype=np.int64)),
         "episode_index": pa.array(np.full(n, episode, np.int64)),
@@ -76,13 +81,15 @@ def _frame_table(episode: int, n: int, first_index: int, fps: int) -> pa.Table:
     })
 
 
-def _info(version: str, fps: int, data_path: str, video_path: str, codec: str) -> dict:
+def _info(version: str, fps: int, data_path: str, video_path: str, codec: str, state_dim: int, action_dim: int,
+          names: dict | None) -> dict:
+    names = names or {}
     return {
         "codebase_version": version, "robot_type": "test", "fps": fps, "chunks_size": 1000,
         "data_path": data_path, "video_path": video_path,
         "features": {
-            "observation.state": {"dtype": "float32", "shape": [7], "names": None},
-            "action": {"dtype": "float32", "shape": [7], "names": None},
+            "observation.state": {"dtype": "float32", "shape": [state_dim], "names": names.get("observation.state")},
+            "action": {"dtype": "float32", "shape": [action_dim], "names": names.get("action")},
             VIDEO_KEY: {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
                         "info": {"video.fps": fps, "video.codec": codec}},
             "timestamp": {"dtype": "float32", "shape": [1], "names": None},
@@ -94,17 +101,28 @@ def _info(version: str, fps: int, data_path: str, video_path: str, codec: str) -
     }
 
 
-def lerobot_v21(root: Path, lengths: list[int], fps: int = 15) -> Path:
+def _state(n: int, dim: int) -> np.ndarray:
+    s = np.zeros((n, dim), np.float32)
+    s[:, 0] = np.arange(n) / 100
+    return s
+
+
+def lerobot_v21(root: Path, lengths: list[int], fps: int = 15, state_dim: int = 7, action_dim: int = 7,
+                names: dict | None = None, state_of=None, action_of=None) -> Path:
+    """`state_of(episode, n)` and `action_of(episode, first_index, n)` replace the default columns."""
     (root / "meta").mkdir(parents=True)
     info = _info("v2.1", fps, "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
-                 "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4", "h264")
+                 "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4", "h264",
+                 state_dim, action_dim, names)
     (root / "meta" / "info.json").write_text(json.dumps(info))
     (root / "meta" / "tasks.jsonl").write_text(json.dumps({"task_index": 0, "task": "open the drawer"}) + "\n")
     lines, first = [], 0
     for e, n in enumerate(lengths):
         data = root / f"data/chunk-000/episode_{e:06d}.parquet"
         data.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_frame_table(e, n, first, fps), data)
+        state = state_of(e, n) if state_of else _state(n, state_dim)
+        action = action_of(e, first, n) if action_of else lerobot_actions(first, n, action_dim)
+        pq.write_table(_frame_table(e, n, first, fps, state, action), data)
         video = root / f"videos/chunk-000/{VIDEO_KEY}/episode_{e:06d}.mp4"
         video.parent.mkdir(parents=True, exist_ok=True)
         write_mp4(video, frames(0, n), fps=fps)
@@ -114,16 +132,18 @@ def lerobot_v21(root: Path, lengths: list[int], fps: int = 15) -> Path:
     return root
 
 
-def lerobot_v30(root: Path, lengths: list[int], fps: int = 15, faststart: bool = False) -> Path:
+def lerobot_v30(root: Path, lengths: list[int], fps: int = 15, faststart: bool = False, state_dim: int = 7,
+                action_dim: int = 7, names: dict | None = None) -> Path:
     """All episodes in one data file and one AV1 video file, cut by from/to timestamps."""
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     info = _info("v3.0", fps, "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-                 "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4", "av1")
+                 "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4", "av1",
+                 state_dim, action_dim, names)
     (root / "meta" / "info.json").write_text(json.dumps(info))
     pq.write_table(pa.table({"task": ["open the drawer"], "task_index": [0]}), root / "meta" / "tasks.parquet")
     tables, rows, video, first = [], [], [], 0
     for e, n in enumerate(lengths):
-        tables.append(_frame_table(e, n, first, fps))
+        tables.append(_frame_table(e, n, first, fps, _state(n, state_dim), lerobot_actions(first, n, action_dim)))
         video += frames(first, n)  # the file's frame `first + i` is episode frame i
         rows.append({
             "episode_index": e, "tasks": ["open the drawer"], "length": n,

@@ -31,7 +31,8 @@ def config(codec: str = "bf16", compression: str = "none") -> StoreConfig:
     return StoreConfig(
         encoder="vjepa2-vit", preset="test", checkpoint_sha256="random-init", feature_dim=DIM,
         grid=(4, 4), image_size=64, fps=4.0, crop="test", camera="test", codec=codec,
-        compression=compression, chunk_frames=4, source_format="test",
+        compression=compression, chunk_frames=4, source_format="test", state_dim=7, action_dim=7,
+        actions="pose-delta", state_names=None, action_names=None,
     )
 
 
@@ -55,7 +56,7 @@ def stored_episode(episode_id: int) -> StoredEpisode:
     if is_skipped(episode_id):
         return StoredEpisode(info=info, skip="corrupt video")
     f, s = episode_data(episode_id)
-    return StoredEpisode(f, s, info)
+    return StoredEpisode(f, s, info=info)
 
 
 def complete_store(root: Path, codec: str = "bf16", compression: str = "none", merge: bool = True) -> Path:

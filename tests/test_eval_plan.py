@@ -14,7 +14,8 @@ from store import StoredEpisode, open_store, write_store
 from train.config import CEMConfig, PlanConfig
 from train.data import ClipDataset
 from train.evaluate import evaluate
-from train.plan import cem, run_plan
+from train.checkpoint import RELEASED_META
+from train.plan import cem, run_plan, search_space
 from train.predictor import PREDICTOR_PRESETS, ACPredictor
 from tests.conftest import run_cli
 
@@ -67,13 +68,15 @@ def test_cem_finds_the_minimum_of_a_shifted_quadratic():
     def energy(a: torch.Tensor) -> torch.Tensor:
         return ((a[:, 0] - target) ** 2).sum(-1)
 
-    plan = cem(energy, CEMConfig(samples=200, iterations=12, elites=20, seed=1), horizon=1)
+    cfg = CEMConfig(samples=200, iterations=12, elites=20, seed=1)
+    plan = cem(energy, search_space(RELEASED_META, cfg, torch.zeros(7)), cfg, horizon=1)
     assert plan.actions.shape == (1, 7)
     assert torch.allclose(plan.actions[0], target, atol=3e-3), plan.actions
     assert plan.energy < 1e-4 and plan.evaluations == 200 * 12 + 1
     # outside the box: the plan ends on its edge (xyz clipped to +-maxnorm)
     far = torch.tensor([0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-    edge = cem(lambda a: ((a[:, 0] - far) ** 2).sum(-1), CEMConfig(samples=200, iterations=12, elites=20))
+    cfg = CEMConfig(samples=200, iterations=12, elites=20)
+    edge = cem(lambda a: ((a[:, 0] - far) ** 2).sum(-1), search_space(RELEASED_META, cfg, torch.zeros(7)), cfg)
     assert abs(float(edge.actions[0, 0]) - 0.075) < 1e-3
 
 
@@ -84,9 +87,11 @@ def test_cem_searches_all_dims_when_asked():
     def energy(a: torch.Tensor) -> torch.Tensor:
         return ((a - two_steps) ** 2).sum((1, 2))
 
-    plan = cem(energy, CEMConfig(samples=300, iterations=15, elites=30, dims="all", seed=2), horizon=2)
+    cfg = CEMConfig(samples=300, iterations=15, elites=30, dims="all", seed=2)
+    plan = cem(energy, search_space(RELEASED_META, cfg, torch.zeros(7)), cfg, horizon=2)
     assert torch.allclose(plan.actions, two_steps, atol=5e-3)
-    only_xyzg = cem(energy, CEMConfig(samples=300, iterations=15, elites=30, seed=2), horizon=2)
+    cfg = CEMConfig(samples=300, iterations=15, elites=30, seed=2)
+    only_xyzg = cem(energy, search_space(RELEASED_META, cfg, torch.zeros(7)), cfg, horizon=2)
     assert torch.all(only_xyzg.actions[:, 3:6] == 0)
 
 
@@ -169,6 +174,6 @@ def test_checkpoint_and_store_that_do_not_fit(demo_run, tmp_path):
     other = known_store(tmp_path / "other")
     for cmd in (["eval"], ["plan", "--episode", 0, "--start", 0], ["plan-eval"]):
         r = run_cli(*cmd, "--checkpoint", run / "latest.pt", "--store", other, check=False)
-        assert r.returncode == 2 and "was trained on features" in r.stderr and "Traceback" not in r.stderr
+        assert r.returncode == 2 and "was trained on" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("eval", "--checkpoint", tmp_path / "missing.pt", "--store", other, check=False)
     assert r.returncode == 2 and "not found" in r.stderr

@@ -83,8 +83,14 @@ def test_lerobot_bad_keys(tmp_path):
     info = json.loads((tmp_path / "meta" / "info.json").read_text())
     info["features"]["action"]["shape"] = [6]
     (tmp_path / "meta" / "info.json").write_text(json.dumps(info))
-    with pytest.raises(UserError, match="state key 'action' has shape \\[6\\]"):
-        LeRobotCorpus(tmp_path, state_key="action")
+    six = LeRobotCorpus(tmp_path, state_key="action", actions="state-delta").robot(4)  # any state dims
+    assert (six.state_dim, six.action_dim, six.actions) == (6, 6, "state-delta")
+    with pytest.raises(UserError, match="pose-delta needs a 7-D state .* this one has 6 dims"):
+        LeRobotCorpus(tmp_path, state_key="action", actions="pose-delta").robot(4)
+    with pytest.raises(UserError, match="--actions column:nope: no column 'nope'"):
+        LeRobotCorpus(tmp_path, actions="column:nope").robot(4)
+    with pytest.raises(UserError, match="--actions 'colum:x' is not one of"):
+        LeRobotCorpus(tmp_path, actions="colum:x")
 
 
 def test_webdataset_reader(tmp_path):

@@ -72,7 +72,7 @@ def test_write_read_roundtrip(tmp_path, codec, compression):
             assert row["status"] == "skipped" and row["reason"] == "corrupt video" and row["num_frames"] == 0
             continue
         f, s = episode_data(e)
-        got_f, got_s = store.read_window(e, 1, 4)
+        got_f, got_s, _ = store.read_window(e, 1, 4)
         expect = codecs.decode(*codecs.encode(f[1:5], codec), codec)
         assert torch.equal(got_f, expect)
         assert np.array_equal(got_s.numpy(), s[1:5])
@@ -90,7 +90,7 @@ def test_store_reopens_after_fork(tmp_path):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: must reopen and read correctly
-        f, _ = store.read_window(1, 0, 3)
+        f, _, _ = store.read_window(1, 0, 3)
         ok = torch.equal(f, episode_data(1)[0][:3].to(torch.bfloat16))
         os.write(w, b"1" if ok else b"0")
         os._exit(0)

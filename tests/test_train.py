@@ -18,7 +18,7 @@ from extract.vit import apply_rope, attention, rope_slice, rope_tables
 from store import open_store
 from train.checkpoint import load_predictor_weights
 from train.config import TrainConfig
-from train.geometry import actions_from_states, apply_action
+from store.actions import actions_from_states, apply_action
 from train.loop import lr_at, run_train
 from train.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask
 from tests.conftest import DEMO_STEPS, ROOT
@@ -222,10 +222,14 @@ def test_store_that_does_not_fit_is_refused(tmp_path):
     b = tiny_store(tmp_path / "b", dim=8)
     base = dict(preset="ac_test", frames=4, steps=2, batch_size=2, workers=0, val_every=0)
     run_train(TrainConfig(store=a, out=tmp_path / "run", **base))
-    with pytest.raises(UserError, match=r"trained on features \{'feature_dim': 16"):
+    with pytest.raises(UserError, match=r"trained on \{'feature_dim': 16\}, the store .* holds \{'feature_dim': 8\}"):
         run_train(TrainConfig(store=b, out=tmp_path / "run", resume=True, **{**base, "steps": 4}))
-    with pytest.raises(UserError, match="takes 16-dim features, the store holds 8-dim"):
-        run_train(TrainConfig(store=b, out=tmp_path / "run2", init_from=tmp_path / "run" / "latest.pt", **base))
+    with pytest.raises(UserError, match="the predictor takes 16-dim features, the store holds 8-dim"):
+        load_predictor_weights(ACPredictor(8, (2, 2), PREDICTOR_PRESETS["ac_test"]), tmp_path / "run" / "latest.pt")
+    # fine-tuning on features of another encoder: the feature adapters start afresh, the blocks carry over
+    result = run_train(TrainConfig(store=b, out=tmp_path / "run2", init_from=tmp_path / "run" / "latest.pt", **base))
+    assert result.reinitialised == ["predictor_embed.bias", "predictor_embed.weight", "predictor_proj.bias",
+                                    "predictor_proj.weight"]
     with pytest.raises(UserError, match="unknown predictor preset"):
         run_train(TrainConfig(store=b, out=tmp_path / "run3", **{**base, "preset": "ac_huge"}))
 

@@ -2,7 +2,8 @@
 
 A checkpoint is a dict:
     predictor    the weights, under the released key names (so --init-from takes either file)
-    model_meta   what rebuilds the model: preset, feature_dim, grid
+    model_meta   what rebuilds and uses the model: preset, feature_dim, grid, state_dim, action_dim,
+                 normalization, and the store's action space (actions, names) and statistics
     store        the store's attributes (encoder identity, preprocessing) the features came from
     split        the train/validation split: val_fraction, seed, clip frames
     config       the TrainConfig of the run (common.settings.as_dict)
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+import logging
+
 from common.errors import UserError
 from common.files import atomic_write
 from extract.weights import checkpoint_entry, load_checkpoint, load_strict
@@ -25,11 +28,32 @@ from store import Store
 from .data import split_episodes
 from .predictor import ACPredictor, build_model
 
-RELEASED_META = {"preset": "ac_vitg", "feature_dim": 1408, "grid": [16, 16]}  # vjepa2-ac-vitg.pt
+log = logging.getLogger(__name__)
+# vjepa2-ac-vitg.pt: an ac_vitg on ViT-g features, DROID's 7-D pose-delta actions in metres and radians
+RELEASED_META = {"preset": "ac_vitg", "feature_dim": 1408, "grid": [16, 16], "state_dim": 7, "action_dim": 7,
+                 "normalization": None, "actions": "pose-delta", "state_names": None, "action_names": None,
+                 "stats": None}
+ARCHITECTURE = ("feature_dim", "grid", "preset", "state_dim", "action_dim", "normalization")  # build_model's
+# ...and what must agree with the store a model is used on
+FITS = ("feature_dim", "grid", "state_dim", "action_dim", "actions")
+ADAPTERS = ("action_encoder.", "state_encoder.", "predictor_embed.", "predictor_proj.")  # --init-from may re-init
 
 
-def model_meta(preset: str, store: Store) -> dict:
-    return {"preset": preset, "feature_dim": store.config.feature_dim, "grid": list(store.config.grid)}
+def model_meta(preset: str, store: Store, normalization: dict | None) -> dict:
+    c = store.config
+    return {"preset": preset, "feature_dim": c.feature_dim, "grid": list(c.grid), "state_dim": c.state_dim,
+            "action_dim": c.action_dim, "normalization": normalization, "actions": c.actions,
+            "state_names": c.state_names and list(c.state_names),
+            "action_names": c.action_names and list(c.action_names), "stats": store.stats}
+
+
+def meta_of(ckpt: dict) -> dict:
+    """The model metadata of one of our checkpoints, or that of the released predictor."""
+    return ckpt.get("model_meta", RELEASED_META)
+
+
+def build_from_meta(meta: dict, **kw) -> ACPredictor:
+    return build_model(**{k: meta[k] for k in ARCHITECTURE}, **kw)
 
 
 def save_checkpoint(path: Path, obj: dict) -> None:
@@ -43,13 +67,16 @@ def link_latest(out: Path, step_file: Path, keep_last: int) -> None:
         old.unlink()
 
 
-def check_fits(ckpt: dict, store: Store, what: str) -> None:
-    """A checkpoint of ours is only valid on features of the same dim and grid."""
-    want = ckpt["model_meta"]
-    have = {"feature_dim": store.config.feature_dim, "grid": list(store.config.grid)}
-    got = {"feature_dim": want["feature_dim"], "grid": list(want["grid"])}
+def check_fits(meta: dict, store: Store, what: str) -> None:
+    """A model is only valid on features of the same dim and grid, and on the same state and action space."""
+    c = store.config
+    have = {"feature_dim": c.feature_dim, "grid": list(c.grid), "state_dim": c.state_dim, "action_dim": c.action_dim,
+            "actions": c.actions}
+    got = {k: list(meta[k]) if k == "grid" else meta[k] for k in FITS}
     if got != have:
-        raise UserError(f"{what} was trained on features {got}, the store {store.root} holds {have}")
+        diff = {k: got[k] for k in FITS if got[k] != have[k]}
+        raise UserError(f"{what} was trained on {diff}, the store {store.root} holds "
+                        f"{ {k: have[k] for k in diff} }")
 
 
 def load_predictor_weights(model: ACPredictor, path: Path, ckpt: dict | None = None) -> None:
@@ -65,16 +92,39 @@ def load_predictor_weights(model: ACPredictor, path: Path, ckpt: dict | None = N
 
 def load_trained(path: Path, store: Store | None = None) -> tuple[ACPredictor, dict]:
     """A predictor (eval mode) from one of our checkpoints, or from the released vjepa2-ac-vitg.pt
-    (an ac_vitg model on ViT-g features), checked against `store` if given. Returns it and the checkpoint."""
+    (an ac_vitg model on ViT-g features), checked against `store` if given. Returns it and the
+    checkpoint, whose `model_meta` is filled in for the released file."""
     ckpt = load_checkpoint(path)
-    meta = ckpt.get("model_meta", RELEASED_META)
+    meta = meta_of(ckpt)
     if store is not None:
-        if "model_meta" in ckpt:
-            check_fits(ckpt, store, str(path))
-        meta = {**meta, "feature_dim": store.config.feature_dim, "grid": store.config.grid}
-    model = build_model(meta["feature_dim"], meta["grid"], meta["preset"])
+        if "model_meta" not in ckpt:  # the released predictor: feature dim and grid follow the store (the strict
+            meta = {**meta, "feature_dim": store.config.feature_dim, "grid": list(store.config.grid),  # load checks)
+                    "stats": store.stats}
+        check_fits(meta, store, str(path))
+    model = build_from_meta(meta)
     load_predictor_weights(model, path, ckpt)
-    return model.eval(), ckpt
+    return model.eval(), {**ckpt, "model_meta": meta}
+
+
+def transfer_weights(model: ACPredictor, path: Path) -> list[str]:
+    """--init-from: load every tensor of a predictor checkpoint that fits the model. Input and output
+    adapters that do not (another robot's state/action dims, another encoder's feature dim) keep their
+    fresh SPEC §3 init; anything else that differs is refused. Returns the re-initialised tensors."""
+    _, state = checkpoint_entry(load_checkpoint(path), ("predictor",), path)
+    own = model.state_dict()
+    misfit = sorted({k for k in own if k not in state or state[k].shape != own[k].shape} | (set(state) - set(own)))
+    blocked = [k for k in misfit if not k.startswith(ADAPTERS)]
+    if blocked:
+        shown = ", ".join(f"{k} ({list(state[k].shape) if k in state else 'absent'} vs "
+                          f"{list(own[k].shape) if k in own else 'absent'})" for k in blocked[:4])
+        raise UserError(f"--init-from {path}: more than the input/output adapters differ ({len(blocked)} "
+                        f"tensors, e.g. {shown}): another predictor preset?")
+    fresh = {k.split(".")[0] for k in misfit}  # whole adapters, weight and bias
+    reinit = sorted(k for k in own if k.split(".")[0] in fresh)
+    model.load_state_dict({k: own[k] if k in reinit else state[k] for k in own})
+    if reinit:
+        log.info("--init-from %s: re-initialised %s (the rest loaded)", path, ", ".join(reinit))
+    return reinit
 
 
 def episodes_of(ckpt: dict, store: Store, which: str) -> list[int]:

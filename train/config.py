@@ -11,14 +11,15 @@ from pathlib import Path
 from common.errors import UserError
 from common.files import output_file
 from common.settings import check, device_setting, setting
+from store.format import STATE_RULES
 
 # "per-step": one unmasked SDPA call per step over the keys so far (skips the masked half, lets
 # CUDA use its flash kernel); "mask": one SDPA call with the boolean block-causal mask. Equal
 # outputs (tested); per-step measured faster on CPU at both the ac_vitg and the demo size
 # (BENCHMARKS.md, attention).
 ATTENTION = ("per-step", "mask")
-SEARCH_DIMS = {"xyzg": [0, 1, 2, 6], "all": list(range(7))}  # CEM's searched action dims
 EPISODE_SETS = ("val", "all")
+NORMALIZE = ("states,actions", "states", "actions", "none")
 # reference schedule (SPEC §5): 4,500 warmup and 4,500 anneal steps out of 94,500
 PHASE_FRACTION = 4500 / 94500
 
@@ -53,7 +54,13 @@ class TrainConfig:
     ckpt_every: int = setting(500, "Write a checkpoint every N steps (and at the end).", min=1)
     keep_last: int = setting(3, "Step checkpoints kept besides latest.pt.", min=1)
     resume: bool = setting(False, "Continue from OUT/latest.pt.")
-    init_from: Path | None = setting(None, "Start from a predictor checkpoint (e.g. vjepa2-ac-vitg.pt).")
+    init_from: Path | None = setting(None, "Start from a predictor checkpoint (e.g. vjepa2-ac-vitg.pt); adapters "
+                                           "that do not fit this store (state, action or feature dims) are "
+                                           "re-initialised and named.")
+    freeze_blocks: int = setting(0, "Keep the first N predictor blocks frozen (fine-tuning on little data).", min=0)
+    normalize: str | None = setting(None, "z-score states and/or actions with the store's statistics (default: "
+                                          "states,actions; none for pose-delta stores, as the reference).",
+                                    choices=NORMALIZE)
     seed: int = setting(0, "Seed of the model init, the data order and the split.", min=0)
     workers: int = setting(2, "DataLoader worker processes.", min=0, max=256)
     activation_checkpointing: bool = setting(False, "Recompute block activations in backward (less memory).")
@@ -106,8 +113,11 @@ class CEMConfig:
     gripper_max: float = setting(0.75, "Gripper change clipped to +-this.", gt=0, max=1)
     rotation_max: float = setting(0.25, "Each Euler angle change clipped to +-this (rad), with --dims all.",
                                   gt=0, max=3.15)
-    dims: str = setting("xyzg", "Searched action dims: xyzg (xyz + gripper, rotation 0) or all.",
-                        choices=tuple(SEARCH_DIMS))
+    dims: str | None = setting(None, "Searched action dims: all, xyzg (pose-delta: xyz + gripper, rotations 0), or "
+                                     "indices and names separated by commas (default: xyzg for pose-delta, else all).")
+    state_from_action: str = setting("hold", "For a dataset's action column: how a planned action moves the state: "
+                                             "hold (it stays), or target (the column is an absolute target of the "
+                                             "state's dims, as SO-100, ALOHA and PushT record).", choices=STATE_RULES)
     energy_batch: int = setting(800, "Energies per predictor call.", min=1, max=1_000_000)
     seed: int = setting(0, "Seed of the CEM samples.", min=0)
 
@@ -126,7 +136,7 @@ class PlanConfig:
     goal: int | None = setting(None, "... goal frame (default: start + horizon).", min=0)
     image: Path | None = setting(None, "Or: the current camera image (encoded with the run's encoder) ...")
     goal_image: Path | None = setting(None, "... the goal image ...")
-    state: str | None = setting(None, "... and the current state 'x,y,z,roll,pitch,yaw,gripper'.")
+    state: str | None = setting(None, "... and the current state, comma-separated (DROID: x,y,z,roll,pitch,yaw,gripper).")
     encoder_checkpoint: Path | None = setting(None, "Encoder weights for --image (the store's encoder).")
     horizon: int = setting(1, "Actions planned.", min=1, max=64)
     landscape: Path | None = setting(None, "Write the energy over a (dx, dy) grid around 0 to this PNG.")

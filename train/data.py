@@ -9,8 +9,7 @@ from torch.utils.data import Dataset, Sampler
 
 from common.errors import UserError
 from store import Store
-
-from .geometry import actions_from_states
+from store.actions import clip_actions
 
 EPOCH_SEED_STRIDE = 100_003  # epoch e of run seed s shuffles with seed s * 100003 + e: a prime, so no two
 # (seed, epoch) pairs of a practical run collide
@@ -36,7 +35,7 @@ def split_episodes(store: Store, val_fraction: float, seed: int) -> tuple[list[i
 class ClipDataset(Dataset):
     """Every window of `frames` consecutive stored frames inside one episode.
 
-    An item: features [F, N, D] (stored precision, raw), states [F, 7], actions [F-1, 7].
+    An item: features [F, N, D] (stored precision, raw), states [F, S], actions [F-1, A] (store.actions).
     """
 
     def __init__(self, store: Store, episodes: list[int], frames: int):
@@ -48,8 +47,9 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         episode, start = self.windows[i]
-        features, states = self.store.read_window(episode, start, self.frames)
-        return {"features": features, "states": states, "actions": actions_from_states(states)}
+        features, states, stored = self.store.read_window(episode, start, self.frames)
+        return {"features": features, "states": states,
+                "actions": clip_actions(self.store.config.actions, states, stored)}
 
 
 class ShuffledStream(Sampler[int]):

@@ -23,13 +23,14 @@ from common.files import output_dir, remove_stale_temps
 from common.settings import as_dict
 from extract.weights import load_checkpoint
 from store import Store, open_store
+from store.format import POSE_DELTA
 
-from .checkpoint import check_fits, link_latest, load_predictor_weights, model_meta, save_checkpoint
+from .checkpoint import build_from_meta, check_fits, link_latest, model_meta, save_checkpoint, transfer_weights
 from .config import TrainConfig
 from .data import ClipDataset, ShuffledStream, evenly_spaced, split_episodes
 from .evaluate import collect, summarize
 from .losses import normalize, training_losses
-from .predictor import ACPredictor, build_model
+from .predictor import ACPredictor, normalization_from_stats
 
 STEP_FIELDS = ["step", "loss", "tf_loss", "rollout_loss", "lr", "grad_norm", "data_time", "step_time", "clips_per_s"]
 
@@ -114,6 +115,7 @@ class TrainResult:
     val: dict | None  # final validation summary (rank 0)
     out: Path
     model: ACPredictor  # the trained predictor (unwrapped)
+    reinitialised: list[str]  # tensors --init-from re-initialised
 
 
 @dataclass
@@ -133,6 +135,7 @@ class _Run:
     log: MetricsLog | None
     meta: dict  # saved with every checkpoint
     start_step: int
+    reinitialised: list[str]  # tensors --init-from could not take from its checkpoint
 
 
 def _open_training_store(cfg: TrainConfig, world: int) -> tuple[Store, ClipDataset, list[int]]:
@@ -159,23 +162,29 @@ def _setup(cfg: TrainConfig) -> _Run:
     out = output_dir(cfg.out, "--out")
     remove_stale_temps(out, "*.pt")  # of checkpoint writes that were killed
     latest = out / "latest.pt"
+    meta = model_meta(cfg.preset, store, _normalization(cfg, store))
     torch.manual_seed(cfg.seed)
-    model = build_model(store.config.feature_dim, store.config.grid, cfg.preset, cfg.activation_checkpointing,
-                        cfg.attention)
-    opt_state, start_step = None, 0
+    model = build_from_meta(meta, activation_checkpointing=cfg.activation_checkpointing, attention=cfg.attention)
+    opt_state, start_step, reinitialised = None, 0, []
     if cfg.resume and latest.exists():
         ckpt = load_checkpoint(latest)
-        check_fits(ckpt, store, str(latest))
-        if ckpt["model_meta"]["preset"] != cfg.preset:
-            raise UserError(f"{latest} is a {ckpt['model_meta']['preset']} model, not {cfg.preset}")
+        check_fits(ckpt["model_meta"], store, str(latest))
+        for key in ("preset", "normalization"):
+            if ckpt["model_meta"][key] != meta[key]:
+                raise UserError(f"{latest} has {key} {ckpt['model_meta'][key]}, this run {meta[key]}: resume with "
+                                "the run's own settings")
         model.load_state_dict(ckpt["predictor"])
         opt_state, start_step = ckpt["optimizer"], ckpt["step"]
     elif latest.exists() and not cfg.resume:
         raise UserError(f"{out} already holds a run (latest.pt); pass --resume to continue it or choose another --out")
     elif cfg.init_from:
-        load_predictor_weights(model, cfg.init_from)
+        reinitialised = transfer_weights(model, cfg.init_from)
     if start_step >= cfg.steps:
         raise UserError(f"{latest} is at step {start_step}; raise --steps above it to train further")
+    if cfg.freeze_blocks > len(model.predictor_blocks):
+        raise UserError(f"--freeze-blocks {cfg.freeze_blocks}: the {cfg.preset} predictor has "
+                        f"{len(model.predictor_blocks)} blocks")
+    model.predictor_blocks[:cfg.freeze_blocks].requires_grad_(False)
 
     model.to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -185,13 +194,25 @@ def _setup(cfg: TrainConfig) -> _Run:
     sampler = ShuffledStream(len(train_set), cfg.seed, rank, world, skip=start_step * cfg.batch_size)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda", drop_last=True)
-    meta = {"model_meta": model_meta(cfg.preset, store), "store": store.config.to_attrs(),
-            "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "frames": cfg.frames},
-            "config": as_dict(cfg)}
+    saved = {"model_meta": meta, "store": store.config.to_attrs(),
+             "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "frames": cfg.frames},
+             "config": as_dict(cfg)}
     lead = rank == 0
     val_loader = validation_loader(store, val_ids, cfg.frames, cfg.batch_size, cfg.val_clips) if lead else None
     log = MetricsLog(out, start_step) if lead else None
-    return _Run(cfg, out, rank, world, device, model, ddp, opt, iter(loader), val_loader, log, meta, start_step)
+    return _Run(cfg, out, rank, world, device, model, ddp, opt, iter(loader), val_loader, log, saved, start_step,
+                reinitialised)
+
+
+def _normalization(cfg: TrainConfig, store: Store) -> dict | None:
+    """The z-scoring of --normalize (default: states and actions, except for DROID's metric pose deltas)."""
+    which = cfg.normalize or ("none" if store.config.actions == POSE_DELTA else "states,actions")
+    if which == "none":
+        return None
+    if not store.stats:
+        raise UserError(f"--normalize {which} needs the store's statistics, which `cli.py store merge "
+                        f"{store.root}` writes")
+    return normalization_from_stats(store.stats, which)
 
 
 def _optimizer_step(run: _Run, step: int, tick: float) -> dict:
@@ -268,4 +289,4 @@ def run_train(cfg: TrainConfig, on_start: Callable[[int, int], None] | None = No
     finally:
         if run.log:
             run.log.close()
-    return TrainResult(run.start_step, val, run.out, run.model)
+    return TrainResult(run.start_step, val, run.out, run.model, run.reinitialised)

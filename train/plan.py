@@ -2,7 +2,12 @@
 
 Energy of an action sequence a_0..a_{H-1} from a start frame z (with its state s) = mean L1
 between the layer-normalised prediction after the last step and the goal features. States
-are rolled forward with the actions (xyz + d, R_delta R, gripper clipped to [0, 1]).
+are rolled forward by the action space's rule (store.actions: pose-delta as SPEC §6, s + a for
+state-delta, hold or target for a dataset's column).
+
+CEM searches a box per action dim: for pose-delta the reference's (xyz within +-maxnorm, gripper
+within +-gripper-max, rotations 0 unless searched); otherwise the data's 1st..99th percentile of
+each dim (the store's statistics, kept in the checkpoint).
 """
 
 from __future__ import annotations
@@ -21,115 +26,186 @@ from common.errors import UserError
 from common.files import output_dir
 from common.settings import as_dict
 from store import Store, open_store
+from store.actions import clip_actions, next_state
+from store.format import POSE_DELTA, STATE_DELTA, action_names, state_names
 
-from .checkpoint import RELEASED_META, episodes_of, load_trained
-from .config import SEARCH_DIMS, CEMConfig, PlanConfig, PlanEvalConfig
+from .checkpoint import episodes_of, load_trained
+from .config import CEMConfig, PlanConfig, PlanEvalConfig
 from .data import evenly_spaced
-from .geometry import actions_from_states, apply_action
 from .losses import normalize, rollout
 
-ACTION_DIM = 7
-GRIPPER_INIT_STD = 1.0  # the gripper change is searched over its whole range [-1, 1] at first
+GRIPPER_INIT_STD = 1.0  # pose-delta: the gripper change is searched over its whole range [-1, 1] at first
+XYZG = [0, 1, 2, 6]  # pose-delta's dims searched by the reference: rotations stay 0
 
 
-def clip_actions(a: torch.Tensor, cfg: CEMConfig) -> torch.Tensor:
-    """Clip full 7-D actions to the search box."""
-    limit = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [cfg.gripper_max], device=a.device)
-    return torch.maximum(torch.minimum(a, limit), -limit)
+def names_of(meta: dict) -> list[str]:
+    """The model's action dim names."""
+    return action_names(meta.get("action_names"), meta["actions"], meta["action_dim"])
 
 
-@torch.no_grad()
-def energies(model, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, actions: torch.Tensor,
-             batch: int = 800) -> torch.Tensor:
-    """Energy [S] of S action sequences [S, H, 7] from the normalised start frame z0 [N, D] with `state` [7]."""
-    out = []
-    for chunk in actions.split(batch):
-        s, h = chunk.shape[:2]
-        states = [state.expand(s, ACTION_DIM)]
-        for k in range(h - 1):
-            states.append(apply_action(states[-1], chunk[:, k]))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=z0.device.type == "cuda"):
-            last = rollout(model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states, 1).float(), h)[:, -1]
-        out.append((last.float() - goal).abs().mean((1, 2)))
-    return torch.cat(out)
+def searched_dims(spec: str | None, meta: dict) -> list[int]:
+    """--dims: xyzg, all, or indices and names separated by commas (default: xyzg for pose-delta, else all)."""
+    spec = spec or ("xyzg" if meta["actions"] == POSE_DELTA else "all")
+    if spec == "all":
+        return list(range(meta["action_dim"]))
+    if spec == "xyzg":
+        if meta["actions"] != POSE_DELTA:
+            raise UserError("--dims xyzg is for pose-delta actions; give all, or indices or names")
+        return XYZG
+    names, dims = names_of(meta), []
+    for item in spec.split(","):
+        item = item.strip()
+        if item.isdigit() and int(item) < meta["action_dim"]:
+            dims.append(int(item))
+        elif item in names:
+            dims.append(names.index(item))
+        else:
+            raise UserError(f"--dims {item!r} is not an action dim of this model; it has 0..{meta['action_dim'] - 1}: "
+                            f"{', '.join(names)}")
+    return sorted(set(dims))
+
+
+@dataclass
+class SearchSpace:
+    """Where CEM looks: a box per action dim, where it starts, and the dims it searches (the others
+    stay at their start value)."""
+
+    low: torch.Tensor  # [A]
+    high: torch.Tensor  # [A]
+    mean: torch.Tensor  # [A]: the start of the search
+    std: torch.Tensor  # [A]: its initial spread
+    dims: list[int]
+
+    def clip(self, actions: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(actions, self.high), self.low)
+
+
+def search_space(meta: dict, cfg: CEMConfig, state: torch.Tensor) -> SearchSpace:
+    """The box of SPEC §6 for pose-delta; the data's p01..p99 per dim otherwise, starting from no move
+    (0 for state-delta, the current state for a target column, the box centre for other columns)."""
+    dims = searched_dims(cfg.dims, meta)
+    if meta["actions"] == POSE_DELTA:
+        limit = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [cfg.gripper_max])
+        std = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [GRIPPER_INIT_STD])
+        return SearchSpace(-limit, limit, torch.zeros(7), std, dims)
+    stats = (meta.get("stats") or {}).get("action")
+    if not stats:
+        raise UserError("this model records no action statistics to bound the search (train it on a store "
+                        "merged by this version)")
+    low, high = torch.tensor(stats["p01"]), torch.tensor(stats["p99"])
+    if meta["actions"] == STATE_DELTA:
+        start = torch.zeros_like(low)
+    elif cfg.state_from_action == "target":
+        start = state.cpu().float().repeat(meta["action_dim"] // len(state))
+    else:
+        start = (low + high) / 2
+    space = SearchSpace(low, high, start, ((high - low) / 2).clamp_min(1e-6), dims)
+    space.mean = space.clip(space.mean)
+    return space
 
 
 @dataclass
 class Plan:
-    actions: torch.Tensor  # [H, 7]
+    actions: torch.Tensor  # [H, A]
     energy: float
     seconds: float
     evaluations: int
 
 
-def cem(energy: Callable[[torch.Tensor], torch.Tensor], cfg: CEMConfig, horizon: int = 1) -> Plan:
-    """Cross-entropy method over the searched action dims; returns the final mean sequence.
+def cem(energy: Callable[[torch.Tensor], torch.Tensor], space: SearchSpace, cfg: CEMConfig, horizon: int = 1) -> Plan:
+    """Cross-entropy method over the searched dims of `space`; returns the final mean sequence.
 
-    `energy(actions [S, H, 7] on CPU) -> [S]` scores candidate sequences (lower is better).
+    `energy(actions [S, H, A] on CPU) -> [S]` scores candidate sequences (lower is better).
     """
-    dims = SEARCH_DIMS[cfg.dims]
+    dims = space.dims
     g = torch.Generator().manual_seed(cfg.seed)
-    init_std = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [GRIPPER_INIT_STD])[dims]
-    mean = torch.zeros(horizon, len(dims))
-    std = init_std.expand(horizon, -1).clone()
+    mean = space.mean[dims].expand(horizon, -1).clone()
+    std = space.std[dims].expand(horizon, -1).clone()
     start = time.perf_counter()
+
+    def full(x: torch.Tensor) -> torch.Tensor:  # [..., H, len(dims)] -> [..., H, A], clipped to the box
+        out = space.mean.expand(*x.shape[:-1], -1).clone()
+        out[..., dims] = x
+        return space.clip(out)
+
     for _ in range(cfg.iterations):
-        sample = mean + std * torch.randn(cfg.samples, horizon, len(dims), generator=g)
-        full = clip_actions(_embed(sample, dims), cfg)
-        e = energy(full).float().cpu()
-        elite = full[e.topk(cfg.elites, largest=False).indices][..., dims]
+        candidates = full(mean + std * torch.randn(cfg.samples, horizon, len(dims), generator=g))
+        e = energy(candidates).float().cpu()
+        elite = candidates[e.topk(cfg.elites, largest=False).indices][..., dims]
         mean = elite.mean(0) * (1 - cfg.momentum_mean) + mean * cfg.momentum_mean
         std = elite.std(0, unbiased=cfg.elites > 1) * (1 - cfg.momentum_std) + std * cfg.momentum_std
-    best = clip_actions(_embed(mean.unsqueeze(0), dims), cfg)
+    best = full(mean.unsqueeze(0))
     value = float(energy(best).item())  # synchronises with the device
     return Plan(best[0], value, time.perf_counter() - start, cfg.samples * cfg.iterations + 1)
 
 
-def plan_to_goal(model, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, cfg: CEMConfig,
-                 horizon: int = 1) -> Plan:
-    """CEM with the world model's energy from start frame z0 (state) to the goal features."""
-    return cem(lambda a: energies(model, z0, state, goal, a.to(z0.device), cfg.energy_batch), cfg, horizon)
+class Planner:
+    """A trained world model as a controller: the model, its metadata (action space, statistics), the
+    CEM settings and the state rule. `plan` searches actions from a start frame to a goal frame."""
+
+    def __init__(self, model, meta: dict, cfg: CEMConfig, device: torch.device):
+        self.model, self.meta, self.cfg, self.device = model.to(device).eval(), meta, cfg, device
+        searched_dims(cfg.dims, meta)  # a bad --dims fails before any work
+
+    def next_state(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return next_state(self.meta["actions"], self.cfg.state_from_action, state, action)
+
+    @torch.no_grad()
+    def energies(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor,
+                 actions: torch.Tensor) -> torch.Tensor:
+        """Energy [S] of S action sequences [S, H, A] from the normalised start frame z0 [N, D] with `state` [S]."""
+        out = []
+        for chunk in actions.to(z0.device).split(self.cfg.energy_batch):
+            s, h = chunk.shape[:2]
+            states = [state.expand(s, -1)]
+            for k in range(h - 1):
+                states.append(self.next_state(states[-1], chunk[:, k]))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=z0.device.type == "cuda"):
+                last = rollout(self.model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states, 1).float(), h)[:, -1]
+            out.append((last.float() - goal).abs().mean((1, 2)))
+        return torch.cat(out)
+
+    def space(self, state: torch.Tensor) -> SearchSpace:
+        return search_space(self.meta, self.cfg, state)
+
+    def plan(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, horizon: int = 1) -> Plan:
+        """CEM with the world model's energy from start frame z0 (state) to the goal features."""
+        return cem(lambda a: self.energies(z0, state, goal, a), self.space(state), self.cfg, horizon)
+
+    def landscape(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor,
+                  points: int = 21) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Energy over a grid of one-step actions varying the first two searched dims across their box
+        (the others at the search's start). Returns the two dims, their values [points] each and the
+        energies [points (second dim), points (first dim)]."""
+        space = self.space(state)
+        i, j = (space.dims * 2)[:2]
+        xs, ys = (torch.linspace(float(space.low[d]), float(space.high[d]), points) for d in (i, j))
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        actions = space.mean.expand(points * points, 1, -1).clone()
+        actions[:, 0, i], actions[:, 0, j] = gx.flatten(), gy.flatten()
+        return [i, j], xs, ys, self.energies(z0, state, goal, actions).cpu().view(points, points)
 
 
-def _embed(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    full = torch.zeros(*x.shape[:-1], ACTION_DIM)
-    full[..., dims] = x
-    return full
-
-
-def landscape(model, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, extent: float,
-              points: int = 21, batch: int = 800) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energy over a grid of one-step (dx, dy) actions in [-extent, extent]^2 (other dims 0).
-
-    Returns the grid values [points] and the energies [points (dy), points (dx)].
-    """
-    grid = torch.linspace(-extent, extent, points)
-    dy, dx = torch.meshgrid(grid, grid, indexing="ij")
-    actions = torch.zeros(points * points, 1, ACTION_DIM)
-    actions[:, 0, 0], actions[:, 0, 1] = dx.flatten(), dy.flatten()
-    e = energies(model, z0, state, goal, actions.to(z0.device), batch).cpu()
-    return grid, e.view(points, points)
-
-
-def plot_landscape(grid: torch.Tensor, energy: torch.Tensor, true_action: torch.Tensor | None,
-                   planned: torch.Tensor | None, path: Path) -> None:
+def plot_landscape(xs: torch.Tensor, ys: torch.Tensor, energy: torch.Tensor, labels: list[str],
+                   true_action: torch.Tensor | None, planned: torch.Tensor | None, path: Path) -> None:
+    """The energy over two action dims, with the minimum, the true action and the plan marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    extent = [float(grid[0]), float(grid[-1])] * 2
-    im = ax.imshow(energy.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="equal")
+    extent = [float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1])]
+    im = ax.imshow(energy.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="auto")
     fig.colorbar(im, ax=ax, label="energy (L1 to goal)")
     i = int(energy.argmin())
-    ax.plot(grid[i % len(grid)], grid[i // len(grid)], "w*", markersize=14, label="minimum")
+    ax.plot(xs[i % len(xs)], ys[i // len(xs)], "w*", markersize=14, label="minimum")
     if true_action is not None:
         ax.plot(true_action[0], true_action[1], "rx", markersize=12, mew=3, label="true action")
     if planned is not None:
         ax.plot(planned[0], planned[1], "o", mfc="none", mec="orange", markersize=12, mew=2, label="CEM plan")
-    ax.set_xlabel("dx (m)")
-    ax.set_ylabel("dy (m)")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -137,15 +213,15 @@ def plot_landscape(grid: torch.Tensor, energy: torch.Tensor, true_action: torch.
 
 
 def store_pair(store: Store, episode: int, start: int, goal: int, device: torch.device):
-    """(z_start [N, D], state [7], z_goal [N, D], true actions [goal-start, 7]) from a store episode."""
+    """(z_start [N, D], state [S], z_goal [N, D], true actions [goal-start, A]) from a store episode."""
     n = store.num_frames(episode)
     if not 0 <= start < n:
         raise UserError(f"--start {start} is outside episode {episode} (frames 0..{n - 1})")
     if not start < goal < n:
         raise UserError(f"--goal must be after --start and inside the episode (frames {start + 1}..{n - 1})")
-    feats, states = store.read_window(episode, start, goal - start + 1)
+    feats, states, stored = store.read_window(episode, start, goal - start + 1)
     z = normalize(feats.to(device))
-    return z[0], states[0].to(device), z[-1], actions_from_states(states)
+    return z[0], states[0].to(device), z[-1], clip_actions(store.config.actions, states, stored)
 
 
 def encode_images(paths: list[Path], ckpt: dict, encoder_checkpoint: Path | None,
@@ -169,21 +245,23 @@ def encode_images(paths: list[Path], ckpt: dict, encoder_checkpoint: Path | None
         return normalize(encoder(x)).float()
 
 
-def parse_state(text: str, device: torch.device) -> torch.Tensor:
-    """'x,y,z,roll,pitch,yaw,gripper' -> a state [7]."""
+def parse_state(text: str, meta: dict, device: torch.device) -> torch.Tensor:
+    """'v0,v1,...' -> a state [S] of the model's state dims."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != ACTION_DIM:
-        raise UserError(f"--state must be {ACTION_DIM} comma-separated numbers (x,y,z,roll,pitch,yaw,gripper)")
+    if len(values) != meta["state_dim"]:
+        names = ",".join(state_names(meta.get("state_names"), meta["actions"], meta["state_dim"]))
+        raise UserError(f"--state must be {meta['state_dim']} comma-separated numbers ({names})")
     return torch.tensor(values, device=device)
 
 
 @dataclass
 class PlanResult:
     plan: Plan
-    true_actions: torch.Tensor | None  # [k, 7] from the store episode, when planning between stored frames
+    names: list[str]  # of the action dims
+    true_actions: torch.Tensor | None  # [k, A] from the store episode, when planning between stored frames
     notes: list[str] = field(default_factory=list)
     landscape: Path | None = None
     device: str = "cpu"
@@ -195,41 +273,56 @@ def run_plan(cfg: PlanConfig) -> PlanResult:
     true, notes = None, []
     if cfg.store is not None:
         store = open_store(cfg.store)
-        model, _ = load_trained(cfg.checkpoint, store)
+        model, ckpt = load_trained(cfg.checkpoint, store)
         goal = cfg.start + cfg.horizon if cfg.goal is None else cfg.goal
         z0, s0, zg, true = store_pair(store, cfg.episode, cfg.start, goal, device)
         if len(true) != cfg.horizon:
             notes.append(f"goal is {len(true)} frames after start, planning {cfg.horizon} action(s)")
     else:
-        s0 = parse_state(cfg.state, device)
         model, ckpt = load_trained(cfg.checkpoint)
+        s0 = parse_state(cfg.state, ckpt["model_meta"], device)
         z0, zg = encode_images([cfg.image, cfg.goal_image], ckpt, cfg.encoder_checkpoint, device)
-        want = ckpt.get("model_meta", RELEASED_META)["feature_dim"]
+        want = ckpt["model_meta"]["feature_dim"]
         if z0.shape[-1] != want:
             raise UserError(f"the encoder gives {z0.shape[-1]}-dim features, the predictor takes {want}")
-    model.to(device)
-    plan = plan_to_goal(model, z0, s0, zg, cfg.cem, cfg.horizon)
+    meta = ckpt["model_meta"]
+    planner = Planner(model, meta, cfg.cem, device)
+    plan = planner.plan(z0, s0, zg, cfg.horizon)
+    names = names_of(meta)
     if cfg.landscape:
-        grid, energy = landscape(model, z0, s0, zg, cfg.cem.maxnorm, batch=cfg.cem.energy_batch)
-        plot_landscape(grid, energy, None if true is None else true[0, :2], plan.actions[0, :2], cfg.landscape)
-    return PlanResult(plan, true, notes, cfg.landscape, str(device))
+        (i, j), xs, ys, energy = planner.landscape(z0, s0, zg)
+        plot_landscape(xs, ys, energy, [names[i], names[j]], None if true is None else true[0, [i, j]],
+                       plan.actions[0, [i, j]], cfg.landscape)
+    return PlanResult(plan, names, true, notes, cfg.landscape, str(device))
 
 
 @dataclass
 class PlanEvalResult:
     pairs: int
     k: int
-    mean: dict[str, float]  # the per-pair values below, averaged
-    rows: list[dict]  # per pair: episode, start, xyz_error, zero_xyz_error, cosine, gripper errors, ...
+    names: list[str]  # of the action dims
+    mean: dict  # the per-pair values below, averaged (lists per action dim)
+    rows: list[dict]  # per pair: episode, start, action_error and noop_error per dim, seconds; pose-delta: xyz ...
     out: Path | None = None  # folder of report.json
 
 
-def offline_planning(model, store: Store, episodes: list[int], k: int, pairs: int, cfg: CEMConfig,
-                     device: torch.device, on_pair: Callable[[dict], None] | None = None) -> PlanEvalResult:
-    """Plan between held-out frames k apart and compare with the true displacement.
+def pose_metrics(planned: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """pose-delta: the planned total displacement against the true one (m), its direction, the gripper."""
+    true_xyz, planned_xyz = true[:, :3].sum(0).double(), planned[:, :3].sum(0).double()
+    true_g, planned_g = float(true[:, 6].sum()), float(planned[:, 6].sum())
+    return {"xyz_error": float((planned_xyz - true_xyz).norm()), "zero_xyz_error": float(true_xyz.norm()),
+            "cosine": float(torch.nn.functional.cosine_similarity(planned_xyz, true_xyz, dim=0)),
+            "gripper_error": abs(planned_g - true_g), "zero_gripper_error": abs(true_g),
+            "true_move": float(true_xyz.norm())}
 
-    Per pair: xyz error of the planned total displacement (m), direction cosine, gripper
-    error; the zero-action baseline's errors are |true displacement| and |true gripper change|.
+
+def offline_planning(planner: Planner, store: Store, episodes: list[int], k: int, pairs: int,
+                     on_pair: Callable[[dict], None] | None = None) -> PlanEvalResult:
+    """Plan between held-out frames k apart and compare with the true actions.
+
+    Per pair and action dim, in the data's units: the mean |planned - true| over the k actions, next
+    to the no-move baseline (the search's start: zero for deltas, the current state for targets).
+    For pose-delta also the displacement metrics of pose_metrics.
     """
     candidates = [(e, s) for e in episodes for s in range(store.num_frames(e) - k)]
     if not candidates:
@@ -237,21 +330,19 @@ def offline_planning(model, store: Store, episodes: list[int], k: int, pairs: in
     rows = []
     for i in evenly_spaced(len(candidates), pairs):
         e, s = candidates[i]
-        z0, state, goal, true = store_pair(store, e, s, s + k, device)
-        plan = plan_to_goal(model, z0, state, goal, cfg, k)
-        true_xyz, planned_xyz = true[:, :3].sum(0).double(), plan.actions[:, :3].sum(0).double()
-        true_g, planned_g = float(true[:, 6].sum()), float(plan.actions[:, 6].sum())
-        rows.append({
-            "episode": e, "start": s,
-            "xyz_error": float((planned_xyz - true_xyz).norm()), "zero_xyz_error": float(true_xyz.norm()),
-            "cosine": float(torch.nn.functional.cosine_similarity(planned_xyz, true_xyz, dim=0)),
-            "gripper_error": abs(planned_g - true_g), "zero_gripper_error": abs(true_g),
-            "true_move": float(true_xyz.norm()), "seconds": plan.seconds,
-        })
+        z0, state, goal, true = store_pair(store, e, s, s + k, planner.device)
+        plan = planner.plan(z0, state, goal, k)
+        true = true.double()
+        noop = planner.space(state).mean.double()
+        row = {"episode": e, "start": s, "action_error": (plan.actions.double() - true).abs().mean(0).tolist(),
+               "noop_error": (noop - true).abs().mean(0).tolist(), "seconds": plan.seconds}
+        if planner.meta["actions"] == POSE_DELTA:
+            row.update(pose_metrics(plan.actions, true))
+        rows.append(row)
         if on_pair:
-            on_pair(rows[-1])
-    mean = {key: sum(r[key] for r in rows) / len(rows) for key in rows[0] if key not in ("episode", "start")}
-    return PlanEvalResult(len(rows), k, mean, rows)
+            on_pair(row)
+    mean = {key: np.mean([r[key] for r in rows], axis=0).tolist() for key in rows[0] if key not in ("episode", "start")}
+    return PlanEvalResult(len(rows), k, names_of(planner.meta), mean, rows)
 
 
 def run_plan_eval(cfg: PlanEvalConfig, on_pair: Callable[[dict], None] | None = None) -> PlanEvalResult:
@@ -259,9 +350,10 @@ def run_plan_eval(cfg: PlanEvalConfig, on_pair: Callable[[dict], None] | None = 
     device = pick_device(cfg.device)
     store = open_store(cfg.store)
     model, ckpt = load_trained(cfg.checkpoint, store)
-    result = offline_planning(model.to(device), store, episodes_of(ckpt, store, cfg.episodes), cfg.k, cfg.pairs,
-                              cfg.cem, device, on_pair)
+    planner = Planner(model, ckpt["model_meta"], cfg.cem, device)
+    result = offline_planning(planner, store, episodes_of(ckpt, store, cfg.episodes), cfg.k, cfg.pairs, on_pair)
     result = replace(result, out=output_dir(cfg.out or Path(cfg.checkpoint).parent / "plan-eval", "--out"))
-    report = {"pairs": result.pairs, "k": result.k, "mean": result.mean, "rows": result.rows, "cem": as_dict(cfg.cem)}
+    report = {"pairs": result.pairs, "k": result.k, "names": result.names, "mean": result.mean, "rows": result.rows,
+              "cem": as_dict(cfg.cem)}
     (result.out / "report.json").write_text(json.dumps(report, indent=1))
     return result

@@ -11,8 +11,8 @@ from torch.utils.checkpoint import checkpoint
 from common.errors import UserError
 from extract.vit import LN_EPS, Block, init_weights, rope_tables
 
-ACTION_DIM = STATE_DIM = 7
 EXTRINSICS_DIM = 6
+MIN_STD = 1e-6  # a dim that never changes in the data is left unscaled
 
 
 @dataclass(frozen=True)
@@ -37,30 +37,48 @@ def block_causal_mask(steps: int, tokens_per_step: int, device: torch.device | N
     return step.unsqueeze(1) >= step.unsqueeze(0)
 
 
+def normalization_from_stats(stats: dict, which: str) -> dict:
+    """{"state": {"mean", "std"}, "action": {...}} for `which` ("states,actions", "states", "actions")
+    from a store's statistics (store.stats)."""
+    out = {}
+    for name in ("state", "action"):
+        if f"{name}s" in which.split(","):
+            std = [s if s > MIN_STD else 1.0 for s in stats[name]["std"]]
+            out[name] = {"mean": list(stats[name]["mean"]), "std": std}
+    return out
+
+
 class ACPredictor(nn.Module):
     """Predicts z_{t+1} for every step t from [action_t, state_t, frame tokens of z_t] sequences.
 
-    Inputs z [B, T, N, D] (layer-normalised features), actions and states [B, T, 7];
-    output [B, T, N, D] (not normalised). Attention is block-causal over steps.
+    Inputs z [B, T, N, D] (layer-normalised features), actions [B, T, A] and states [B, T, S] in the
+    data's units; output [B, T, N, D] (not normalised). Attention is block-causal over steps.
+    `normalization` z-scores states and/or actions on the way in (normalization_from_stats); its
+    mean and std are buffers outside the state dict, so the released weights load strictly and our
+    checkpoints keep them in their metadata.
     """
 
-    def __init__(self, feature_dim: int, grid: tuple[int, int], preset: PredictorPreset,
-                 use_extrinsics: bool = False, activation_checkpointing: bool = False,
-                 attention: str = "per-step"):
+    def __init__(self, feature_dim: int, grid: tuple[int, int], preset: PredictorPreset, state_dim: int = 7,
+                 action_dim: int = 7, normalization: dict | None = None, use_extrinsics: bool = False,
+                 activation_checkpointing: bool = False, attention: str = "per-step"):
         super().__init__()
         self.attention = attention  # see train.config.ATTENTION
         w = preset.width
         self.grid, self.head_dim = tuple(grid), w // preset.heads
         self.use_extrinsics, self.activation_checkpointing = use_extrinsics, activation_checkpointing
         self.predictor_embed = nn.Linear(feature_dim, w)
-        self.action_encoder = nn.Linear(ACTION_DIM, w)
-        self.state_encoder = nn.Linear(STATE_DIM, w)
+        self.action_encoder = nn.Linear(action_dim, w)
+        self.state_encoder = nn.Linear(state_dim, w)
         self.extrinsics_encoder = nn.Linear(EXTRINSICS_DIM, w)  # in the released weights even when unused
         self.extrinsics_encoder.requires_grad_(use_extrinsics)
         self.predictor_blocks = nn.ModuleList(Block(w, preset.heads, preset.mlp) for _ in range(preset.depth))
         self.predictor_norm = nn.LayerNorm(w, eps=LN_EPS)
         self.predictor_proj = nn.Linear(w, feature_dim)
         init_weights(self, self.predictor_blocks)
+        for name, dim in (("state", state_dim), ("action", action_dim)):
+            scale = (normalization or {}).get(name, {"mean": [0.0] * dim, "std": [1.0] * dim})
+            self.register_buffer(f"{name}_mean", torch.tensor(scale["mean"], dtype=torch.float32), persistent=False)
+            self.register_buffer(f"{name}_std", torch.tensor(scale["std"], dtype=torch.float32), persistent=False)
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -89,6 +107,8 @@ class ACPredictor(nn.Module):
         if (t, n) != (actions.shape[1], self.grid[0] * self.grid[1]) or states.shape[1] != t:
             raise ValueError(f"z {list(z.shape)}, actions {list(actions.shape)}, states {list(states.shape)} "
                              f"do not fit a {self.grid} grid")
+        actions = (actions - self.action_mean) / self.action_std
+        states = (states - self.state_mean) / self.state_std
         cond = [self.action_encoder(actions), self.state_encoder(states)]  # each [B, T, W]
         if self.use_extrinsics:
             cond.append(self.extrinsics_encoder(extrinsics))
@@ -106,9 +126,10 @@ class ACPredictor(nn.Module):
         return self.predictor_proj(self.predictor_norm(x))  # [B, T, N, D]
 
 
-def build_model(feature_dim: int, grid: tuple[int, int], preset: str, activation_checkpointing: bool = False,
+def build_model(feature_dim: int, grid: tuple[int, int], preset: str, state_dim: int = 7, action_dim: int = 7,
+                normalization: dict | None = None, activation_checkpointing: bool = False,
                 attention: str = "per-step") -> ACPredictor:
     if preset not in PREDICTOR_PRESETS:
         raise UserError(f"unknown predictor preset {preset!r}; choose one of {', '.join(PREDICTOR_PRESETS)}")
-    return ACPredictor(feature_dim, tuple(grid), PREDICTOR_PRESETS[preset],
+    return ACPredictor(feature_dim, tuple(grid), PREDICTOR_PRESETS[preset], state_dim, action_dim, normalization,
                        activation_checkpointing=activation_checkpointing, attention=attention)
