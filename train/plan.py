@@ -81,14 +81,18 @@ class SearchSpace:
 
 
 def search_space(meta: dict, cfg: CEMConfig, state: torch.Tensor) -> SearchSpace:
-    """The box of SPEC §6 for pose-delta; the data's p01..p99 per dim otherwise, starting from no move
-    (0 for state-delta, the current state for a target column, the box centre for other columns)."""
+    """Each action dim within the data's p01..p99 (the store's statistics, when the model has them), and for
+    pose-delta also within SPEC §6's box; starting from no move (0 for deltas, the current state for a
+    target column, the box centre for other columns)."""
     dims = searched_dims(cfg.dims, meta)
+    stats = (meta.get("stats") or {}).get("action")
     if meta["actions"] == POSE_DELTA:
         limit = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [cfg.gripper_max])
         std = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [GRIPPER_INIT_STD])
-        return SearchSpace(-limit, limit, torch.zeros(7), std, dims)
-    stats = (meta.get("stats") or {}).get("action")
+        low, high = -limit, limit
+        if stats:  # where the model has seen no data, its energies mean nothing
+            low, high = torch.maximum(low, torch.tensor(stats["p01"])), torch.minimum(high, torch.tensor(stats["p99"]))
+        return SearchSpace(low, high, torch.zeros(7).clamp(low, high), std, dims)
     if not stats:
         raise UserError("this model records no action statistics to bound the search (train it on a store "
                         "merged by this version)")
