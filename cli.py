@@ -25,7 +25,7 @@ from common.errors import TrainingDiverged, UserError
 from common.files import output_file
 from common.settings import limits_text
 from extract.config import DemoCorpusConfig, ExtractConfig
-from train.config import EvalConfig, PlanConfig, PlanEvalConfig, TrainConfig
+from train.config import EvalConfig, ExportConfig, PlanConfig, PlanEvalConfig, TrainConfig
 
 app = typer.Typer(help="Train V-JEPA 2-AC world models from cached V-JEPA 2 features.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -231,6 +231,14 @@ def plan_eval(cfg: PlanEvalConfig) -> None:
     _table(f"offline planning over {r.pairs} pairs, {r.k} stored frame(s) apart (per action, data units)",
            ["", "CEM plan", "no move"], rows + [["seconds per plan", f"{m['seconds']:.2f}", ""]])
     console.print(f"wrote {r.out / 'report.json'}")
+
+
+@command(app, "export", ExportConfig)
+def export(cfg: ExportConfig) -> None:
+    from train.export import run_export
+
+    r = run_export(cfg)
+    console.print(f"wrote {r.path}: {r.tensors} predictor tensors" + (" and the encoder" if r.encoder else ""))
 
 
 # ---------------------------------------------------------------- store

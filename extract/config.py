@@ -26,9 +26,12 @@ class ExtractConfig:
                                         "Default: pose-delta for DROID; column:action for LeRobot and WebDataset "
                                         "when there is one, else state-delta.")
     fps: float = setting(4.0, "Stored frames per second; stride = ceil(native fps / fps).", gt=0, max=1000)
-    preset: str = setting("vit_giant", "Encoder: vit_large | vit_huge | vit_giant (256 px); small: vit_g_mini, "
-                                       "vit_demo, vit_test.")
-    checkpoint: Path | None = setting(None, "Released .pt file (vitg.pt, vjepa2-ac-vitg.pt, ...).")
+    preset: str = setting("auto", "Encoder: vit_large | vit_huge | vit_giant (256 px) | vit_giant_384; small: "
+                                  "vit_g_mini, vit_demo, vit_test; auto: the dims of a transformers checkpoint's "
+                                  "config.json, else vit_giant.")
+    checkpoint: Path | None = setting(None, "Encoder weights, local: a released .pt file (vitg.pt, "
+                                            "vjepa2-ac-vitg.pt, ...), a transformers V-JEPA 2 model folder "
+                                            "(config.json + safetensors, sharded or not), or a .safetensors file.")
     random_init: bool = setting(False, "Allow a large preset without checkpoint (random weights; timing only).")
     codec: str = setting("bf16", "Feature codec.", choices=CODECS)
     compression: str = setting("none", "Chunk compression.", choices=COMPRESSIONS)

@@ -32,7 +32,7 @@ from .config import ExtractConfig
 from .corpus import Corpus, open_corpus
 from .encoder import build_encoder
 from .preprocess import CROP_RULE, preprocess
-from .vit import ENCODER_PRESETS
+from .vit import preset_name
 
 WRITES_IN_FLIGHT = 4  # finished episodes queued for the writer thread before encoding waits
 PIECE_FRAMES = 32  # frames a decoding worker hands over at once (bounds its memory, keeps the encoder fed)
@@ -136,9 +136,9 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     sources = corpus.sources()[: cfg.limit]
     units = plan_units(sources, cfg.episodes_per_unit)
     encoder, weights_id = build_encoder(cfg.preset, cfg.checkpoint, cfg.random_init)
-    preset = ENCODER_PRESETS[cfg.preset]
+    preset = encoder.preset
     config = StoreConfig(
-        encoder="vjepa2-vit", preset=cfg.preset, checkpoint_sha256=weights_id, feature_dim=preset.dim,
+        encoder="vjepa2-vit", preset=preset_name(preset), checkpoint_sha256=weights_id, feature_dim=preset.dim,
         grid=preset.grid, image_size=preset.image_size, fps=float(cfg.fps), crop=CROP_RULE,
         camera=corpus.camera, codec=cfg.codec, compression=cfg.compression,
         chunk_frames=cfg.chunk_frames, source_format=corpus.format, state_dim=robot.state_dim,

@@ -155,6 +155,7 @@ ENCODER_PRESETS = {
     "vit_large": EncoderPreset(1024, 24, 16, 4096),
     "vit_huge": EncoderPreset(1280, 32, 16, 5120),
     "vit_giant": EncoderPreset(1408, 40, 22, 6144),
+    "vit_giant_384": EncoderPreset(1408, 40, 22, 6144, image_size=384),  # vitg-384.pt, vjepa2-vitg-fpc64-384
     # small random-init presets for the demo and tests: same code path, head dim 64 / 32
     "vit_demo": EncoderPreset(128, 4, 2, 512, image_size=128),
     # ViT-g scaled down for CPU benchmarks: with ac_vitg_mini it keeps the real pair's FLOP ratio
@@ -162,7 +163,26 @@ ENCODER_PRESETS = {
     "vit_g_mini": EncoderPreset(320, 10, 5, 1408, image_size=128),
     "vit_test": EncoderPreset(32, 2, 1, 64, image_size=64),
 }
-LARGE_PRESETS = ("vit_large", "vit_huge", "vit_giant")
+LARGE_PRESETS = ("vit_large", "vit_huge", "vit_giant", "vit_giant_384")
+
+
+def preset_name(preset: EncoderPreset) -> str:
+    """A built-in preset's name, or a name that spells the dims out (vit_1024x24x16x4096@256)."""
+    for name, p in ENCODER_PRESETS.items():
+        if p == preset:
+            return name
+    return f"vit_{preset.dim}x{preset.depth}x{preset.heads}x{preset.mlp}@{preset.image_size}"
+
+
+def encoder_preset(name: str) -> EncoderPreset | None:
+    """The preset of a name of preset_name's, or None."""
+    if name in ENCODER_PRESETS:
+        return ENCODER_PRESETS[name]
+    try:
+        dims, size = name.removeprefix("vit_").split("@")
+        return EncoderPreset(*map(int, dims.split("x")), image_size=int(size))
+    except (ValueError, TypeError):
+        return None
 
 
 class VisionTransformer(nn.Module):

@@ -157,6 +157,25 @@ class PlanConfig:
             output_file(self.landscape, "--landscape")
 
 
+EXPORT_FORMATS = ("safetensors", "released")
+
+
+@dataclass
+class ExportConfig:
+    """Write a trained predictor for use elsewhere: safetensors with everything needed to rebuild and use
+    it in its metadata, or a .pt in the released layout (vjepa2-ac-vitg.pt's) for the official loader."""
+
+    checkpoint: Path = setting(help="Our checkpoint (RUN/latest.pt) to export.", arg=True)
+    out: Path = setting(help="File to write (.safetensors or .pt; the suffix is added when missing).", arg=True)
+    format: str = setting("safetensors", "safetensors (weights + metadata) or released ({'predictor', 'encoder'} "
+                                         "with module. prefixes).", choices=EXPORT_FORMATS)
+    encoder_checkpoint: Path | None = setting(None, "--format released: also write this encoder (the store's: "
+                                                    "its SHA-256 is checked) as the `encoder` entry.")
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
 @dataclass
 class PlanEvalConfig:
     checkpoint: Path = _checkpoint()
