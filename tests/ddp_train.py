@@ -1,4 +1,7 @@
-"""Run under torchrun: train a few steps with DDP, then save this rank's weights (for a test)."""
+"""Run under torchrun: train a few steps with DDP, then save this rank's weights (for a test).
+
+    ddp_train.py STORE OUT [BATCH ACCUM]
+"""
 
 import sys
 from pathlib import Path
@@ -7,10 +10,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.loop import TrainConfig, run_train  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.loop import run_train  # noqa: E402
 
 store, out = Path(sys.argv[1]), Path(sys.argv[2])
-result = run_train(TrainConfig(store=store, out=out, preset="ac_test", steps=4, batch_size=2, workers=0,
-                               val_every=0, ckpt_every=100, frames=4))
+batch, accum = (int(a) for a in sys.argv[3:5]) if len(sys.argv) > 3 else (2, 1)
+result = run_train(TrainConfig(store=store, out=out, preset="ac_test", steps=4, batch_size=batch, accum_steps=accum,
+                               workers=0, val_every=0, ckpt_every=100, frames=4))
 rank = torch.distributed.get_rank()
 torch.save(result.model.state_dict(), out / f"rank{rank}.pt")

@@ -249,6 +249,27 @@ def test_ddp_two_ranks_end_with_identical_weights(tmp_path):
     assert [row[0] for row in rows] == [1, 2, 3, 4] and all(math.isfinite(float(row[1])) for row in rows)
 
 
+def test_accumulation_over_ranks_equals_one_big_batch(tmp_path):
+    """2 ranks x batch 2 x 2 accumulated micro-batches end where 1 rank x batch 8 does: the same clips per
+    step (the sampler deals each rank every other clip), the same mean loss, the same AdamW steps."""
+    store = tiny_store(tmp_path / "store")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / "ddp_train.py"),
+                        str(store), str(tmp_path / "ddp"), "2", "2"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    one = run_train(TrainConfig(store=store, out=tmp_path / "one", preset="ac_test", steps=4, batch_size=8,
+                                workers=0, val_every=0, ckpt_every=100, frames=4)).model.state_dict()
+    ddp = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    assert max(float((ddp[k] - one[k]).abs().max()) for k in one) < 1e-5
+    init = small_predictor(dim=16, grid=(2, 2)).state_dict()  # and the runs did move the weights
+    assert float((one["predictor_proj.weight"] - init["predictor_proj.weight"]).abs().max()) > 1e-3
+    rows = read_losses(tmp_path / "ddp")
+    with open(tmp_path / "ddp" / "metrics.csv") as f:
+        assert {r["global_batch"] for r in csv.DictReader(f)} == {"8"}
+    assert [row[0] for row in rows] == [1, 2, 3, 4]
+
+
 def test_training_on_the_demo_store_beats_copy_last(demo_run, demo_store):
     """`make train` in small: the validation loss falls and the model beats copy-last at h = 1."""
     run, _ = demo_run

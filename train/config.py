@@ -39,7 +39,10 @@ class TrainConfig:
     preset: str = setting("ac_vitg", "Predictor: ac_vitg (released 1024x24); small: ac_vitg_mini, ac_demo, ac_test.")
     frames: int = setting(8, "Stored frames per clip.", min=2, max=1024)
     rollout_steps: int = setting(2, "Autoregressive steps of the rollout loss (0: teacher forcing only).", min=0)
-    batch_size: int = setting(8, "Clips per step and rank.", min=1, max=65536)
+    batch_size: int = setting(8, "Clips per micro-batch and rank.", min=1, max=65536)
+    accum_steps: int = setting(1, "Micro-batches summed into each optimiser step: the global batch is "
+                                  "batch size x accum steps x ranks (the reference: 8 x 1 x 32 = 256).", min=1,
+                               max=4096)
     steps: int = setting(1000, "Optimizer steps in all.", min=1)
     lr: float = setting(4.25e-4, "Peak learning rate.", gt=0, max=10)
     start_lr: float = setting(7.5e-5, "Learning rate at the start of warmup.", min=0, max=10)

@@ -6,6 +6,7 @@ run_train = `_setup` (build or restore everything) + per step `_optimizer_step` 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
@@ -32,7 +33,8 @@ from .evaluate import collect, summarize
 from .losses import normalize, training_losses
 from .predictor import ACPredictor, normalization_from_stats
 
-STEP_FIELDS = ["step", "loss", "tf_loss", "rollout_loss", "lr", "grad_norm", "data_time", "step_time", "clips_per_s"]
+STEP_FIELDS = ["step", "loss", "tf_loss", "rollout_loss", "lr", "grad_norm", "data_time", "step_time", "clips_per_s",
+               "global_batch"]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -191,7 +193,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
-    sampler = ShuffledStream(len(train_set), cfg.seed, rank, world, skip=start_step * cfg.batch_size)
+    sampler = ShuffledStream(len(train_set), cfg.seed, rank, world, skip=start_step * cfg.batch_size * cfg.accum_steps)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda", drop_last=True)
     saved = {"model_meta": meta, "store": store.config.to_attrs(),
@@ -216,22 +218,32 @@ def _normalization(cfg: TrainConfig, store: Store) -> dict | None:
 
 
 def _optimizer_step(run: _Run, step: int, tick: float) -> dict:
-    """One AdamW step on the next batch (`tick`: when the step began); returns its metrics row."""
+    """One AdamW step on --accum-steps micro-batches of --batch-size clips per rank (`tick`: when the step
+    began). Their gradients are summed (each loss scaled by 1/K), and DDP averages them over the ranks on
+    the last micro-batch only; so the step sees the mean loss of batch x K x ranks clips."""
     cfg = run.cfg
-    batch = next(run.batches)
-    data_time = time.perf_counter() - tick
     lr = lr_at(step, cfg)
     for g in run.opt.param_groups:
         g["lr"] = lr
-    z = normalize(batch["features"].to(run.device, non_blocking=True))
-    actions = batch["actions"].to(run.device, non_blocking=True)
-    states = batch["states"].to(run.device, non_blocking=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
-        losses = training_losses(run.ddp, z, actions, states, cfg.rollout_steps)
     run.opt.zero_grad(set_to_none=True)
-    losses["loss"].backward()
+    data_time, parts = 0.0, torch.zeros(3)
+    for micro in range(cfg.accum_steps):
+        start = time.perf_counter() if micro else tick
+        batch = next(run.batches)
+        data_time += time.perf_counter() - start
+        z = normalize(batch["features"].to(run.device, non_blocking=True))
+        actions = batch["actions"].to(run.device, non_blocking=True)
+        states = batch["states"].to(run.device, non_blocking=True)
+        last = micro == cfg.accum_steps - 1
+        with contextlib.ExitStack() as stack:
+            if run.world > 1 and not last:
+                stack.enter_context(run.ddp.no_sync())  # gradients stay local until the last micro-batch
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+                losses = training_losses(run.ddp, z, actions, states, cfg.rollout_steps)
+            (losses["loss"] / cfg.accum_steps).backward()
+        parts += torch.stack([losses[k].detach().float().cpu() for k in ("loss", "tf_loss", "rollout_loss")])
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip or math.inf)
-    values = torch.stack([losses[k].detach().float() for k in ("loss", "tf_loss", "rollout_loss")] + [grad_norm])
+    values = torch.cat([(parts / cfg.accum_steps).to(grad_norm.device), grad_norm.float().view(1)])
     if run.world > 1:
         dist.all_reduce(values)
         values /= run.world
@@ -241,9 +253,10 @@ def _optimizer_step(run: _Run, step: int, tick: float) -> dict:
                                f"checkpoint stays in {run.out} (try a lower --lr or --grad-clip)")
     run.opt.step()
     step_time = time.perf_counter() - tick
+    global_batch = cfg.batch_size * cfg.accum_steps * run.world
     return {"step": step + 1, "loss": loss, "tf_loss": tf_loss, "rollout_loss": rollout_loss, "lr": lr,
             "grad_norm": gn, "data_time": data_time, "step_time": step_time,
-            "clips_per_s": cfg.batch_size * run.world / step_time}
+            "clips_per_s": global_batch / step_time, "global_batch": global_batch}
 
 
 def _validate(run: _Run) -> dict:
