@@ -7,11 +7,9 @@ imported inside the commands, so `--help` never loads torch.
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
+import logging
 import sys
 import time
-import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,9 +19,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.config import BENCHES
+from common.commands import command
 from common.errors import TrainingDiverged, UserError
 from common.files import output_file
-from common.settings import limits_text
 from extract.config import DemoCorpusConfig, ExtractConfig
 from train.config import EvalConfig, ExportConfig, PlanConfig, PlanEvalConfig, TrainConfig
 
@@ -37,43 +35,6 @@ app.add_typer(bench_app, name="bench")
 console = Console(soft_wrap=True)  # long paths stay on one line
 err = Console(stderr=True)
 StorePath = typer.Argument(..., help="Store directory (a Zarr v3 group written by `extract`).")
-
-
-def _params(cls: type) -> list[inspect.Parameter]:
-    """Typer parameters from a config dataclass's fields (nested settings dataclasses flattened)."""
-    hints, out = typing.get_type_hints(cls), []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            out += _params(hints[f.name])
-            continue
-        m = f.metadata
-        text = m["help"] + (f" [{limits_text(f)}]" if limits_text(f) else "")
-        text += f" [one of: {', '.join(m['choices'])}]" if m["choices"] else ""
-        default = ... if f.default is dataclasses.MISSING else f.default
-        info = typer.Argument(default, help=text) if m["arg"] else typer.Option(default, help=text)
-        out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=hints[f.name]))
-    return out
-
-
-def _build(cls: type, values: dict):
-    hints = typing.get_type_hints(cls)
-    return cls(**{f.name: _build(hints[f.name], values) if dataclasses.is_dataclass(hints[f.name]) else values[f.name]
-                  for f in dataclasses.fields(cls)})
-
-
-def command(group: typer.Typer, name: str, cls: type) -> Callable:
-    """Register fn(cfg) as `name`, with the options of config dataclass `cls`."""
-    def register(fn: Callable) -> Callable:
-        def run(**values) -> None:
-            fn(_build(cls, values))
-
-        params = _params(cls)
-        run.__signature__ = inspect.Signature(params)
-        run.__annotations__ = {p.name: p.annotation for p in params}
-        run.__doc__ = fn.__doc__ or cls.__doc__
-        group.command(name)(run)
-        return fn
-    return register
 
 
 def _bar(label: str, fields: str = "", disable: bool = False) -> Progress:
@@ -366,6 +327,10 @@ def _one_line(e: Exception) -> str:
 def main() -> None:
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+    # the library's notes (logging.info), e.g. which tensors --init-from re-initialised, as "note: ..." lines
+    logging.basicConfig(level=logging.WARNING, format="note: %(message)s", stream=sys.stderr)
+    for package in ("common", "extract", "store", "train"):
+        logging.getLogger(package).setLevel(logging.INFO)
     try:
         code = app(standalone_mode=False)
     except NoArgsIsHelpError as e:  # a group called without a command: its help

@@ -43,6 +43,15 @@ class LoaderBench(DirBench):
 
 
 @dataclass
+class CheckedReadsBench(DirBench):
+    """What checking every chunk read against the shard's seal costs the trainer's data path."""
+
+    frames: int = setting(1320, "Frames in the benchmark store (ViT-g size: 704 KiB each).", min=66)
+    clips: int = setting(200, "Clips read per measurement.", min=8)
+    repeats: int = setting(5, "Runs per variant, alternating (the median is reported).", min=1)
+
+
+@dataclass
 class ExtractBench(DirBench):
     """Whole-job frames/s vs decode-only and encode-only."""
 
@@ -79,11 +88,13 @@ class PlanBench(BenchConfig):
     """Energy evaluations/s and seconds per planning call (paper settings: 800 x 10, horizon 1)."""
 
     presets: str = setting("ac_demo", "Predictor presets: ac_demo (128-dim 8x8 features), ac_vitg (ViT-g).")
+    horizons: str = setting("1,3,6", "Actions planned, comma-separated: cached and uncached rollouts at each.")
     cem: CEMConfig = setting(factory=CEMConfig)
 
 
 BENCHES = {  # command name -> (module in bench/, settings)
     "cached-vs-online": ("online", OnlineBench), "loader": ("loader", LoaderBench),
+    "checked-reads": ("checked", CheckedReadsBench),
     "extract": ("extract", ExtractBench), "codecs": ("codecs", CodecsBench),
     "attention": ("attention", AttentionBench), "memory": ("memory", MemoryBench),
     "gpu": ("gpu", GpuBench), "plan": ("plan", PlanBench),

@@ -81,9 +81,9 @@ def sequential_read(root: Path) -> float:
     return n / (time.perf_counter() - start) / 1e6
 
 
-def loader_rate(root: Path, workers: int, clips: int, batch: int = 8) -> float:
+def loader_rate(root: Path, workers: int, clips: int, batch: int = 8, verify: bool = True) -> float:
     """Clips/s of the trainer's DataLoader over random windows."""
-    store = open_store(root)
+    store = open_store(root, verify)
     data = ClipDataset(store, store.ok_episodes, 8)
     loader = DataLoader(data, batch_size=batch, sampler=ShuffledStream(len(data), seed=1), num_workers=workers,
                         drop_last=True, persistent_workers=False, prefetch_factor=4 if workers else None)

@@ -15,11 +15,11 @@ from .config import PlanBench
 from .report import Section, table
 
 FEATURES = {"ac_demo": (128, (8, 8)), "ac_vitg": (1408, (16, 16)), "ac_vitg_mini": (320, (8, 8))}  # dim, grid
-HORIZON = 1
 
 
 def run(bench: PlanBench) -> Section:
-    """Weights are random: the speed does not depend on them."""
+    """Weights are random: the speed does not depend on them. Cached and uncached rollouts (losses.rollout)
+    alternate at each horizon, on the same plan."""
     dev = pick_device()
     cfg = bench.cem
     results, rows = {}, []
@@ -30,14 +30,24 @@ def run(bench: PlanBench) -> Section:
         n = grid[0] * grid[1]
         z0, goal = torch.randn(n, dim, device=dev), torch.randn(n, dim, device=dev)
         state = torch.tensor([0.5, 0.0, 0.2, 3.14, 0.0, 0.0, 0.5], device=dev)
-        Planner(model, RELEASED_META, replace(cfg, iterations=1), dev).plan(z0, state, goal, HORIZON)  # warm-up
-        plan = Planner(model, RELEASED_META, cfg, dev).plan(z0, state, goal, HORIZON)
-        rate = plan.evaluations / plan.seconds
-        results[preset] = {"seconds_per_plan": plan.seconds, "evaluations_s": rate}
-        rows.append([preset, f"{dim} x {n}", f"{cfg.samples} x {cfg.iterations}, horizon {HORIZON}",
-                     cfg.energy_batch, f"{rate:.0f}", f"**{plan.seconds:.2f}**"])
+        Planner(model, RELEASED_META, replace(cfg, iterations=1), dev).plan(z0, state, goal, 1)  # warm-up
+        for horizon in map(int, bench.horizons.split(",")):
+            rate = {}
+            for cached in (True, False):
+                plan = Planner(model, RELEASED_META, cfg, dev, cached).plan(z0, state, goal, horizon)
+                rate[cached] = plan.evaluations / plan.seconds
+                results[f"{preset}_h{horizon}_{'cached' if cached else 'uncached'}"] = {
+                    "seconds_per_plan": plan.seconds, "evaluations_s": rate[cached]}
+                if cached:
+                    seconds = plan.seconds
+            rows.append([preset, f"{dim} x {n}", f"{cfg.samples} x {cfg.iterations}", horizon, cfg.energy_batch,
+                         f"{rate[False]:.0f}", f"{rate[True]:.0f}", f"**{rate[True] / rate[False]:.2f}x**",
+                         f"{seconds:.2f}"])
     body = (f"CEM (SPEC §6) with the predictor rolled forward one step per action, energies in batches, {dev}"
-            f"{' (bf16 autocast)' if dev.type == 'cuda' else ''}.\n\n"
-            + table(["predictor", "features", "samples x iterations", "energy batch", "evaluations/s",
-                     "seconds per plan"], rows))
+            f"{' (bf16 autocast)' if dev.type == 'cuda' else ''}. Uncached: each step recomputes the whole "
+            "sequence (the reference's way); cached: the keys and values of earlier steps are kept and each "
+            "step adds only its own tokens (tested equal within 1e-5).\n\n"
+            + table(["predictor", "features", "samples x iterations", "horizon", "energy batch",
+                     "uncached evaluations/s", "cached evaluations/s", "cached / uncached",
+                     "seconds per plan (cached)"], rows))
     return Section(f"plan-{dev.type}", f"Planning speed ({dev.type.upper()})", body, results)

@@ -70,13 +70,32 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
 
     With `step_tokens`, block-causal attention computed step by step: the queries of step t
     attend to the keys of steps <= t, with no mask at all, so CUDA can use its flash kernel
-    and skips the masked half. Otherwise SDPA with `mask` (True = may attend).
+    and skips the masked half. Otherwise SDPA with `mask` (True = may attend). Keys may hold
+    more steps than the queries: the earlier ones (a KVCache's), which every query sees.
     """
     if step_tokens is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    past = k.shape[2] - q.shape[2]
     ends = range(step_tokens, q.shape[2] + 1, step_tokens)
-    return torch.cat([F.scaled_dot_product_attention(q[:, :, e - step_tokens:e], k[:, :, :e], v[:, :, :e])
-                      for e in ends], dim=2)
+    return torch.cat([F.scaled_dot_product_attention(q[:, :, e - step_tokens:e], k[:, :, :past + e],
+                                                     v[:, :, :past + e]) for e in ends], dim=2)
+
+
+class KVCache:
+    """Keys and values of the steps a block-causal model has already seen, per block: with them, a new
+    step costs only its own tokens (the earlier steps' keys and values never change when one is added)."""
+
+    def __init__(self, blocks: int):
+        self.k: list[torch.Tensor | None] = [None] * blocks
+        self.v: list[torch.Tensor | None] = [None] * blocks
+        self.steps = 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of all steps so far, this call's [B, heads, L, Dh] appended."""
+        if self.k[layer] is not None:
+            k, v = torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
 
 
 class Attention(nn.Module):
@@ -86,11 +105,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None, step_tokens: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None,
+                step_tokens: int | None = None, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, n, dim = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
         out = attention(q, k, v, mask, step_tokens)
         return self.proj(out.transpose(1, 2).reshape(b, n, dim))
 
@@ -116,9 +137,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = MLP(dim, mlp_hidden)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None = None, step_tokens: int | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, mask, step_tokens)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None,
+                step_tokens: int | None = None, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, mask, step_tokens, cache, layer)
         return x + self.mlp(self.norm2(x))
 
 

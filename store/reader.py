@@ -55,10 +55,14 @@ class VerifiedChunks(WrapperStore):
         return buf if byte_range is None else await super().get(key, prototype, byte_range)
 
 
-def shard_arrays(root: Path, unit: int, config: StoreConfig, seal: dict | None = None) -> dict[str, zarr.Array]:
-    """The row arrays of one sealed shard, opened by name, every read checked against its seal."""
+def shard_arrays(root: Path, unit: int, config: StoreConfig, seal: dict | None = None,
+                 verify: bool = True) -> dict[str, zarr.Array]:
+    """The row arrays of one sealed shard, opened by name, every read checked against its seal (unless
+    `verify` is off: only `bench checked-reads` turns it off, to measure what the checks cost)."""
     seal = seal or read_seal(root, unit)
-    store = VerifiedChunks(LocalStore(shard_dir(root, unit), read_only=True), seal["files"], unit)
+    store = LocalStore(shard_dir(root, unit), read_only=True)
+    if verify:
+        store = VerifiedChunks(store, seal["files"], unit)
     absent = {"scales": config.codec != "int8", "action": not config.stored_actions}
     names = [n for n in ROW_ARRAYS if not absent.get(n)]
     try:
@@ -76,8 +80,8 @@ class Store:
     DataLoader worker) reopens its files in the child.
     """
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, root: Path, verify: bool = True):
+        self.root, self.verify = Path(root), verify
         self.attrs = read_root_attrs(self.root)
         self.config = StoreConfig.from_attrs(self.attrs)
         self.num_units: int = self.attrs["num_units"]
@@ -143,7 +147,7 @@ class Store:
         if self._pid != os.getpid():  # forked: file handles of the parent are not ours
             self._arrays, self._pid = {}, os.getpid()
         if unit not in self._arrays:
-            self._arrays[unit] = shard_arrays(self.root, unit, self.config)
+            self._arrays[unit] = shard_arrays(self.root, unit, self.config, verify=self.verify)
         return self._arrays[unit]
 
     @property
@@ -179,5 +183,5 @@ class Store:
                 "frame_index": a["frame_index"][rows], "timestamp": a["timestamp"][rows]}
 
 
-def open_store(root: Path | str) -> Store:
-    return Store(Path(root))
+def open_store(root: Path | str, verify: bool = True) -> Store:
+    return Store(Path(root), verify)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def test_droid_stores_keep_their_arrays_and_version_1_opens_alike(tmp_path):
         assert all(torch.equal(a[i][k], b[i][k]) for k in ("features", "states", "actions"))
 
 
-def test_7d_checkpoint_into_a_14d_store(tmp_path):
+def test_7d_checkpoint_into_a_14d_store(tmp_path, caplog):
     seven = tiny_store(tmp_path / "seven", episodes=6)
     run_train(TrainConfig(store=seven, out=tmp_path / "run7", preset="ac_test", frames=4, steps=1, batch_size=2,
                           workers=0, val_every=0))
@@ -123,10 +124,12 @@ def test_7d_checkpoint_into_a_14d_store(tmp_path):
     assert reinit == adapters
     for k, v in model.state_dict().items():
         assert torch.equal(v, fresh[k] if k in adapters else ckpt[k]), k
-    result = run_train(TrainConfig(store=fourteen, out=tmp_path / "run14", preset="ac_test", frames=4, steps=3,
-                                   batch_size=2, workers=0, val_every=0, init_from=tmp_path / "run7" / "latest.pt",
-                                   freeze_blocks=1))
+    with caplog.at_level(logging.INFO, logger="train"):
+        result = run_train(TrainConfig(store=fourteen, out=tmp_path / "run14", preset="ac_test", frames=4, steps=3,
+                                       batch_size=2, workers=0, val_every=0, init_from=tmp_path / "run7" / "latest.pt",
+                                       freeze_blocks=1))
     assert result.reinitialised == adapters
+    assert f"re-initialised {', '.join(adapters)} (the rest loaded)" in caplog.text  # the CLI prints it as a note
     trained = result.model.state_dict()
     assert all(torch.equal(trained[k], ckpt[k]) for k in ckpt if k.startswith("predictor_blocks.0."))  # frozen
     assert not torch.equal(trained["predictor_blocks.1.mlp.fc1.weight"], ckpt["predictor_blocks.1.mlp.fc1.weight"])

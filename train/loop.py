@@ -141,7 +141,7 @@ class _Run:
 
 
 def _open_training_store(cfg: TrainConfig, world: int) -> tuple[Store, ClipDataset, list[int]]:
-    store = open_store(cfg.store)
+    store = open_store(cfg.store, cfg.verify_reads)
     if not store.complete:
         raise UserError(f"{cfg.store}: only {len(store.sealed)} of {store.num_units} units sealed; "
                         "finish the extraction first (rerun it to resume)")

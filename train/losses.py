@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from extract.vit import KVCache
+
 
 def normalize(z: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(z.float(), z.shape[-1:])
@@ -19,18 +21,32 @@ def predict(model, z: torch.Tensor, actions: torch.Tensor, states: torch.Tensor)
     return normalize(model(z, actions, states))
 
 
-def rollout(model, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, steps: int) -> torch.Tensor:
+def rollout(model, context: torch.Tensor, actions: torch.Tensor, states: torch.Tensor, steps: int,
+            cached: bool = True) -> torch.Tensor:
     """Extend `context` [B, C, N, D] by `steps` predicted frames, each fed back as input.
 
-    Step n uses actions[:, :C+n] and states[:, :C+n] (states are given, not predicted).
+    Step n sees actions[:, :C+n] and states[:, :C+n] (states are given, not predicted). Cached
+    (the default): the context is run once and each new frame adds only its own step, reusing the
+    keys and values of the steps before (attention is block-causal, so they never change); exact,
+    tested against the recomputation of the whole sequence (`cached=False`, the reference's way).
     Returns the `steps` new frames [B, steps, N, D].
     """
-    seq = context
-    for _ in range(steps):
-        c = seq.shape[1]
-        nxt = normalize(model(seq, actions[:, :c], states[:, :c])[:, -1:])
-        seq = torch.cat([seq, nxt], dim=1)
-    return seq[:, context.shape[1]:]
+    if steps == 0:
+        return context[:, :0]
+    c = context.shape[1]
+    if not cached or steps == 1:  # (one step: nothing to reuse)
+        seq = context
+        for n in range(steps):
+            nxt = normalize(model(seq, actions[:, :c + n], states[:, :c + n])[:, -1:])
+            seq = torch.cat([seq, nxt], dim=1)
+        return seq[:, c:]
+    base = model.module if hasattr(model, "module") else model  # DDP wraps the predictor
+    cache = KVCache(len(base.predictor_blocks))
+    out = [normalize(model(context, actions[:, :c], states[:, :c], cache=cache)[:, -1:])]
+    for n in range(1, steps):
+        i = c + n - 1  # the step whose frame was just predicted
+        out.append(normalize(model(out[-1], actions[:, i:i + 1], states[:, i:i + 1], cache=cache)))
+    return torch.cat(out, dim=1)
 
 
 def training_losses(model, z: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,

@@ -147,8 +147,9 @@ class Planner:
     """A trained world model as a controller: the model, its metadata (action space, statistics), the
     CEM settings and the state rule. `plan` searches actions from a start frame to a goal frame."""
 
-    def __init__(self, model, meta: dict, cfg: CEMConfig, device: torch.device):
+    def __init__(self, model, meta: dict, cfg: CEMConfig, device: torch.device, cached: bool = True):
         self.model, self.meta, self.cfg, self.device = model.to(device).eval(), meta, cfg, device
+        self.cached = cached  # incremental rollouts (losses.rollout); off only to measure what they save
         searched_dims(cfg.dims, meta)  # a bad --dims fails before any work
 
     def next_state(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,8 @@ class Planner:
             for k in range(h - 1):
                 states.append(self.next_state(states[-1], chunk[:, k]))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=z0.device.type == "cuda"):
-                last = rollout(self.model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states, 1).float(), h)[:, -1]
+                last = rollout(self.model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states, 1).float(), h,
+                               self.cached)[:, -1]
             out.append((last.float() - goal).abs().mean((1, 2)))
         return torch.cat(out)
 

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from common.errors import UserError
-from extract.vit import LN_EPS, Block, init_weights, rope_tables
+from extract.vit import LN_EPS, Block, KVCache, init_weights, rope_tables
 
 EXTRINSICS_DIM = 6
 MIN_STD = 1e-6  # a dim that never changes in the data is left unscaled
@@ -102,7 +102,9 @@ class ACPredictor(nn.Module):
         return self._tables[key]
 
     def forward(self, z: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
-                extrinsics: torch.Tensor | None = None) -> torch.Tensor:
+                extrinsics: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Predictions for the T steps given. With a `cache`, they follow the cache.steps steps it holds (their
+        keys and values are reused, this call's are added): the outputs equal those of the whole sequence."""
         b, t, n, _ = z.shape
         if (t, n) != (actions.shape[1], self.grid[0] * self.grid[1]) or states.shape[1] != t:
             raise ValueError(f"z {list(z.shape)}, actions {list(actions.shape)}, states {list(states.shape)} "
@@ -115,13 +117,18 @@ class ACPredictor(nn.Module):
         c = self.cond_tokens
         # per step [action, state, (extrinsics,) N frame tokens]: [B, T, c + N, W] -> [B, T (c + N), W]
         x = torch.cat([e.unsqueeze(2) for e in cond] + [self.predictor_embed(z)], dim=2).flatten(1, 2)
-        cos, sin, mask = self.tables(t, z.device)
+        done = cache.steps if cache is not None else 0
+        cos, sin, mask = self.tables(done + t, z.device)
+        cos, sin = cos[done * (c + n):], sin[done * (c + n):]  # the rows of the new steps
+        mask = None if mask is None else mask[done * (c + n):]
         step_tokens = c + n if mask is None else None
-        for block in self.predictor_blocks:
+        for i, block in enumerate(self.predictor_blocks):
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, cos, sin, mask, step_tokens, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, mask, step_tokens, cache, i, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, step_tokens)
+                x = block(x, cos, sin, mask, step_tokens, cache, i)
+        if cache is not None:
+            cache.steps += t
         x = x.view(b, t, c + n, -1)[:, :, c:]  # [B, T (c + N), W] -> the frame tokens [B, T, N, W]
         return self.predictor_proj(self.predictor_norm(x))  # [B, T, N, D]
 
