@@ -17,7 +17,11 @@ def pick_device(name: str | None = None) -> "torch.device":
 
     if name is None:
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            if local >= torch.cuda.device_count():
+                raise UserError(f"local rank {local} has no GPU of its own ({torch.cuda.device_count()} here): "
+                                "start at most that many processes per node, or pass --device cpu")
+            return torch.device("cuda", local)
         return torch.device("cpu")
     try:
         device = torch.device(name)

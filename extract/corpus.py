@@ -253,7 +253,8 @@ class DroidCorpus(Corpus):
 
     def _column_shape(self, key: str) -> tuple[int, tuple[str, ...] | None]:
         """From the first episode's trajectory.h5: `key` is an HDF5 path such as action/joint_velocity."""
-        path = self.base / self._sources[0] / "trajectory.h5"
+        with_h5 = [s for s in self._sources if (self.base / s / "trajectory.h5").is_file()]
+        path = self.base / (with_h5 or self._sources)[0] / "trajectory.h5"
         try:
             with h5py.File(path, "r") as f:
                 shape = f[key].shape
@@ -322,6 +323,12 @@ class LeRobotCorpus(Corpus):
         info_path = self.root / "meta" / "info.json"
         if not info_path.is_file():
             raise UserError(f"{self.root} is not a LeRobot dataset (no meta/info.json)")
+        try:
+            self._read_meta(info_path, video_key, state_key, actions)
+        except (ValueError, KeyError, TypeError, AttributeError, pa.ArrowException) as e:
+            raise UserError(f"{self.root}: damaged LeRobot metadata ({type(e).__name__}: {e})") from None
+
+    def _read_meta(self, info_path: Path, video_key: str | None, state_key: str, actions: str | None) -> None:
         self.info = info = json.loads(info_path.read_text())
         version = str(info.get("codebase_version", ""))
         if version not in ("v2.0", "v2.1", "v3.0"):

@@ -211,8 +211,10 @@ class _Pipeline:
                 self.queue.append((order, piece.frames))
                 self.queued += len(piece.frames)
                 ep.frames += len(piece.frames)
-            if piece.skip is not None:
+            if piece.skip is not None:  # its frames already queued are not encoded
                 ep.skip = piece.skip
+                self.queue = deque(item for item in self.queue if item[0] != order)
+                self.queued = sum(len(frames) for _, frames in self.queue)
             if piece.last:
                 ep.released = True
                 del self.waiting[order]

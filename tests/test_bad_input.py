@@ -90,7 +90,7 @@ def test_help_loads_neither_torch_nor_zarr():
 
     script = ("import sys, cli\n"
               "from bench.config import BENCHES\n"
-              "commands = [[c] for c in ('demo-corpus', 'extract', 'train', 'eval', 'plan', 'plan-eval')]\n"
+              "commands = [[c] for c in ('demo-corpus', 'extract', 'train', 'eval', 'plan', 'plan-eval', 'export')]\n"
               "commands += [['store', c] for c in ('ls', 'info', 'show', 'verify', 'stats', 'merge')]\n"
               "commands += [['bench', c] for c in BENCHES]\n"
               "for c in commands:\n"

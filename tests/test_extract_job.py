@@ -23,8 +23,9 @@ from store.format import SEAL_FILE, shard_dir
 from tests import corpora
 from tests.conftest import ROOT, run_cli
 
-JOB = ["--preset", "vit_test", "--camera", "wrist", "--limit", 8, "--episodes-per-unit", 2, "--batch-size", 16]
-JOB_CONFIG = dict(preset="vit_test", camera="wrist", limit=8, episodes_per_unit=2, batch_size=16)  # the same
+JOB = ["--preset", "vit_test", "--camera", "wrist", "--limit", 8, "--episodes-per-unit", 2, "--batch-size", 16,
+       "--device", "cpu"]  # on a machine with GPUs too: ranks may outnumber them
+JOB_CONFIG = dict(preset="vit_test", camera="wrist", limit=8, episodes_per_unit=2, batch_size=16, device="cpu")
 
 
 def extract_args(corpus: Path, out: Path, *extra) -> list:
@@ -174,6 +175,36 @@ def test_truncated_shared_video_is_quiet_and_says_why(tmp_path):
     rows = open_store(tmp_path / "s").episodes.to_pylist()
     assert rows[0]["status"] == "ok"
     assert any("the video ended early" in row["reason"] for row in rows[1:]), [row["reason"] for row in rows]
+
+
+def test_episode_that_fails_after_its_first_piece_is_skipped(tmp_path, monkeypatch):
+    """Frames of its first piece already wait for the encoder when a later piece fails to decode: the
+    episode is skipped with its reason, its queued frames dropped, the others extracted."""
+    import extract.job
+    from common.errors import SkipEpisode
+    from extract.corpus import DroidCorpus
+
+    for name, steps in (("a", 20), ("b", 160), ("c", 20)):  # b: 40 stored frames, two pieces, listed first below
+        corpora.droid_episode(tmp_path / "corpus", name, steps=steps)
+
+    class FailingSecondPiece(DroidCorpus):
+        def load(self, source, fps):
+            ep = super().load(source, fps)
+            if source.endswith("/b"):
+                read = ep.frames
+                ep.frames = lambda rows: read(rows) if rows.start == 0 else (_ for _ in ()).throw(
+                    SkipEpisode("video decoding failed (test)"))
+            return ep
+
+    class BFirst(FailingSecondPiece):
+        def sources(self):  # so nothing before it holds its frames' owner back from being written
+            return sorted(super().sources(), key=lambda s: not s.endswith("/b"))
+
+    monkeypatch.setattr(extract.job, "open_corpus", lambda root, *a: BFirst(root))
+    summary = run_extract(ExtractConfig(corpus=tmp_path / "corpus", out=tmp_path / "s", preset="vit_test",
+                                        workers=0, batch_size=64, device="cpu"))
+    assert summary.episodes_ok == 2 and summary.skipped == [("LAB/success/2024-01-01/b", "video decoding failed (test)")]
+    assert verify(tmp_path / "s") == []
 
 
 def test_all_episodes_skipped_is_an_error(tmp_path):

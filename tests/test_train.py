@@ -192,6 +192,8 @@ def test_resume_gives_the_same_losses(tmp_path):
     assert torch.load(tmp_path / "b" / "latest.pt", weights_only=True)["step"] == 4
     with pytest.raises(UserError, match="pass --resume"):
         run_train(TrainConfig(out=tmp_path / "b", **base))
+    with pytest.raises(UserError, match="was trained with batch_size 3, this run has 4"):  # the stream would shift
+        run_train(TrainConfig(out=tmp_path / "b", resume=True, **{**base, "batch_size": 4}))
     result = run_train(TrainConfig(out=tmp_path / "b", resume=True, **base))
     assert result.start_step == 4
     a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
@@ -249,6 +251,13 @@ def test_ddp_two_ranks_end_with_identical_weights(tmp_path):
     assert [row[0] for row in rows] == [1, 2, 3, 4] and all(math.isfinite(float(row[1])) for row in rows)
 
 
+def test_longer_rollout_under_activation_checkpointing(tmp_path):
+    result = run_train(TrainConfig(store=tiny_store(tmp_path / "store", episodes=4), out=tmp_path / "run",
+                                   preset="ac_test", frames=5, rollout_steps=4, steps=2, batch_size=2, workers=0,
+                                   val_every=0, activation_checkpointing=True))
+    assert result.start_step == 0 and (tmp_path / "run" / "latest.pt").exists()
+
+
 def test_accumulation_over_ranks_equals_one_big_batch(tmp_path):
     """2 ranks x batch 2 x 2 accumulated micro-batches end where 1 rank x batch 8 does: the same clips per
     step (the sampler deals each rank every other clip), the same mean loss, the same AdamW steps."""
@@ -259,7 +268,7 @@ def test_accumulation_over_ranks_equals_one_big_batch(tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     one = run_train(TrainConfig(store=store, out=tmp_path / "one", preset="ac_test", steps=4, batch_size=8,
-                                workers=0, val_every=0, ckpt_every=100, frames=4)).model.state_dict()
+                                workers=0, val_every=0, ckpt_every=100, frames=4, device="cpu")).model.state_dict()
     ddp = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     assert max(float((ddp[k] - one[k]).abs().max()) for k in one) < 1e-5
     init = small_predictor(dim=16, grid=(2, 2)).state_dict()  # and the runs did move the weights

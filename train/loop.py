@@ -33,6 +33,8 @@ from .evaluate import collect, summarize
 from .losses import normalize, training_losses
 from .predictor import ACPredictor, normalization_from_stats
 
+RESUME_KEYS = ("preset", "normalization", "frames", "batch_size", "accum_steps", "seed", "val_fraction",
+               "freeze_blocks")
 STEP_FIELDS = ["step", "loss", "tf_loss", "rollout_loss", "lr", "grad_norm", "data_time", "step_time", "clips_per_s",
                "global_batch"]
 
@@ -74,6 +76,14 @@ class MetricsLog:
         self.file = open(self.path, "a", newline="")
         self.csv = csv.DictWriter(self.file, STEP_FIELDS)
         self.val_path = out / "val.csv"
+        if self.val_path.exists():  # validations after the checkpoint we resume from (or of an older run) go
+            with open(self.val_path) as f:
+                kept = [r for r in csv.DictReader(f) if start_step and int(r["step"]) <= start_step]
+            with open(self.val_path, "w", newline="") as f:
+                if kept:
+                    w = csv.DictWriter(f, list(kept[0]))
+                    w.writeheader()
+                    w.writerows(kept)
         self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
 
     def step(self, row: dict) -> None:
@@ -156,9 +166,9 @@ def _open_training_store(cfg: TrainConfig, world: int) -> tuple[Store, ClipDatas
 def _setup(cfg: TrainConfig) -> _Run:
     """Open the store, build the model and optimiser, restore them on --resume, start the data."""
     rank, world = rank_world()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = pick_device(cfg.device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     store, train_set, val_ids = _open_training_store(cfg, world)
 
     out = output_dir(cfg.out, "--out")
@@ -171,10 +181,12 @@ def _setup(cfg: TrainConfig) -> _Run:
     if cfg.resume and latest.exists():
         ckpt = load_checkpoint(latest)
         check_fits(ckpt["model_meta"], store, str(latest))
-        for key in ("preset", "normalization"):
-            if ckpt["model_meta"][key] != meta[key]:
-                raise UserError(f"{latest} has {key} {ckpt['model_meta'][key]}, this run {meta[key]}: resume with "
-                                "the run's own settings")
+        ran = {**ckpt["model_meta"], **ckpt["config"]}
+        now = {**meta, **as_dict(cfg)}
+        for key in RESUME_KEYS:  # what the data stream, the split and the optimiser state depend on
+            if ran.get(key) != now[key]:
+                raise UserError(f"{latest} was trained with {key} {ran.get(key)}, this run has {now[key]}: "
+                                "resume with the run's own settings")
         model.load_state_dict(ckpt["predictor"])
         opt_state, start_step = ckpt["optimizer"], ckpt["step"]
     elif latest.exists() and not cfg.resume:
@@ -248,8 +260,9 @@ def _optimizer_step(run: _Run, step: int, tick: float) -> dict:
         dist.all_reduce(values)
         values /= run.world
     loss, tf_loss, rollout_loss, gn = values.tolist()
-    if not math.isfinite(loss):
-        raise TrainingDiverged(f"loss became {loss} at step {step + 1}; stopped, the last good "
+    if not (math.isfinite(loss) and math.isfinite(gn)):
+        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {gn}"
+        raise TrainingDiverged(f"{what} at step {step + 1}; stopped, the last good "
                                f"checkpoint stays in {run.out} (try a lower --lr or --grad-clip)")
     run.opt.step()
     step_time = time.perf_counter() - tick

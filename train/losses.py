@@ -26,7 +26,7 @@ def rollout(model, context: torch.Tensor, actions: torch.Tensor, states: torch.T
     """Extend `context` [B, C, N, D] by `steps` predicted frames, each fed back as input.
 
     Step n sees actions[:, :C+n] and states[:, :C+n] (states are given, not predicted). Cached
-    (the default): the context is run once and each new frame adds only its own step, reusing the
+    (the default, without gradients: eval and planning): the context is run once and each new frame adds only its own step, reusing the
     keys and values of the steps before (attention is block-causal, so they never change); exact,
     tested against the recomputation of the whole sequence (`cached=False`, the reference's way).
     Returns the `steps` new frames [B, steps, N, D].
@@ -34,7 +34,9 @@ def rollout(model, context: torch.Tensor, actions: torch.Tensor, states: torch.T
     if steps == 0:
         return context[:, :0]
     c = context.shape[1]
-    if not cached or steps == 1:  # (one step: nothing to reuse)
+    # training keeps the recomputation (the reference's graph, also under activation checkpointing, which
+    # recomputes blocks in backward); one step has nothing to reuse
+    if not cached or steps == 1 or torch.is_grad_enabled():
         seq = context
         for n in range(steps):
             nxt = normalize(model(seq, actions[:, :c + n], states[:, :c + n])[:, -1:])

@@ -151,6 +151,10 @@ class Planner:
         self.model, self.meta, self.cfg, self.device = model.to(device).eval(), meta, cfg, device
         self.cached = cached  # incremental rollouts (losses.rollout); off only to measure what they save
         searched_dims(cfg.dims, meta)  # a bad --dims fails before any work
+        if cfg.state_from_action == "target" and meta["actions"].startswith("column:") and \
+                meta["action_dim"] % meta["state_dim"]:
+            raise UserError(f"--state-from-action target needs actions made of state-sized targets; these are "
+                            f"{meta['action_dim']}-D for {meta['state_dim']}-D states")
 
     def next_state(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return next_state(self.meta["actions"], self.cfg.state_from_action, state, action)
