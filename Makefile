@@ -10,7 +10,7 @@ CORPUS ?=
 FORMAT ?= droid
 OUT ?= $(DATA)/store
 CHECKPOINT ?=
-PRESET ?= vit_giant
+PRESET ?= auto  # the dims of a transformers checkpoint's config.json, else vit_giant
 EXTRACT_ARGS ?=
 # training on a real store: make train STORE=/data/store RUN=/data/run TRAIN_ARGS="--steps 94500"
 STORE ?=
