@@ -172,6 +172,17 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
     result = run_plan(PlanConfig(checkpoint=run / "latest.pt", image=tmp_path / "0.png", goal_image=tmp_path / "1.png",
                                  state=",".join(f"{v:.5f}" for v in ep.state[0]), cem=CEMConfig(samples=64, iterations=3)))
     assert result.plan.actions.shape == (1, 7) and result.true_actions is None and np.isfinite(result.plan.energy)
+    # the same call as a robot loop makes it, from the images themselves
+    from extract.encoder import store_encoder
+    from train.checkpoint import load_trained
+    from train.plan import Planner
+
+    model, ckpt = load_trained(run / "latest.pt")
+    planner = Planner(model, ckpt["model_meta"], CEMConfig(samples=64, iterations=3), torch.device("cpu"),
+                      encoder=store_encoder(ckpt["store"], None, ckpt))
+    state = [float(f"{v:.5f}") for v in ep.state[0]]
+    action = planner.act(np.asarray(Image.open(tmp_path / "0.png")), state, np.asarray(Image.open(tmp_path / "1.png")))
+    assert np.allclose(action, result.plan.actions[0].numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("args,message", [

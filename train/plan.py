@@ -145,10 +145,14 @@ def cem(energy: Callable[[torch.Tensor], torch.Tensor], space: SearchSpace, cfg:
 
 class Planner:
     """A trained world model as a controller: the model, its metadata (action space, statistics), the
-    CEM settings and the state rule. `plan` searches actions from a start frame to a goal frame."""
+    CEM settings, the state rule and (for camera images) the encoder its features came from.
+    `plan` searches actions from a start frame's features to a goal's; `act` does it from camera
+    images, as a robot loop calls it: `action = planner.act(image, state, goal_image)`."""
 
-    def __init__(self, model, meta: dict, cfg: CEMConfig, device: torch.device, cached: bool = True):
+    def __init__(self, model, meta: dict, cfg: CEMConfig, device: torch.device, cached: bool = True,
+                 encoder=None):
         self.model, self.meta, self.cfg, self.device = model.to(device).eval(), meta, cfg, device
+        self.encoder = None if encoder is None else encoder.to(device)
         self.cached = cached  # incremental rollouts (losses.rollout); off only to measure what they save
         searched_dims(cfg.dims, meta)  # a bad --dims fails before any work
         if cfg.state_from_action == "target" and meta["actions"].startswith("column:") and \
@@ -174,6 +178,25 @@ class Planner:
                                self.cached)[:, -1]
             out.append((last.float() - goal).abs().mean((1, 2)))
         return torch.cat(out)
+
+    @torch.inference_mode()
+    def encode(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Normalised features [len(images), N, D] of uint8 RGB images [H, W, 3], preprocessed as the store's."""
+        from extract.preprocess import preprocess
+
+        x = torch.cat([preprocess(np.asarray(f)[None], self.encoder.preset.image_size) for f in images])
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            z = normalize(self.encoder(x.to(self.device))).float()
+        if z.shape[-1] != self.meta["feature_dim"]:
+            raise UserError(f"the encoder gives {z.shape[-1]}-dim features, the predictor takes "
+                            f"{self.meta['feature_dim']}")
+        return z
+
+    def act(self, image: np.ndarray, state, goal_image: np.ndarray, horizon: int = 1) -> np.ndarray:
+        """The first action [A] of a plan from the camera image and robot state to the goal image."""
+        z0, zg = self.encode([image, goal_image])
+        state = torch.as_tensor(np.asarray(state, np.float32), device=self.device)
+        return self.plan(z0, state, zg, horizon).actions[0].cpu().numpy()
 
     def space(self, state: torch.Tensor) -> SearchSpace:
         return search_space(self.meta, self.cfg, state)
@@ -234,25 +257,14 @@ def store_pair(store: Store, episode: int, start: int, goal: int, device: torch.
     return z[0], states[0].to(device), z[-1], clip_actions(store.config.actions, states, stored)
 
 
-def encode_images(paths: list[Path], ckpt: dict, encoder_checkpoint: Path | None,
-                  device: torch.device) -> torch.Tensor:
-    """Normalised features [len(paths), N, D] of image files, through the encoder the model was trained on."""
+def read_image(path: Path) -> np.ndarray:
+    """uint8 RGB [H, W, 3] of an image file."""
     from PIL import Image
 
-    from extract.encoder import store_encoder
-    from extract.preprocess import preprocess
-
-    encoder = store_encoder(ckpt.get("store"), encoder_checkpoint, ckpt)
-    frames = []
-    for p in paths:
-        try:
-            frames.append(np.asarray(Image.open(p).convert("RGB")))
-        except OSError as e:
-            raise UserError(f"cannot read image {p}: {e}") from None
-    x = torch.cat([preprocess(f[None], encoder.preset.image_size) for f in frames]).to(device)
-    encoder.to(device)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        return normalize(encoder(x)).float()
+    try:
+        return np.asarray(Image.open(path).convert("RGB"))
+    except OSError as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
 
 
 def parse_state(text: str, meta: dict, device: torch.device) -> torch.Tensor:
@@ -284,19 +296,20 @@ def run_plan(cfg: PlanConfig) -> PlanResult:
     if cfg.store is not None:
         store = open_store(cfg.store)
         model, ckpt = load_trained(cfg.checkpoint, store)
+        planner = Planner(model, ckpt["model_meta"], cfg.cem, device)
         goal = cfg.start + cfg.horizon if cfg.goal is None else cfg.goal
         z0, s0, zg, true = store_pair(store, cfg.episode, cfg.start, goal, device)
         if len(true) != cfg.horizon:
             notes.append(f"goal is {len(true)} frames after start, planning {cfg.horizon} action(s)")
     else:
+        from extract.encoder import store_encoder
+
         model, ckpt = load_trained(cfg.checkpoint)
         s0 = parse_state(cfg.state, ckpt["model_meta"], device)
-        z0, zg = encode_images([cfg.image, cfg.goal_image], ckpt, cfg.encoder_checkpoint, device)
-        want = ckpt["model_meta"]["feature_dim"]
-        if z0.shape[-1] != want:
-            raise UserError(f"the encoder gives {z0.shape[-1]}-dim features, the predictor takes {want}")
+        encoder = store_encoder(ckpt.get("store"), cfg.encoder_checkpoint, ckpt)
+        planner = Planner(model, ckpt["model_meta"], cfg.cem, device, encoder=encoder)
+        z0, zg = planner.encode([read_image(cfg.image), read_image(cfg.goal_image)])
     meta = ckpt["model_meta"]
-    planner = Planner(model, meta, cfg.cem, device)
     plan = planner.plan(z0, s0, zg, cfg.horizon)
     names = names_of(meta)
     if cfg.landscape:
