@@ -34,7 +34,7 @@ app.add_typer(store_app, name="store")
 app.add_typer(bench_app, name="bench")
 console = Console(soft_wrap=True)  # long paths stay on one line
 err = Console(stderr=True)
-StorePath = typer.Argument(..., help="Store directory (a Zarr v3 group written by `extract`).")
+StorePath = typer.Argument(..., help="Store written by `extract`: a folder or an fsspec URL (s3://bucket/prefix).")
 
 
 def _bar(label: str, fields: str = "", disable: bool = False) -> Progress:
@@ -206,7 +206,7 @@ def export(cfg: ExportConfig) -> None:
 
 
 @store_app.command("ls")
-def store_ls(path: Path = StorePath) -> None:
+def store_ls(path: str = StorePath) -> None:
     """List shards: sealed or not, episodes, frames, bytes on disk, codec."""
     from store.format import read_root_attrs
     from store.inspect import shard_rows
@@ -219,7 +219,7 @@ def store_ls(path: Path = StorePath) -> None:
 
 
 @store_app.command("info")
-def store_info(path: Path = StorePath) -> None:
+def store_info(path: str = StorePath) -> None:
     """The store's extraction settings and totals (frames, hours of video, size)."""
     from store import open_store
     from store.inspect import summary
@@ -232,7 +232,7 @@ def store_info(path: Path = StorePath) -> None:
 
 
 @store_app.command("show")
-def store_show(path: Path = StorePath, episode: int = typer.Argument(..., help="Episode id (see the manifest)."),
+def store_show(path: str = StorePath, episode: int = typer.Argument(..., help="Episode id (see the manifest)."),
                png: Path | None = typer.Option(None, help="Write a picture: PCA filmstrip of the features above "
                                                           "the state plot.")) -> None:
     """One episode: source, task, state trajectory and per-frame feature statistics."""
@@ -262,7 +262,7 @@ def store_show(path: Path = StorePath, episode: int = typer.Argument(..., help="
 
 
 @store_app.command("verify")
-def store_verify(path: Path = StorePath) -> None:
+def store_verify(path: str = StorePath) -> None:
     """Check every sealed shard's checksums, shapes and the manifest; exit 1 if anything is wrong."""
     from store import sealed_units, verify
 
@@ -278,7 +278,7 @@ def store_verify(path: Path = StorePath) -> None:
 
 
 @store_app.command("stats")
-def store_stats(path: Path = StorePath) -> None:
+def store_stats(path: str = StorePath) -> None:
     """Feature mean/std/norm summaries and NaN/Inf counts over every stored frame."""
     from store import open_store
     from store.inspect import feature_stats
@@ -295,11 +295,12 @@ def store_stats(path: Path = StorePath) -> None:
 
 
 @store_app.command("merge")
-def store_merge(path: Path = StorePath) -> None:
+def store_merge(path: str = StorePath) -> None:
     """Merge the shards' episode tables into manifest.parquet once every unit is sealed."""
     from store import merge_manifest
+    from store.location import where
 
-    console.print(f"wrote {path / 'manifest.parquet'} with {merge_manifest(path).num_rows} episodes")
+    console.print(f"wrote {where(path) / 'manifest.parquet'} with {merge_manifest(path).num_rows} episodes")
 
 
 # ---------------------------------------------------------------- bench

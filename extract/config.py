@@ -15,7 +15,7 @@ DROID_CAMERAS = ("left", "right", "wrist")
 @dataclass
 class ExtractConfig:
     corpus: Path = setting(help="Corpus root: DROID folders (or a list file), a LeRobot dataset, or .tar shards.")
-    out: Path = setting(help="Store directory to create or resume.")
+    out: str = setting(help="Store to create or resume: a folder, or an fsspec URL (s3://bucket/prefix, gs://...).")
     format: str = setting("droid", "Corpus format.", choices=FORMATS)
     camera: str = setting("left", "DROID camera.", choices=DROID_CAMERAS)
     video_key: str | None = setting(None, "LeRobot video key (camera), e.g. observation.images.front.")

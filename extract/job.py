@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.device import pick_device, rank_world
 from common.errors import SkipEpisode
+from store.location import RemotePath, where
 from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, remove_unsealed, sealed_units
 
 from .config import ExtractConfig
@@ -108,7 +109,7 @@ class ExtractSummary:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (source, note) of stored episodes with a note
     merged: bool = False
-    store: Path | None = None
+    store: Path | RemotePath | None = None
     actions: str = ""  # the store's action space, said in words
 
     @property
@@ -150,7 +151,7 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     remove_unsealed(cfg.out, mine)  # leftovers of a crashed run of this rank
     done = set(sealed_units(cfg.out))
     todo = [u for u in mine if u not in done]
-    summary = ExtractSummary(rank, world, units=len(todo), units_skipped=len(mine) - len(todo), store=Path(cfg.out),
+    summary = ExtractSummary(rank, world, units=len(todo), units_skipped=len(mine) - len(todo), store=where(cfg.out),
                              actions=f"{robot.actions} ({robot.state_dim}-D states, {robot.action_dim}-D actions)")
 
     first_id = np.cumsum([0] + [len(u) for u in units])

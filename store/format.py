@@ -30,9 +30,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from common.errors import StoreError
-from common.files import atomic_write_bytes, sha256_file
 
 from . import manifest
+from .location import RemotePath, list_files, sha256_of, where, write_bytes
 
 FORMAT_VERSION = 2
 PLAN_FILE = "plan.parquet"
@@ -131,24 +131,32 @@ def action_names(names, actions: str, dim: int) -> list[str]:
     return [f"d{n}" for n in POSE_STATE_NAMES] if actions == POSE_DELTA else [f"a{i}" for i in range(dim)]
 
 
-def shard_dir(root: Path, unit: int) -> Path:
-    return Path(root) / SHARDS_DIR / f"{unit:05d}"
+Location = Path | RemotePath  # a store's folder, local or in an object store (store.location)
 
 
-def read_root_attrs(root: Path) -> dict:
+def shard_dir(root: Location, unit: int) -> Location:
+    return where(root) / SHARDS_DIR / f"{unit:05d}"
+
+
+def read_root_attrs(root: Location | str) -> dict:
     """Attributes of a store's root group, with one-line errors for anything that is not a store."""
-    root = Path(root)
-    if not root.exists():
-        raise StoreError(f"{root}: no such file or directory")
-    if not root.is_dir():
+    root = where(root)
+    if isinstance(root, Path) and root.exists() and not root.is_dir():
         raise StoreError(f"{root}: is a file, not a store directory")
-    meta = root / "zarr.json"
-    if not meta.is_file():
-        raise StoreError(f"{root}: not a feature store (no zarr.json)")
     try:
-        attrs = json.loads(meta.read_bytes())["attributes"]
+        raw = (root / "zarr.json").read_bytes()  # (remotely, a GET tells a denied request from a missing key)
+    except FileNotFoundError:
+        if isinstance(root, RemotePath) and not root.bucket_exists():
+            raise StoreError(f"{root}: the bucket does not exist") from None
+        if not root.exists():
+            raise StoreError(f"{root}: no such file or directory") from None
+        raise StoreError(f"{root}: not a feature store (no zarr.json)") from None
+    except OSError as e:
+        raise StoreError(f"{root}: zarr.json is unreadable ({e})") from None
+    try:
+        attrs = json.loads(raw)["attributes"]
         version = attrs["format_version"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise StoreError(f"{root}: zarr.json is unreadable or damaged ({type(e).__name__}: {e}); "
                          "not a feature store, or its metadata was overwritten") from None
     if isinstance(version, int) and version > FORMAT_VERSION:
@@ -161,18 +169,18 @@ def read_root_attrs(root: Path) -> dict:
     return attrs
 
 
-def update_root_attrs(root: Path, **values) -> None:
+def update_root_attrs(root: Location, **values) -> None:
     """Set root attributes (rewriting zarr.json atomically; concurrent writers of equal values are harmless)."""
-    meta = Path(root) / "zarr.json"
+    meta = where(root) / "zarr.json"
     doc = json.loads(meta.read_bytes())
     doc["attributes"].update(values)
-    atomic_write_bytes(meta, json.dumps(doc, indent=2).encode())
+    write_bytes(meta, json.dumps(doc, indent=2).encode())
 
 
-def read_checked(path: Path, digest: str | None) -> bytes:
+def read_checked(path: Location, digest: str | None) -> bytes:
     """A file's bytes, refused unless they match `digest` (when one is recorded)."""
     try:
-        data = Path(path).read_bytes()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise StoreError(f"{path}: missing") from None
     except OSError as e:
@@ -182,9 +190,9 @@ def read_checked(path: Path, digest: str | None) -> bytes:
     return data
 
 
-def read_plan(root: Path, attrs: dict) -> pa.Table:
+def read_plan(root: Location, attrs: dict) -> pa.Table:
     """The work plan, checked against its checksum and against the unit count of the root attributes."""
-    path = Path(root) / PLAN_FILE
+    path = where(root) / PLAN_FILE
     plan = manifest.parse_table(read_checked(path, attrs.get("plan_sha256")), manifest.PLAN_SCHEMA, path)
     units = len(set(plan["unit"].to_pylist()))
     if units != attrs["num_units"]:
@@ -193,23 +201,23 @@ def read_plan(root: Path, attrs: dict) -> pa.Table:
     return plan
 
 
-def _units(root: Path, sealed: bool) -> list[int]:
-    shards = Path(root) / SHARDS_DIR
+def _units(root: Location, sealed: bool) -> list[int]:
+    shards = where(root) / SHARDS_DIR
     if not shards.is_dir():
         read_root_attrs(root)  # names the problem if root is no store at all
         raise StoreError(f"{root}: feature store without a {SHARDS_DIR}/ directory")
     return sorted(int(d.name) for d in shards.iterdir() if d.name.isdigit() and (d / SEAL_FILE).exists() == sealed)
 
 
-def sealed_units(root: Path) -> list[int]:
+def sealed_units(root: Location) -> list[int]:
     return _units(root, sealed=True)
 
 
-def unsealed_units(root: Path) -> list[int]:
+def unsealed_units(root: Location) -> list[int]:
     return _units(root, sealed=False)
 
 
-def read_seal(root: Path, unit: int) -> dict:
+def read_seal(root: Location, unit: int) -> dict:
     """A sealed shard's seal: unit, rows, episodes and the SHA-256 of every other file of the shard."""
     path = shard_dir(root, unit) / SEAL_FILE
     try:
@@ -221,19 +229,14 @@ def read_seal(root: Path, unit: int) -> dict:
     return seal
 
 
-def shard_episodes(root: Path, unit: int, seal: dict | None = None) -> pa.Table:
+def shard_episodes(root: Location, unit: int, seal: dict | None = None) -> pa.Table:
     """A sealed shard's episode table, checked against its seal."""
     seal = seal or read_seal(root, unit)
     path = shard_dir(root, unit) / EPISODES_FILE
     return manifest.parse_table(read_checked(path, seal["files"].get(EPISODES_FILE)), manifest.SCHEMA, path)
 
 
-def file_digests(directory: Path, fsync: bool = False) -> dict[str, str]:
+def file_digests(directory: Location, fsync: bool = False) -> dict[str, str]:
     """SHA-256 of every file under a shard directory except the seal itself (and its temporaries)."""
-    out = {}
-    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-        rel = path.relative_to(directory).as_posix()
-        if rel == SEAL_FILE or rel.startswith(f".{SEAL_FILE}"):
-            continue
-        out[rel] = sha256_file(path, fsync=fsync)
-    return out
+    return {rel: sha256_of(directory / rel, fsync=fsync) for rel in list_files(directory)
+            if rel != SEAL_FILE and not rel.startswith(f".{SEAL_FILE}")}

@@ -9,15 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .format import POSE_DELTA, SEAL_FILE, SHARDS_DIR, read_root_attrs, read_seal, state_names
+from .format import POSE_DELTA, SEAL_FILE, SHARDS_DIR, Location, read_root_attrs, read_seal, state_names
+from .location import tree_bytes, where
 from .reader import Store
 
 PCA_SAMPLE_TOKENS = 20_000  # tokens the principal components are fitted on (enough for 3 components)
 PCA_RANGE_EVERY = 7  # the colour range is taken from every 7th projected token (quantiles need no more)
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 @dataclass
@@ -30,15 +27,15 @@ class ShardRow:
     codec: str
 
 
-def shard_rows(root: Path) -> list[ShardRow]:
+def shard_rows(root: Location | str) -> list[ShardRow]:
     """One row per shard directory present (sealed or not)."""
-    root = Path(root)
+    root = where(root)
     codec = read_root_attrs(root)["codec"]
     out = []
     for d in sorted(p for p in (root / SHARDS_DIR).iterdir() if p.name.isdigit()):
         sealed = (d / SEAL_FILE).exists()
         seal = read_seal(root, int(d.name)) if sealed else {}
-        out.append(ShardRow(int(d.name), sealed, seal.get("episodes"), seal.get("rows"), dir_bytes(d), codec))
+        out.append(ShardRow(int(d.name), sealed, seal.get("episodes"), seal.get("rows"), tree_bytes(d), codec))
     return out
 
 
@@ -60,7 +57,7 @@ def summary(store: Store) -> StoreSummary:
     ok = sum(s == "ok" for s in status)
     frames = store.total_frames
     return StoreSummary(store.attrs, len(store.sealed), store.num_units, ok, len(status) - ok, frames,
-                        frames / store.config.fps / 3600, dir_bytes(store.root))
+                        frames / store.config.fps / 3600, tree_bytes(store.root))
 
 
 @dataclass

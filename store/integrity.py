@@ -7,7 +7,6 @@ problem it finds (an unreadable root zarr.json, which makes it no store at all, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,15 +15,16 @@ from common.errors import StoreError
 
 from . import codecs, manifest
 from .format import (
-    MANIFEST_FILE, StoreConfig, file_digests, read_checked, read_plan, read_root_attrs,
+    MANIFEST_FILE, Location, StoreConfig, file_digests, read_checked, read_plan, read_root_attrs,
     read_seal, sealed_units, shard_dir, shard_episodes, unsealed_units,
 )
+from .location import where
 from .reader import shard_arrays
 
 
-def verify(root: Path, on_shard: Callable[[int], None] | None = None) -> list[str]:
+def verify(root: Location | str, on_shard: Callable[[int], None] | None = None) -> list[str]:
     """Return one line per problem found (empty list: the store is complete and intact)."""
-    root = Path(root)
+    root = where(root)
     attrs = read_root_attrs(root)
     config = StoreConfig.from_attrs(attrs)
     problems: list[str] = []
@@ -60,7 +60,7 @@ def verify(root: Path, on_shard: Callable[[int], None] | None = None) -> list[st
     return problems
 
 
-def _verify_shard(root: Path, unit: int, config: StoreConfig, planned: list[int] | None):
+def _verify_shard(root: Location, unit: int, config: StoreConfig, planned: list[int] | None):
     name = f"shard {unit:05d}"
     d = shard_dir(root, unit)
     try:
@@ -121,7 +121,7 @@ def _verify_shard(root: Path, unit: int, config: StoreConfig, planned: list[int]
     return bad, (None if bad else table)
 
 
-def _verify_manifest(root: Path, attrs: dict, shards: pa.Table, complete: bool,
+def _verify_manifest(root: Location, attrs: dict, shards: pa.Table, complete: bool,
                      planned: dict[int, list[int]]) -> list[str]:
     """The merged manifest against its recorded checksum and, row by row, the shards' own tables."""
     path, digest = root / MANIFEST_FILE, attrs.get("manifest_sha256")

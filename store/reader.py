@@ -2,28 +2,32 @@
 
 Every byte a reader takes from a shard is checked against the shard's seal on the way in
 (`VerifiedChunks`): a deleted, truncated or altered chunk is a one-line StoreError naming the
-shard and the file, never zeros or garbage handed to training.
+shard and the file, never zeros or garbage handed to training. A store may be local or at an
+fsspec URL (store.location); with a `ChunkCache`, objects once read come from local disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import torch
 import zarr
-from zarr.storage import LocalStore, WrapperStore
+from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+from zarr.abc.store import Store as ZarrStore
+from zarr.storage import WrapperStore
 
 from common.errors import StoreError
 
 from . import codecs, manifest
+from .cache import ChunkCache
 from .format import (
-    MANIFEST_FILE, ROW_ARRAYS, StoreConfig, read_checked, read_plan, read_root_attrs, read_seal, sealed_units,
-    shard_dir, shard_episodes,
+    MANIFEST_FILE, ROW_ARRAYS, Location, StoreConfig, read_checked, read_plan, read_root_attrs, read_seal,
+    sealed_units, shard_dir, shard_episodes,
 )
+from .location import remote_errors, where, zarr_store
 
 
 class VerifiedChunks(WrapperStore):
@@ -31,42 +35,62 @@ class VerifiedChunks(WrapperStore):
 
     A file the seal lists must exist and hash to its recorded SHA-256; zarr would otherwise read a
     missing chunk as fill values and a damaged one as noise. The cost: one SHA-256 per chunk read
-    (BENCHMARKS.md, loader).
+    (BENCHMARKS.md, checked-reads). With a cache, a verified copy is served from local disk.
     """
 
-    def __init__(self, store: LocalStore, digests: dict[str, str], unit: int):
+    def __init__(self, store: ZarrStore, digests: dict[str, str], unit: int, cache: ChunkCache | None = None):
         super().__init__(store)
-        self.digests, self.unit = digests, unit
+        self.digests, self.unit, self.cache = digests, unit, cache
 
-    def _with_store(self, store: LocalStore) -> "VerifiedChunks":
-        return type(self)(store, self.digests, self.unit)
+    def _with_store(self, store: ZarrStore) -> "VerifiedChunks":
+        return type(self)(store, self.digests, self.unit, self.cache)
 
     async def get(self, key, prototype, byte_range=None):
         want = self.digests.get(key)
-        buf = await self._store.get(key, prototype, None if want else byte_range)
         if want is None:  # not part of the shard (zarr probing for optional keys)
-            return buf
+            return await self._store.get(key, prototype, byte_range)
+        buf = None
+        if self.cache is not None and (data := self.cache.get(want)) is not None:
+            if hashlib.sha256(data).hexdigest() == want:
+                buf = prototype.buffer.from_bytes(data)
+            else:
+                self.cache.drop(want)  # a damaged copy: fetch the object again
         if buf is None:
-            raise StoreError(f"shard {self.unit:05d}: {key} is missing (deleted after sealing); the store is "
-                             "damaged: run `cli.py store verify`")
-        if hashlib.sha256(buf.to_bytes()).hexdigest() != want:
-            raise StoreError(f"shard {self.unit:05d}: {key} does not match its checksum (damaged or changed "
-                             "after sealing); run `cli.py store verify`")
-        return buf if byte_range is None else await super().get(key, prototype, byte_range)
+            buf = await self._store.get(key, prototype, None)
+            if buf is None:
+                raise StoreError(f"shard {self.unit:05d}: {key} is missing (deleted after sealing); the store is "
+                                 "damaged: run `cli.py store verify`")
+            data = buf.to_bytes()
+            if hashlib.sha256(data).hexdigest() != want:
+                raise StoreError(f"shard {self.unit:05d}: {key} does not match its checksum (damaged or changed "
+                                 "after sealing); run `cli.py store verify`")
+            if self.cache is not None:
+                self.cache.put(want, data)
+        if byte_range is not None:  # (zarr asks for ranges only of sharded arrays; the whole object was checked)
+            buf = prototype.buffer.from_bytes(buf.to_bytes()[_slice(byte_range)])
+        return buf
 
 
-def shard_arrays(root: Path, unit: int, config: StoreConfig, seal: dict | None = None,
-                 verify: bool = True) -> dict[str, zarr.Array]:
+def _slice(r: RangeByteRequest | OffsetByteRequest | SuffixByteRequest) -> slice:
+    if isinstance(r, RangeByteRequest):
+        return slice(r.start, r.end)
+    return slice(r.offset, None) if isinstance(r, OffsetByteRequest) else slice(-r.suffix, None)
+
+
+def shard_arrays(root: Location, unit: int, config: StoreConfig, seal: dict | None = None,
+                 verify: bool = True, cache: ChunkCache | None = None) -> dict[str, zarr.Array]:
     """The row arrays of one sealed shard, opened by name, every read checked against its seal (unless
     `verify` is off: only `bench checked-reads` turns it off, to measure what the checks cost)."""
     seal = seal or read_seal(root, unit)
-    store = LocalStore(shard_dir(root, unit), read_only=True)
+    folder = shard_dir(root, unit)
+    store = zarr_store(folder, read_only=True)
     if verify:
-        store = VerifiedChunks(store, seal["files"], unit)
+        store = VerifiedChunks(store, seal["files"], unit, cache)
     absent = {"scales": config.codec != "int8", "action": not config.stored_actions}
     names = [n for n in ROW_ARRAYS if not absent.get(n)]
     try:
-        return {n: zarr.open_array(store=store, path=n, mode="r", zarr_format=3) for n in names}
+        with remote_errors(str(folder)):
+            return {n: zarr.open_array(store=store, path=n, mode="r", zarr_format=3) for n in names}
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise StoreError(f"shard {unit:05d}: arrays unreadable ({type(e).__name__}: {e})") from None
 
@@ -76,12 +100,14 @@ class Store:
 
     Opening checks the store's metadata: the plan and the manifest against the checksums recorded
     in the root attributes, the unit count, and that the manifest names only sealed shards.
-    Zarr arrays are opened lazily, per process: a Store made before a fork (or pickled into a
-    DataLoader worker) reopens its files in the child.
+    Zarr arrays (and object-store clients) are opened lazily, per process: a Store made before a
+    fork (or pickled into a DataLoader worker) reopens its files in the child.
     """
 
-    def __init__(self, root: Path, verify: bool = True):
-        self.root, self.verify = Path(root), verify
+    def __init__(self, root: Location | str, verify: bool = True, cache: ChunkCache | None = None):
+        if cache is not None and not verify:
+            raise StoreError("a chunk cache needs verified reads (its copies are named by the seals' checksums)")
+        self.root, self.verify, self.cache = where(root), verify, cache
         self.attrs = read_root_attrs(self.root)
         self.config = StoreConfig.from_attrs(self.attrs)
         self.num_units: int = self.attrs["num_units"]
@@ -147,7 +173,7 @@ class Store:
         if self._pid != os.getpid():  # forked: file handles of the parent are not ours
             self._arrays, self._pid = {}, os.getpid()
         if unit not in self._arrays:
-            self._arrays[unit] = shard_arrays(self.root, unit, self.config, verify=self.verify)
+            self._arrays[unit] = shard_arrays(self.root, unit, self.config, verify=self.verify, cache=self.cache)
         return self._arrays[unit]
 
     @property
@@ -183,5 +209,5 @@ class Store:
                 "frame_index": a["frame_index"][rows], "timestamp": a["timestamp"][rows]}
 
 
-def open_store(root: Path | str, verify: bool = True) -> Store:
-    return Store(Path(root), verify)
+def open_store(root: Location | str, verify: bool = True, cache: ChunkCache | None = None) -> Store:
+    return Store(root, verify, cache)

@@ -8,7 +8,6 @@ min, max and the 1st and 99th percentile of each dim. The trainer z-scores with 
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +15,7 @@ import pyarrow.compute as pc
 import torch
 
 from .actions import clip_actions
-from .format import StoreConfig
+from .format import Location, StoreConfig
 from .reader import shard_arrays
 
 SUMMARIES = ("mean", "std", "min", "max", "p01", "p99")
@@ -28,7 +27,7 @@ def summarize(x: np.ndarray) -> dict[str, list[float]]:
     return {k: v.tolist() for k, v in zip(SUMMARIES, values)}
 
 
-def robot_stats(root: Path, config: StoreConfig, episodes: pa.Table) -> dict:
+def robot_stats(root: Location, config: StoreConfig, episodes: pa.Table) -> dict:
     """{"state": {...}, "action": {...}} over the ok episodes of `episodes` (the merged manifest); {} if none."""
     ok = episodes.filter(pc.equal(episodes["status"], "ok")).to_pylist()
     per_unit = defaultdict(list)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,15 +18,16 @@ import torch
 import zarr
 
 from common.errors import StoreError
-from common.files import atomic_write_bytes, fsync_dir, output_dir, remove_stale_temps, sha256_file
+from common.files import fsync_dir, output_dir, remove_stale_temps
 
 from . import codecs, manifest
 from .stats import robot_stats
 from .format import (
-    EPISODES_FILE, FORMAT_VERSION, MANIFEST_FILE, PLAN_FILE, SEAL_FILE, SHARDS_DIR, StoreConfig,
+    EPISODES_FILE, FORMAT_VERSION, MANIFEST_FILE, PLAN_FILE, SEAL_FILE, SHARDS_DIR, Location, StoreConfig,
     file_digests, read_plan, read_root_attrs, sealed_units, shard_dir, shard_episodes, unsealed_units,
     update_root_attrs,
 )
+from .location import RemotePath, list_files, remove_tree, sha256_of, upload, where, write_bytes
 
 ROW_CHUNK = 4096  # rows per chunk of the small per-row arrays
 
@@ -42,30 +44,46 @@ def plan_table(units: list[list[str]]) -> pa.Table:
     )
 
 
-def create_store(root: Path, config: StoreConfig, units: list[list[str]]) -> bool:
+def create_store(root: Location | str, config: StoreConfig, units: list[list[str]]) -> bool:
     """Create the store, or check that an existing one has this config and plan.
 
-    Creation is atomic (built beside, then renamed into place), so several ranks may call
-    this at once without talking to each other. Returns True if this call created it.
+    Creation is atomic, so several ranks may call this at once without talking to each other: a
+    local store is built beside its place and renamed into it; a remote one is uploaded with the
+    root zarr.json (what makes it a store) last. Returns True if this call created it.
     """
-    root = Path(root)
+    root = where(root)
     plan = plan_table(units)
     if root.exists() and not root.is_dir():
         raise StoreError(f"{root} is a file, not a store folder")
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and any(True for _ in root.iterdir()):
         check_compatible(root, config, plan)
         return False
     if config.codec not in codecs.CODECS:
         raise StoreError(f"unknown codec {config.codec!r}; choose one of {', '.join(codecs.CODECS)}")
     codecs.compressors(config.compression)  # validates the name
-    output_dir(root.parent, "store folder")
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remote = isinstance(root, RemotePath)
+    if remote:
+        if not root.bucket_exists():
+            raise StoreError(f"{root}: the bucket does not exist")
+        tmp = Path(tempfile.mkdtemp(prefix="store-"))
+    else:
+        output_dir(root.parent, "store folder")
+        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
     plan_bytes = manifest.table_bytes(plan)
     attrs = {"format_version": FORMAT_VERSION, "num_units": len(units), **config.to_attrs(),
              "plan_sha256": hashlib.sha256(plan_bytes).hexdigest()}
     zarr.open_group(tmp, mode="w", attributes=attrs).create_group(SHARDS_DIR)
     (tmp / PLAN_FILE).write_bytes(plan_bytes)
+    if remote:
+        try:
+            files = {rel: tmp / rel for rel in list_files(tmp)}
+            upload({k: v for k, v in files.items() if k != "zarr.json"}, root)
+            upload({"zarr.json": files["zarr.json"]}, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        check_compatible(root, config, plan)  # a rank that raced this one with other settings loses here
+        return True
     try:
         os.rename(tmp, root)  # replaces an empty directory, fails on a non-empty one
     except OSError:
@@ -76,7 +94,7 @@ def create_store(root: Path, config: StoreConfig, units: list[list[str]]) -> boo
     return True
 
 
-def check_compatible(root: Path, config: StoreConfig, plan: pa.Table) -> None:
+def check_compatible(root: Location, config: StoreConfig, plan: pa.Table) -> None:
     attrs = read_root_attrs(root)
     diffs = StoreConfig.from_attrs(attrs).differences(config)
     if diffs:
@@ -94,11 +112,13 @@ def check_compatible(root: Path, config: StoreConfig, plan: pa.Table) -> None:
 class ShardWriter:
     """Writes one unit: its planned episodes, in plan order, then the seal.
 
-    One writer per unit. A leftover unsealed directory (a crashed writer) is removed first.
+    One writer per unit. A leftover unsealed directory (a crashed writer) is removed first. For a
+    store in an object store the shard is written to a local staging folder and uploaded by `seal`,
+    the seal object last: an object PUT is atomic, so readers see a complete shard or none.
     """
 
-    def __init__(self, root: Path, unit: int):
-        self.root = Path(root)
+    def __init__(self, root: Location | str, unit: int):
+        self.root = where(root)
         attrs = read_root_attrs(self.root)
         self.config = StoreConfig.from_attrs(attrs)
         if not 0 <= unit < attrs["num_units"]:
@@ -106,10 +126,12 @@ class ShardWriter:
         plan = read_plan(self.root, attrs).to_pydict()
         self.unit = unit
         self.expected = [e for u, e in zip(plan["unit"], plan["episode_id"]) if u == unit]
-        self.dir = shard_dir(self.root, unit)
-        if (self.dir / SEAL_FILE).exists():
+        self.target = shard_dir(self.root, unit)
+        if (self.target / SEAL_FILE).exists():
             raise StoreError(f"unit {unit} is already sealed")
-        shutil.rmtree(self.dir, ignore_errors=True)
+        remove_tree(self.target)
+        remote = isinstance(self.target, RemotePath)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"shard-{unit:05d}-")) if remote else self.target
         c = self.config
         group = zarr.open_group(self.dir, mode="w-", attributes={"unit": unit})
         kw = dict(fill_value=0, config={"write_empty_chunks": True})
@@ -192,30 +214,35 @@ class ShardWriter:
             raise StoreError(f"unit {self.unit}: cannot seal, episodes {missing} not written")
         table = pa.Table.from_pylist(self.records, schema=manifest.SCHEMA)
         manifest.write_table(table, self.dir / EPISODES_FILE)
+        remote = self.dir != self.target
         seal = {
             "unit": self.unit,
             "rows": self.rows,
             "episodes": len(self.records),
-            "files": file_digests(self.dir, fsync=True),
+            "files": file_digests(self.dir, fsync=not remote),
         }
-        atomic_write_bytes(self.dir / SEAL_FILE, json.dumps(seal, indent=1).encode())
+        seal_bytes = json.dumps(seal, indent=1).encode()
+        if remote:
+            upload({rel: self.dir / rel for rel in seal["files"]}, self.target)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        write_bytes(self.target / SEAL_FILE, seal_bytes)
 
 
-def remove_unsealed(root: Path, units: list[int] | None = None) -> list[int]:
+def remove_unsealed(root: Location | str, units: list[int] | None = None) -> list[int]:
     """Delete the shards that a crashed writer left unsealed (only among `units` if given).
 
     Call it only where no writer is at work on those units. Returns the removed units.
     """
     removed = [u for u in unsealed_units(root) if units is None or u in set(units)]
     for unit in removed:
-        shutil.rmtree(shard_dir(root, unit))
+        remove_tree(shard_dir(root, unit))
     return removed
 
 
-def merge_manifest(root: Path) -> pa.Table:
+def merge_manifest(root: Location | str) -> pa.Table:
     """Write manifest.parquet from every unit's episode table (all units must be sealed), and the
     states' and actions' statistics (store.stats) into the root attributes."""
-    root = Path(root)
+    root = where(root)
     attrs = read_root_attrs(root)
     num_units = len(set(read_plan(root, attrs)["unit"].to_pylist()))  # checked against the attributes
     sealed = set(sealed_units(root))
@@ -224,13 +251,14 @@ def merge_manifest(root: Path) -> pa.Table:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise StoreError(f"{root}: {len(missing)} of {num_units} units not sealed yet ({shown})")
     table = manifest.concat([shard_episodes(root, u) for u in range(num_units)])
-    remove_stale_temps(root, MANIFEST_FILE)  # of a merge that was killed
+    if isinstance(root, Path):
+        remove_stale_temps(root, MANIFEST_FILE)  # of a merge that was killed
     data = manifest.table_bytes(table)
     digest = hashlib.sha256(data).hexdigest()
     path = root / MANIFEST_FILE
-    if attrs.get("manifest_sha256") != digest or not path.is_file() or sha256_file(path) != digest \
+    if attrs.get("manifest_sha256") != digest or not path.is_file() or sha256_of(path) != digest \
             or "stats" not in attrs:  # (an identical merge, as every finishing rank does, writes nothing)
-        atomic_write_bytes(path, data)
+        write_bytes(path, data)
         update_root_attrs(root, manifest_sha256=digest,
                           stats=robot_stats(root, StoreConfig.from_attrs(attrs), table))
     return table
@@ -247,7 +275,7 @@ class StoredEpisode:
     skip: str = ""
 
 
-def write_store(root: Path, episodes: Sequence[StoredEpisode], per_unit: int | None = None, merge: bool = True,
+def write_store(root: Location | str, episodes: Sequence[StoredEpisode], per_unit: int | None = None, merge: bool = True,
                 **config) -> Path:
     """A complete store from episodes already in memory (tests, benchmarks, features computed elsewhere).
 
@@ -285,4 +313,4 @@ def write_store(root: Path, episodes: Sequence[StoredEpisode], per_unit: int | N
             writer.seal()
     if merge:
         merge_manifest(root)
-    return Path(root)
+    return where(root)

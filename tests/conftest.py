@@ -59,6 +59,39 @@ def demo_store(demo_corpus, tmp_path_factory) -> Path:
     return out
 
 
+JOB = ["--preset", "vit_test", "--camera", "wrist", "--limit", 8, "--episodes-per-unit", 2, "--batch-size", 16,
+       "--device", "cpu"]  # on a machine with GPUs too: ranks may outnumber them
+JOB_CONFIG = dict(preset="vit_test", camera="wrist", limit=8, episodes_per_unit=2, batch_size=16, device="cpu")
+
+
+def extract_args(corpus: Path, out: Path, *extra) -> list:
+    return ["extract", "--corpus", corpus, "--out", out, *JOB, *extra]
+
+
+def assert_same_store(a, b) -> None:
+    """Same attributes, manifest and bit-identical rows in every shard (local folders or URLs)."""
+    import numpy as np
+
+    from store import open_store
+    from store.reader import shard_arrays
+
+    sa, sb = open_store(a), open_store(b)
+    assert sa.attrs == sb.attrs and sa.sealed == sb.sealed and sa.complete
+    assert sa.episodes.equals(sb.episodes)
+    for u in sa.sealed:
+        xa, xb = shard_arrays(sa.root, u, sa.config), shard_arrays(sb.root, u, sb.config)
+        for name in ("features", "state", "frame_index", "timestamp", "episode"):
+            x, y = xa[name][:], xb[name][:]
+            assert x.dtype == y.dtype and np.array_equal(x, y), (u, name)
+
+
+@pytest.fixture(scope="session")
+def reference(demo_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "store"
+    run_cli(*extract_args(demo_corpus, out, "--workers", 2))
+    return out
+
+
 DEMO_STEPS = 900
 
 

@@ -11,45 +11,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
-import zarr
 
 from extract.config import ExtractConfig
 from extract.job import run_extract
 from store import open_store, verify
-from store.format import SEAL_FILE, shard_dir
+from store.format import SEAL_FILE
 from tests import corpora
-from tests.conftest import ROOT, run_cli
-
-JOB = ["--preset", "vit_test", "--camera", "wrist", "--limit", 8, "--episodes-per-unit", 2, "--batch-size", 16,
-       "--device", "cpu"]  # on a machine with GPUs too: ranks may outnumber them
-JOB_CONFIG = dict(preset="vit_test", camera="wrist", limit=8, episodes_per_unit=2, batch_size=16, device="cpu")
-
-
-def extract_args(corpus: Path, out: Path, *extra) -> list:
-    return ["extract", "--corpus", corpus, "--out", out, *JOB, *extra]
-
-
-def assert_same_store(a: Path, b: Path) -> None:
-    """Same manifest and bit-identical rows in every shard."""
-    assert pq.read_table(a / "manifest.parquet").equals(pq.read_table(b / "manifest.parquet"))
-    sa, sb = open_store(a), open_store(b)
-    assert sa.attrs == sb.attrs and sa.sealed == sb.sealed
-    for u in sa.sealed:
-        for name in ("features", "state", "frame_index", "timestamp", "episode"):
-            x = zarr.open_array(shard_dir(a, u) / name, mode="r")[:]
-            y = zarr.open_array(shard_dir(b, u) / name, mode="r")[:]
-            assert x.dtype == y.dtype and np.array_equal(x, y), (u, name)
-
-
-@pytest.fixture(scope="module")
-def reference(demo_corpus, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "store"
-    run_cli(*extract_args(demo_corpus, out, "--workers", 2))
-    return out
-
+from tests.conftest import JOB_CONFIG, ROOT, assert_same_store, extract_args, run_cli
 
 def test_store_contents(reference, demo_corpus):
     store = open_store(reference)

@@ -34,7 +34,7 @@ def _episodes() -> str:
 
 @dataclass
 class TrainConfig:
-    store: Path = setting(help="Feature store written by `extract`.")
+    store: str = setting(help="Feature store written by `extract`: a folder or an fsspec URL (s3://bucket/prefix).")
     out: Path = setting(help="Run folder: checkpoints, metrics.csv, val.csv, tb/.")
     preset: str = setting("ac_vitg", "Predictor: ac_vitg (released 1024x24); small: ac_vitg_mini, ac_demo, ac_test.")
     frames: int = setting(8, "Stored frames per clip.", min=2, max=1024)
@@ -69,6 +69,10 @@ class TrainConfig:
     verify_reads: bool = setting(True, "Check every chunk read against its shard's seal, so damaged data stops "
                                        "training (one SHA-256 per chunk: ~7 ms of CPU per ViT-g clip per worker, "
                                        "BENCHMARKS.md, checked reads).")
+    cache: Path | None = setting(None, "Keep a local copy of the chunks read from a remote store in this folder, "
+                                       "so epochs after the first read from local disk (checked against the "
+                                       "seals; workers and runs may share it).")
+    cache_size: float = setting(100.0, "Bound of --cache in GB (the least recently used copies go first).", gt=0)
     activation_checkpointing: bool = setting(False, "Recompute block activations in backward (less memory).")
     attention: str = setting("per-step", "Block-causal attention: per-step (one unmasked SDPA per step) or mask "
                                          "(one masked SDPA); see bench attention.", choices=ATTENTION)
@@ -76,6 +80,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        if self.cache is not None and not self.verify_reads:
+            raise UserError("--cache needs --verify-reads (the cache names its copies by the seals' checksums)")
         if self.rollout_steps > self.frames - 1:
             raise UserError(f"--rollout-steps {self.rollout_steps} must be at most --frames - 1 = {self.frames - 1}")
         self.phases()
@@ -92,7 +98,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     checkpoint: Path = _checkpoint()
-    store: Path = setting(help="Feature store to evaluate on.")
+    store: str = setting(help="Feature store to evaluate on (a folder or an fsspec URL).")
     episodes: str = _episodes()
     frames: int | None = setting(None, "Frames per clip, H = frames - 1 (default: the training clip length).",
                                  min=2, max=1024)
@@ -136,7 +142,7 @@ class CEMConfig:
 @dataclass
 class PlanConfig:
     checkpoint: Path = _checkpoint()
-    store: Path | None = setting(None, "Take start and goal frames from this store ...")
+    store: str | None = setting(None, "Take start and goal frames from this store (a folder or URL) ...")
     episode: int | None = setting(None, "... episode id,", min=0)
     start: int = setting(0, "... start frame (stored index),", min=0)
     goal: int | None = setting(None, "... goal frame (default: start + horizon).", min=0)
@@ -185,7 +191,7 @@ class ExportConfig:
 @dataclass
 class PlanEvalConfig:
     checkpoint: Path = _checkpoint()
-    store: Path = setting(help="Feature store with the held-out episodes.")
+    store: str = setting(help="Feature store with the held-out episodes (a folder or an fsspec URL).")
     k: int = setting(1, "Stored frames between start and goal (= actions planned).", min=1, max=64)
     pairs: int = setting(32, "Start/goal pairs (evenly spaced over the episodes).", min=1, max=100_000)
     episodes: str = _episodes()

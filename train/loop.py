@@ -23,7 +23,7 @@ from common.errors import TrainingDiverged, UserError
 from common.files import output_dir, remove_stale_temps
 from common.settings import as_dict
 from extract.weights import load_checkpoint
-from store import Store, open_store
+from store import ChunkCache, Store, open_store
 from store.format import POSE_DELTA
 
 from .checkpoint import build_from_meta, check_fits, link_latest, model_meta, save_checkpoint, transfer_weights
@@ -151,7 +151,8 @@ class _Run:
 
 
 def _open_training_store(cfg: TrainConfig, world: int) -> tuple[Store, ClipDataset, list[int]]:
-    store = open_store(cfg.store, cfg.verify_reads)
+    cache = ChunkCache(cfg.cache, int(cfg.cache_size * 1e9)) if cfg.cache else None
+    store = open_store(cfg.store, cfg.verify_reads, cache)
     if not store.complete:
         raise UserError(f"{cfg.store}: only {len(store.sealed)} of {store.num_units} units sealed; "
                         "finish the extraction first (rerun it to resume)")

@@ -1,0 +1,73 @@
+"""A local, bounded, content-addressed copy of shard objects read from a remote store (`--cache DIR`).
+
+Every object a sealed shard holds has its SHA-256 in the seal, so the cache keys each copy by that
+digest: `DIR/ab/abcdef...`. A copy is trusted only after its bytes hash to its name (the reader
+checks; a damaged copy is dropped and fetched again). Writes go to a temporary name and are renamed
+into place, so any number of DataLoader workers and runs may share one folder. The size is bounded:
+a process that has added an eighth of the bound since it last looked removes the least recently
+used copies until the folder holds 90% of the bound (so it may overshoot by an eighth per worker).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from common.files import output_dir, temp_name
+
+TRIM_EVERY = 8  # look at the folder's size after adding 1/8 of the bound
+TRIM_TO = 0.9
+
+
+class ChunkCache:
+    def __init__(self, directory: Path, max_bytes: int):
+        self.dir, self.max_bytes = output_dir(Path(directory), "--cache"), max_bytes
+        self.added = 0
+        self.trim()
+
+    def _path(self, digest: str) -> Path:
+        return self.dir / digest[:2] / digest
+
+    def get(self, digest: str) -> bytes | None:
+        path = self._path(digest)
+        try:
+            data = path.read_bytes()
+            os.utime(path)  # recently used
+            return data
+        except FileNotFoundError:
+            return None
+
+    def drop(self, digest: str) -> None:
+        self._path(digest).unlink(missing_ok=True)
+
+    def put(self, digest: str, data: bytes) -> None:
+        if len(data) > self.max_bytes * (1 - TRIM_TO):
+            return  # an object this large would evict most of the cache
+        path = self._path(digest)
+        path.parent.mkdir(exist_ok=True)
+        tmp = temp_name(path)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        self.added += len(data)
+        if self.added * TRIM_EVERY > self.max_bytes:
+            self.trim()
+
+    def trim(self) -> None:
+        """Remove the least recently used copies while the folder holds more than the bound."""
+        self.added = 0
+        entries = []
+        for sub in self.dir.iterdir():
+            for f in sub.iterdir() if sub.is_dir() else ():
+                try:
+                    st = f.stat()
+                except FileNotFoundError:  # another worker removed it meanwhile
+                    continue
+                entries.append((st.st_mtime, st.st_size, f))
+        total = sum(size for _, size, _ in entries)
+        if total <= self.max_bytes:
+            return
+        for _, size, f in sorted(entries, key=lambda e: e[0]):
+            f.unlink(missing_ok=True)
+            total -= size
+            if total <= self.max_bytes * TRIM_TO:
+                break

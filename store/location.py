@@ -1,0 +1,182 @@
+"""Where a store lives: a local folder (a `Path`) or a prefix in an object store (`RemotePath`).
+
+`where("s3://bucket/prefix")` gives a RemotePath with the few pathlib methods the store code uses
+(`/`, name, exists, is_dir, is_file, iterdir, read_bytes); local paths and file:// URLs stay plain
+Paths, so a local store behaves exactly as before. The few operations that differ between the two
+(durable writes, removing a tree, listing files, a zarr store over a folder) are functions here.
+
+Remote I/O goes through fsspec (s3fs for s3://, gcsfs for gs://). Credentials and the endpoint come
+from the standard environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...); no
+client is ever pickled or shared across a fork: `fs` asks fsspec, whose instance cache is per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from common.errors import StoreError, UserError
+from common.files import atomic_write_bytes, sha256_file
+
+EXTRAS = {"s3": "pip install -e '.[s3]' (s3fs)"}  # the project's extra for a scheme, where it has one
+
+
+def is_url(where: str | Path) -> bool:
+    return isinstance(where, str) and "://" in where
+
+
+def where(location: str | Path | RemotePath) -> Path | RemotePath:
+    """A store location: Path for local paths and file:// URLs, RemotePath for any other URL."""
+    if isinstance(location, (Path, RemotePath)):
+        return location
+    if is_url(location):
+        return Path(location[len("file://"):]) if location.startswith("file://") else RemotePath(location)
+    return Path(location)
+
+
+@contextmanager
+def remote_errors(url: str) -> Iterator[None]:
+    """Object-store failures as one line that says what to fix."""
+    try:
+        yield
+    except ImportError as e:
+        scheme = url.split("://", 1)[0]
+        raise UserError(f"{url}: {scheme}:// needs a package that is not installed: "
+                        f"{EXTRAS.get(scheme, str(e))}") from None
+    except PermissionError as e:
+        raise StoreError(f"{url}: access denied ({e}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the "
+                         "bucket's permissions") from None
+    except Exception as e:  # botocore's credential errors have no common base class with a stable import
+        if "Credentials" in type(e).__name__:
+            raise StoreError(f"{url}: no credentials for the object store ({e}); set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a server that is not AWS)") from None
+        if isinstance(e, FileNotFoundError) and "bucket" in str(e).lower():
+            raise StoreError(f"{url}: the bucket does not exist ({e})") from None
+        raise
+
+
+class RemotePath:
+    """A key prefix in an object store, spelt as a URL (s3://bucket/key). No directories exist there:
+    a "folder" exists when an object has its prefix."""
+
+    def __init__(self, url: str):
+        self.protocol, _, key = url.partition("://")
+        self.key = key.strip("/")
+        if not self.key:
+            raise UserError(f"{url}: give a bucket (and a prefix), e.g. {self.protocol}://bucket/store")
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{self.key}"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"RemotePath({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemotePath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __lt__(self, other: RemotePath) -> bool:
+        return self.url < other.url
+
+    def __truediv__(self, part: str) -> RemotePath:
+        return RemotePath(f"{self.url}/{part}")
+
+    @property
+    def name(self) -> str:
+        return self.key.rpartition("/")[2]
+
+    @property
+    def fs(self):
+        """This process's client (fsspec caches one per process: a forked worker makes its own). No
+        listing is cached: other ranks add objects meanwhile."""
+        import fsspec
+
+        with remote_errors(self.url):
+            return fsspec.filesystem(self.protocol, use_listings_cache=False)
+
+    def call(self, method: str, *args, **kw):
+        with remote_errors(self.url):
+            return getattr(self.fs, method)(*args, **kw)
+
+    def exists(self) -> bool:
+        return self.call("exists", self.key)
+
+    def is_file(self) -> bool:
+        return self.call("isfile", self.key)
+
+    def is_dir(self) -> bool:
+        return self.call("isdir", self.key)
+
+    def iterdir(self) -> Iterator[RemotePath]:
+        for entry in self.call("ls", self.key, detail=False):
+            yield RemotePath(f"{self.protocol}://{entry}")
+
+    def read_bytes(self) -> bytes:
+        return self.call("cat_file", self.key)
+
+    def bucket_exists(self) -> bool:
+        return self.call("exists", self.key.partition("/")[0])
+
+
+def write_bytes(path: Path | RemotePath, data: bytes) -> None:
+    """Replace a file whole: locally by an fsynced rename, remotely by one PUT (atomic by itself)."""
+    if isinstance(path, RemotePath):
+        path.call("pipe_file", path.key, data)
+    else:
+        atomic_write_bytes(path, data)
+
+
+def upload(files: dict[str, Path], folder: RemotePath) -> None:
+    """PUT local files under a remote folder (relative name -> local path), concurrently."""
+    if files:
+        folder.call("put", [str(p) for p in files.values()], [f"{folder.key}/{rel}" for rel in files])
+
+
+def remove_tree(path: Path | RemotePath) -> None:
+    if isinstance(path, RemotePath):
+        if path.exists():
+            path.call("rm", path.key, recursive=True)
+    else:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def list_files(folder: Path | RemotePath) -> list[str]:
+    """Relative posix names of every file under a folder, sorted."""
+    if isinstance(folder, RemotePath):
+        return sorted(p[len(folder.key) + 1:] for p in folder.call("find", folder.key))
+    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+
+
+def sha256_of(path: Path | RemotePath, fsync: bool = False) -> str:
+    if isinstance(path, RemotePath):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path, fsync=fsync)
+
+
+def tree_bytes(folder: Path | RemotePath) -> int:
+    if isinstance(folder, RemotePath):
+        return int(folder.call("du", folder.key, total=True)) if folder.exists() else 0
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def zarr_store(folder: Path | RemotePath, read_only: bool):
+    """A zarr v3 store over a folder: LocalStore, or zarr's FsspecStore with an async client."""
+    if isinstance(folder, RemotePath):
+        from zarr.storage import FsspecStore
+
+        with remote_errors(folder.url):
+            return FsspecStore.from_url(folder.url, read_only=read_only)
+    from zarr.storage import LocalStore
+
+    return LocalStore(folder, read_only=read_only)
+

@@ -1,0 +1,226 @@
+"""Stores in an object store: a real S3-compatible server (moto in server mode) on 127.0.0.1.
+
+The server runs in a thread of this test process, so it stops when the module's tests are done (or
+with the process); it enforces credentials, so bad keys and missing permissions are real errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from extract.config import ExtractConfig
+from extract.job import run_extract
+from store import open_store, sealed_units
+from store.cache import ChunkCache
+from store.location import list_files, where
+from tests.conftest import JOB_CONFIG, ROOT, assert_one_error_line, assert_same_store, cli_main, extract_args, run_cli
+
+BUCKET = "features"
+ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+TRAIN = ["--preset", "ac_test", "--steps", 6, "--batch-size", 2, "--frames", 4, "--val-every", 3, "--val-clips", 4,
+         "--ckpt-every", 6, "--lr", 1e-3, "--device", "cpu"]
+
+
+def _keys(iam, user: str, policy: dict | None) -> dict[str, str]:
+    iam.create_user(UserName=user)
+    if policy:
+        iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """The server's environment for clients: endpoint, region and the keys of a user allowed everything.
+
+    Yields a dict with `env` (for subprocesses; also set in this process) and `denied` (keys of a user
+    with no permissions)."""
+    pytest.importorskip("s3fs", reason="the [s3] extra")
+    from moto import settings
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "setup", "AWS_SECRET_ACCESS_KEY": "setup", "AWS_EC2_METADATA_DISABLED": "true",
+           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"}
+    no_auth = settings.INITIAL_NO_AUTH_ACTION_COUNT
+    try:
+        with mock.patch.dict(os.environ, env):
+            import boto3
+
+            boto3.client("s3").create_bucket(Bucket=BUCKET)
+            iam = boto3.client("iam")
+            allowed, denied = _keys(iam, "trainer", ALLOW_ALL), _keys(iam, "nobody", None)
+            settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from now on every request must be signed by a known user
+            env.update(allowed)
+            os.environ.update(allowed)
+            yield {"env": {**os.environ}, "denied": denied}
+    finally:
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = no_auth
+        server.stop()
+
+
+@contextmanager
+def environment(values: dict, clear: bool = False):
+    """This process's environment changed, with clients made anew (fsspec keeps one per process)."""
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()
+    try:
+        with mock.patch.dict(os.environ, values, clear=clear):
+            yield
+    finally:
+        S3FileSystem.clear_instance_cache()
+
+
+def upload(folder: Path, url: str) -> str:
+    """A local store copied object by object (as `aws s3 sync` would)."""
+    remote, files = where(url), list_files(folder)
+    remote.call("put", [str(folder / rel) for rel in files], [f"{remote.key}/{rel}" for rel in files])
+    return url
+
+
+@pytest.fixture(scope="module")
+def s3_copy(s3, reference) -> str:
+    """The reference store in the bucket (read only)."""
+    return upload(reference, f"s3://{BUCKET}/copy")
+
+
+def test_extract_with_two_ranks_to_s3(s3, reference, demo_corpus):
+    url = f"s3://{BUCKET}/two-ranks"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "cli.py"),
+                        *map(str, extract_args(demo_corpus, url, "--workers", 1))],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=s3["env"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_same_store(url, reference)
+    assert run_cli("store", "verify", url, env=s3["env"]).returncode == 0
+    root = where(url)
+    for u in sealed_units(root):  # each seal lists exactly its shard's other objects
+        shard = root / "shards" / f"{u:05d}"
+        assert set(json.loads((shard / "sealed.json").read_bytes())["files"]) == \
+            set(list_files(shard)) - {"sealed.json"}
+
+
+def test_sigkill_then_rerun_on_s3(s3, reference, demo_corpus):
+    url = f"s3://{BUCKET}/killed"
+    args = [sys.executable, str(ROOT / "cli.py"), *map(str, extract_args(demo_corpus, url, "--workers", 0,
+                                                                          "--episodes-per-unit", 1))]
+    p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=s3["env"])
+    root, deadline = where(url), time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if (root / "shards").exists() and len(sealed_units(root)) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    sealed = len(sealed_units(root))
+    assert 3 <= sealed < 8, f"the run was not killed part-way ({sealed} of 8 units sealed)"
+    summary = run_extract(ExtractConfig(corpus=demo_corpus, out=url, workers=0,
+                                         **{**JOB_CONFIG, "episodes_per_unit": 1}))
+    assert summary.units_skipped == sealed and summary.units == 8 - sealed
+    store, ref = open_store(url), open_store(reference)
+    assert store.complete and store.num_units == 8
+    cols = ["episode_id", "num_frames", "source", "status", "note"]
+    assert store.episodes.select(cols).equals(ref.episodes.select(cols))
+    for e in ref.ok_episodes:
+        a, b = store.read_episode(e), ref.read_episode(e)
+        assert torch.equal(a["features"], b["features"])
+        assert np.array_equal(a["state"], b["state"])
+
+    # a flipped byte in a sealed shard's chunk: verify names it, reading it is refused
+    chunk = next(rel for rel in list_files(root) if "/features/c/" in rel)
+    data = bytearray((root / chunk).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    root.call("pipe_file", f"{root.key}/{chunk}", bytes(data))
+    r = run_cli("store", "verify", url, env=s3["env"], check=False)
+    unit = chunk.split("/")[1]
+    assert r.returncode == 1 and f"shard {unit}: checksum mismatch in {chunk.split('/', 2)[2]}" in r.stdout
+
+
+def _losses(run: Path) -> list[tuple[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return [(r["step"], r["loss"]) for r in csv.DictReader(f)]
+
+
+def test_training_from_s3_with_and_without_cache_equals_local(s3, reference, tmp_path):
+    s3_copy = upload(reference, f"s3://{BUCKET}/to-train")
+    local = tmp_path / "local"
+    run_cli("train", "--store", reference, "--out", local, *TRAIN, "--workers", 1)
+    runs = {}
+    for name, extra in [("s3", ["--workers", 2]), ("cold", ["--workers", 2, "--cache", tmp_path / "cache"])]:
+        runs[name] = tmp_path / name
+        run_cli("train", "--store", s3_copy, "--out", runs[name], *TRAIN, *extra, env=s3["env"])
+    cached = list_files(tmp_path / "cache")
+    assert cached, "the cache stayed empty"
+    # every feature chunk object gone from the bucket: a warm run reads them from the cache alone
+    root = where(s3_copy)
+    gone = [rel for rel in list_files(root) if "/features/c/" in rel]
+    root.call("rm", [f"{root.key}/{rel}" for rel in gone])
+    runs["warm"] = tmp_path / "warm"
+    run_cli("train", "--store", s3_copy, "--out", runs["warm"], *TRAIN, "--workers", 2, "--cache",
+            tmp_path / "cache", env=s3["env"])
+    expect = _losses(local)
+    assert len(expect) == 6
+    for name, run in runs.items():
+        assert _losses(run) == expect, name
+    # without the cache the missing chunks are an error, not zeros
+    r = run_cli("train", "--store", s3_copy, "--out", tmp_path / "nocache", *TRAIN, "--workers", 0,
+                env=s3["env"], check=False)
+    assert r.returncode == 2 and "is missing (deleted after sealing)" in r.stderr
+
+
+def test_store_ls_info_show_on_s3(s3, s3_copy):
+    code, out, err = cli_main("store", "ls", s3_copy)
+    assert code == 0 and out.count("sealed") == 4, out + err
+    code, out, err = cli_main("store", "info", s3_copy)
+    assert code == 0 and "units sealed" in out and "4/4" in out, out + err
+    code, out, err = cli_main("store", "show", s3_copy, 3)
+    assert code == 0 and "episode 3" in out and "status=ok" in out, out + err
+
+
+def test_object_store_errors(s3, s3_copy, demo_corpus, tmp_path):
+    code, _, err = cli_main("store", "info", "s3://no-such-bucket/store")
+    assert_one_error_line(code, err, "the bucket does not exist")
+    code, _, err = cli_main(*extract_args(demo_corpus, "s3://no-such-bucket/store"))
+    assert_one_error_line(code, err, "the bucket does not exist")
+    with environment(s3["denied"]):
+        code, _, err = cli_main("store", "ls", s3_copy)
+        assert_one_error_line(code, err, "access denied")
+    with environment({"AWS_ACCESS_KEY_ID": "AKIAUNKNOWNUNKNOWN00", "AWS_SECRET_ACCESS_KEY": "x"}):
+        code, _, err = cli_main("train", "--store", s3_copy, "--out", tmp_path / "run")
+        assert_one_error_line(code, err, "access denied (Forbidden); check AWS_ACCESS_KEY_ID")
+    without = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    with environment(without, clear=True):
+        code, _, err = cli_main("store", "info", s3_copy)
+        assert_one_error_line(code, err, "no credentials")
+    code, _, err = cli_main("store", "info", "gs://bucket/store")  # gcsfs is no dependency of ours
+    assert_one_error_line(code, err, "gcsfs")
+
+
+def test_chunk_cache_is_bounded_and_drops_damaged_copies(tmp_path):
+    cache = ChunkCache(tmp_path / "c", max_bytes=10_000)
+    blobs = {f"{i:064x}": bytes([i]) * 900 for i in range(30)}
+    for digest, data in blobs.items():
+        cache.put(digest, data)
+        time.sleep(0.002)  # distinct modification times: the oldest go first
+    held = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in held) <= 10_000 + 10_000 // 8
+    assert cache.get(f"{29:064x}") == blobs[f"{29:064x}"] and cache.get(f"{0:064x}") is None
