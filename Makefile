@@ -21,7 +21,7 @@ DEMO_CORPUS := $(DATA)/demo-corpus
 DEMO_STORE := $(DATA)/demo-store
 DEMO_RUN := $(DATA)/demo-run
 
-.PHONY: setup test extract train demo bench clean-demo
+.PHONY: setup test extract train demo bench bench-s3 clean-demo
 
 setup: $(VENV)/.installed
 
@@ -69,6 +69,14 @@ bench: setup
 	$(PY) cli.py bench memory
 	$(PY) cli.py bench codecs
 	$(PY) cli.py bench loader
+
+# bench loader from an S3-compatible server on loopback (moto, from the test extra), stopped afterwards
+S3_BENCH_ENV := AWS_ENDPOINT_URL=http://127.0.0.1:5555 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench \
+	AWS_DEFAULT_REGION=us-east-1
+bench-s3: setup
+	$(VENV)/bin/moto_server -H 127.0.0.1 -p 5555 >/dev/null 2>&1 & server=$$!; trap "kill $$server" EXIT; sleep 3; \
+	$(S3_BENCH_ENV) $(PY) -c "import boto3; boto3.client('s3').create_bucket(Bucket='bench')" && \
+	$(S3_BENCH_ENV) $(PY) cli.py bench loader --store-url s3://bench/loader --frames 1320 $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_CORPUS) $(DEMO_STORE) $(DEMO_RUN)

@@ -26,7 +26,7 @@ def sha256_rate(paths: list, repeats: int = 3) -> float:
 
 
 def run(cfg: CheckedReadsBench) -> Section:
-    root = make_store(cfg.directory / f"vitg-bf16-chunk{CHUNK}-small", cfg.frames, CHUNK)
+    root = make_store(cfg.directory, cfg.frames, CHUNK)
     rates = {True: [], False: []}
     for _ in range(cfg.repeats):  # alternating, page cache warm: the CPU cost of the check shows in full
         for verify in (True, False):

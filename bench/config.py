@@ -40,6 +40,9 @@ class LoaderBench(DirBench):
 
     frames: int = setting(6000, "Frames in each benchmark store (ViT-g size: 704 KiB each).", min=66)
     clips: int = setting(200, "Clips read per measurement.", min=8)
+    store_url: str | None = setting(None, "Instead: the 4-frame-chunk store copied to this fsspec URL (s3://...), "
+                                          "read from there cold and through --cache, beside the local copy "
+                                          "(`make bench-s3` runs it against a loopback S3 server).")
 
 
 @dataclass

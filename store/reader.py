@@ -8,6 +8,7 @@ fsspec URL (store.location); with a `ChunkCache`, objects once read come from lo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 
@@ -17,6 +18,7 @@ import torch
 import zarr
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.abc.store import Store as ZarrStore
+from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
 from common.errors import StoreError
@@ -95,6 +97,14 @@ def shard_arrays(root: Location, unit: int, config: StoreConfig, seal: dict | No
         raise StoreError(f"shard {unit:05d}: arrays unreadable ({type(e).__name__}: {e})") from None
 
 
+def read_rows(arrays: list[zarr.Array], rows: slice) -> list[np.ndarray]:
+    """The same rows of several arrays, all their chunks fetched at once (one round trip from an object store)."""
+    async def gather():
+        return await asyncio.gather(*(a.async_array.getitem(rows) for a in arrays))
+
+    return sync(gather())
+
+
 class Store:
     """A read-only view of the sealed shards of a store.
 
@@ -124,6 +134,7 @@ class Store:
         cols = self.episodes.select(["episode_id", "unit", "first_row", "num_frames"]).to_pydict()
         self._where = {e: (u, r, n) for e, u, r, n in zip(*cols.values())}
         self._arrays: dict[int, dict[str, zarr.Array]] = {}
+        self._rows: dict[int, dict[str, np.ndarray]] = {}  # per shard: its states (and actions), read whole once
         self._pid = os.getpid()
 
     def _episode_table(self):
@@ -141,7 +152,7 @@ class Store:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_arrays"] = {}
+        state["_arrays"], state["_rows"] = {}, {}
         return state
 
     @property
@@ -171,7 +182,7 @@ class Store:
 
     def _unit_arrays(self, unit: int) -> dict[str, zarr.Array]:
         if self._pid != os.getpid():  # forked: file handles of the parent are not ours
-            self._arrays, self._pid = {}, os.getpid()
+            self._arrays, self._rows, self._pid = {}, {}, os.getpid()
         if unit not in self._arrays:
             self._arrays[unit] = shard_arrays(self.root, unit, self.config, verify=self.verify, cache=self.cache)
         return self._arrays[unit]
@@ -194,10 +205,14 @@ class Store:
             raise StoreError(f"window [{start}, {start + length}) outside episode {episode_id} of {n} frames")
         a = self._unit_arrays(unit)
         rows = slice(first + start, first + start + length)
-        scales = a["scales"][rows] if "scales" in a else None
-        features = codecs.decode(a["features"][rows], scales, self.config.codec)
-        action = torch.from_numpy(a["action"][rows]) if "action" in a else None
-        return features, torch.from_numpy(a["state"][rows]), action
+        if unit not in self._rows:  # a few bytes per row: one read per shard instead of one per window
+            small = [k for k in ("state", "action") if k in a]
+            self._rows[unit] = dict(zip(small, read_rows([a[k] for k in small], slice(None))))
+        small = {k: torch.from_numpy(v[rows].copy()) for k, v in self._rows[unit].items()}  # callers may write
+        names = [k for k in ("features", "scales") if k in a]
+        got = dict(zip(names, read_rows([a[k] for k in names], rows)))  # the chunks of both at once
+        features = codecs.decode(got["features"], got.get("scales"), self.config.codec)
+        return features, small["state"], small.get("action")
 
     def read_episode(self, episode_id: int) -> dict[str, np.ndarray | torch.Tensor]:
         """All rows of an episode: features, state, action (None unless stored), frame_index, timestamp."""
