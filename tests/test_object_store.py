@@ -170,6 +170,17 @@ def test_training_from_s3_with_and_without_cache_equals_local(s3, reference, tmp
         run_cli("train", "--store", s3_copy, "--out", runs[name], *TRAIN, *extra, env=s3["env"])
     cached = list_files(tmp_path / "cache")
     assert cached, "the cache stayed empty"
+    # eval reads the store at a URL like a local one; the run records the URL, never a secret
+    reports = []
+    for store in (reference, s3_copy):
+        run_cli("eval", "--checkpoint", local / "latest.pt", "--store", store, "--max-clips", 8,
+                "--out", tmp_path / "eval", env=s3["env"])
+        reports.append({k: v for k, v in json.loads((tmp_path / "eval" / "report.json").read_text()).items()
+                        if k != "store"})
+    assert reports[0] == reports[1]
+    secret = s3["env"]["AWS_SECRET_ACCESS_KEY"].encode()
+    written = [p for p in runs["cold"].rglob("*") if p.is_file()] + [tmp_path / "eval" / "report.json"]
+    assert not any(secret in p.read_bytes() for p in written)
     # every feature chunk object gone from the bucket: a warm run reads them from the cache alone
     root = where(s3_copy)
     gone = [rel for rel in list_files(root) if "/features/c/" in rel]
