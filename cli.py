@@ -23,6 +23,7 @@ from common.commands import command
 from common.errors import TrainingDiverged, UserError
 from common.files import output_file
 from extract.config import DemoCorpusConfig, ExtractConfig
+from sim.config import CollectConfig, SimEvalConfig
 from train.config import EvalConfig, ExportConfig, PlanConfig, PlanEvalConfig, TrainConfig
 
 app = typer.Typer(help="Train V-JEPA 2-AC world models from cached V-JEPA 2 features.", no_args_is_help=True,
@@ -30,7 +31,10 @@ app = typer.Typer(help="Train V-JEPA 2-AC world models from cached V-JEPA 2 feat
 store_app = typer.Typer(help="Inspect, verify and merge feature stores.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: each prints its results and writes its section of BENCHMARKS.md.",
                         no_args_is_help=True)
+sim_app = typer.Typer(help="Closed loop in a simulator (gym-pusht with the [sim] extra, or the demo world): "
+                           "collect a corpus, evaluate a trained model by planning.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+app.add_typer(sim_app, name="sim")
 app.add_typer(bench_app, name="bench")
 console = Console(soft_wrap=True)  # long paths stay on one line
 err = Console(stderr=True)
@@ -303,6 +307,43 @@ def store_merge(path: str = StorePath) -> None:
     console.print(f"wrote {where(path) / 'manifest.parquet'} with {merge_manifest(path).num_rows} episodes")
 
 
+# ---------------------------------------------------------------- sim
+
+
+@command(sim_app, "collect", CollectConfig)
+def sim_collect(cfg: CollectConfig) -> None:
+    """Episodes of a simulator under an exploratory scripted policy, as a WebDataset corpus for `extract`."""
+    from sim.collect import run_collect
+
+    with _bar(f"collecting {cfg.env} episodes") as p:
+        task = p.add_task("", total=cfg.episodes)
+        r = run_collect(cfg, on_episode=lambda _: p.advance(task))
+    console.print(f"wrote {r.path}: {r.episodes} episodes, {r.frames} frames; next: cli.py extract --format "
+                  f"webdataset --corpus {cfg.out} ...")
+
+
+@command(sim_app, "eval", SimEvalConfig)
+def sim_eval(cfg: SimEvalConfig) -> None:
+    """Closed-loop planning in a simulator: plan with CEM, execute the first action, replan; baselines beside."""
+    from sim.evaluate import POLICIES, run_sim_eval
+
+    runs = len(POLICIES) if cfg.baselines else 1
+    with _bar("closed-loop episodes") as p:
+        task = p.add_task("", total=runs * cfg.episodes)
+        r = run_sim_eval(cfg, on_episode=lambda *_: p.advance(task))
+    rep = r.report
+    rows = [[name, f"{m['successes']}/{m['episodes']}", f"{m['success_rate']:.0%}",
+             f"{m['ci95'][0]:.0%}..{m['ci95'][1]:.0%}", f"{m['final_distance_median']:.4g}",
+             "-" if m["steps_to_first_success_median"] is None else f"{m['steps_to_first_success_median']:.0f}",
+             f"{m['seconds_per_plan']:.3f}"] for name, m in rep["policies"].items()]
+    _table(f"{rep['task']} in {rep['env']}: {rep['episodes']} episodes, budget {rep['budget']} control steps, "
+           f"horizon {rep['horizon']} x {rep['frame_skip']} steps, success within {rep['tolerance']:g}",
+           ["policy", "success", "rate", "95% CI", "final distance (median)", "steps to success", "s per plan"],
+           rows)
+    console.print(f"wrote {r.out / 'report.json'}, {r.out / 'grid.png'} and {min(cfg.videos, cfg.episodes)} "
+                  "episode videos")
+
+
 # ---------------------------------------------------------------- bench
 
 
@@ -330,7 +371,7 @@ def main() -> None:
 
     # the library's notes (logging.info), e.g. which tensors --init-from re-initialised, as "note: ..." lines
     logging.basicConfig(level=logging.WARNING, format="note: %(message)s", stream=sys.stderr)
-    for package in ("common", "extract", "store", "train"):
+    for package in ("common", "extract", "store", "train", "sim"):
         logging.getLogger(package).setLevel(logging.INFO)
     try:
         code = app(standalone_mode=False)

@@ -1,0 +1,59 @@
+"""Settings of the simulator commands (`sim collect`, `sim eval`): defaults, help and limits, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.settings import check, device_setting, setting
+from train.config import CEMConfig
+
+ENVS = ("demo", "pusht")
+TASKS = ("reach", "push")
+
+
+def _size():
+    return setting(224, "Frame size in pixels of PushT's camera (sim eval must render as collect did).",
+                   min=32, max=2048)
+
+
+@dataclass
+class CollectConfig:
+    """Episodes of a simulator under an exploratory scripted policy, as a WebDataset corpus for `extract`."""
+
+    out: Path = setting(help="Corpus folder: writes OUT/sim-000000.tar (WebDataset: .mp4 + .json per episode).")
+    env: str = setting("pusht", "Simulator: pusht (gym-pusht) or demo (the demo corpus's world).", choices=ENVS)
+    episodes: int = setting(64, "Episodes to collect.", min=1, max=1_000_000)
+    steps: int = setting(80, "Control steps per episode (PushT: 10 Hz; demo: 15 Hz).", min=2, max=100_000)
+    size: int = _size()
+    seed: int = setting(0, "Seed: the same seed gives the same corpus.", min=0)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass
+class SimEvalConfig:
+    """Closed-loop model-predictive control in a simulator: plan, execute the first action, replan."""
+
+    checkpoint: Path = setting(help="Predictor checkpoint (RUN/latest.pt) trained on a store of this simulator.")
+    env: str = setting("demo", "Simulator.", choices=ENVS)
+    task: str = setting("reach", "reach: move the agent to where the goal image shows it; push: reach the "
+                                 "state 30 control steps later on a scripted episode (agent and block).",
+                        choices=TASKS)
+    episodes: int = setting(20, "Episodes (the baselines run the same starts and goals).", min=1, max=100_000)
+    budget: int = setting(50, "Control steps per episode (a planned action spends the store's frame skip).",
+                          min=1, max=100_000)
+    horizon: int = setting(5, "Frame-skipped actions planned at each step.", min=1, max=64)
+    encoder_checkpoint: Path | None = setting(None, "The store's encoder weights (not needed for a "
+                                                    "random-init encoder: it is rebuilt from its seed).")
+    size: int = _size()
+    out: Path | None = setting(None, "Report folder (default: sim-ENV-TASK/ beside the checkpoint).")
+    videos: int = setting(3, "Closed-loop episodes written as MP4 (goal inset).", min=0)
+    baselines: bool = setting(True, "Also run random actions and holding still on the same starts and goals.")
+    task_seed: int = setting(0, "Seed of the starts and goals (--seed seeds CEM).", min=0)
+    device: str | None = device_setting()
+    cem: CEMConfig = setting(factory=CEMConfig)
+
+    def __post_init__(self) -> None:
+        check(self)

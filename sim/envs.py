@@ -1,0 +1,168 @@
+"""Simulators as the closed loop sees them: reset to a full state, step by one native control, render.
+
+- `demo`: the demo corpus's world (extract.demo) as a simulator: a 7-D end effector (DROID's
+  pose convention) over a table with a block it pushes when low; the control is the next native
+  pose (15 Hz), the camera the store's (wrist or exterior).
+- `pusht`: gym-pusht (the `[sim]` extra), headless: a 2-D agent pushing a T-shaped block; the
+  control is the PD controller's target position (10 Hz), the camera its rendered frame.
+
+The full simulator state (agent and block) sets goals and scores them; the model only sees the
+camera and the agent's state, as the store holds them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from common.errors import UserError
+from extract import demo
+from store.actions import apply_action
+
+PUSH_GOAL_STEPS = 30  # push task: the goal is the state this many control steps along a scripted episode
+
+
+class DemoSim:
+    """The demo world: sim state [x, y, z, roll, pitch, yaw, gripper, block_x, block_y] (m, rad)."""
+
+    name, hz, state_dim, state_rule = "demo", demo.HZ, 7, "hold"
+    reach_tolerance = 0.02  # m: success when the gripper ends this close to the target (xy)
+    angle_tolerance = None
+
+    def __init__(self, camera: str = "wrist", seed: int = 0):
+        if camera not in ("wrist", "left"):
+            raise UserError(f"the demo simulator films with the wrist or left camera, not {camera!r}")
+        self.renderer = demo.Renderer(np.random.default_rng(seed + 1))  # the table of demo corpus `seed`
+        self.camera = camera
+
+    def reset(self, sim_state: np.ndarray) -> None:
+        self.pose, self.block = np.array(sim_state[:7], np.float64), np.array(sim_state[7:9], np.float64)
+
+    def step(self, control: np.ndarray) -> None:
+        self.pose = np.asarray(control, np.float64).copy()
+        self.block = demo.push_block(self.pose[None], self.block)[0]
+
+    def image(self) -> np.ndarray:
+        view = self.renderer.wrist if self.camera == "wrist" else self.renderer.exterior
+        return view(self.pose, self.block)
+
+    def agent(self) -> np.ndarray:
+        return self.pose.astype(np.float32)
+
+    def sim_state(self) -> np.ndarray:
+        return np.concatenate([self.pose, self.block])
+
+    def controls(self, action: np.ndarray, stride: int) -> list[np.ndarray]:
+        """A pose-delta action as `stride` native poses, evenly along the way to its target."""
+        target = apply_action(torch.as_tensor(self.pose, dtype=torch.float64)[None],
+                              torch.as_tensor(action, dtype=torch.float64)[None])[0].numpy()
+        return [self.pose + (target - self.pose) * (k + 1) / stride for k in range(stride)]
+
+    def random_start(self, rng: np.random.Generator) -> np.ndarray:
+        pose = [rng.uniform(*demo.X_RANGE), rng.uniform(*demo.Y_RANGE), rng.uniform(*demo.Z_RANGE), np.pi, 0.0,
+                rng.uniform(-0.15, 0.15), float(rng.integers(0, 2))]
+        return np.array(pose + [rng.uniform(0.42, 0.58), rng.uniform(-0.12, 0.12)])
+
+    def reach_goal(self, start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The start with the gripper moved to a random point of the workspace 4..12 cm away (xy)."""
+        while True:
+            xy = np.array([rng.uniform(*demo.X_RANGE), rng.uniform(*demo.Y_RANGE)])
+            if 0.04 <= np.linalg.norm(xy - start[:2]) <= 0.12:
+                return np.concatenate([xy, start[2:]])
+
+    def explore(self, rng: np.random.Generator, steps: int):
+        """The demo corpus's scripted motion from the current pose: controls, one per native step."""
+        path = demo.trajectory(rng, steps + 1)
+        path[:, 3:5] = self.pose[3:5]
+        path += self.pose - path[0]  # start where the gripper is
+        path[:, :3] = np.clip(path[:, :3], [demo.X_RANGE[0], demo.Y_RANGE[0], demo.Z_RANGE[0]],
+                              [demo.X_RANGE[1], demo.Y_RANGE[1], demo.Z_RANGE[1]])
+        path[:, 6] = np.clip(path[:, 6], 0, 1)
+        yield from path[1:]
+
+    @staticmethod
+    def positions(sim_state: np.ndarray) -> np.ndarray:
+        """Agent and block xy, the push task's comparison."""
+        return np.concatenate([sim_state[:2], sim_state[7:9]])
+
+    @staticmethod
+    def block_angle(sim_state: np.ndarray) -> float:
+        return 0.0
+
+
+class PushTSim:
+    """gym-pusht: sim state [agent_x, agent_y, block_x, block_y, block_angle] (px of 512, rad)."""
+
+    name, hz, state_dim, state_rule = "pusht", 10, 2, "target"
+    reach_tolerance = 20.0  # px of 512
+    angle_tolerance = np.pi / 9  # push task, as the peers score it
+
+    def __init__(self, size: int = 224):
+        try:
+            from gym_pusht.envs import PushTEnv
+        except ImportError:
+            raise UserError("--env pusht needs the [sim] extra: pip install -e '.[sim]' (gym-pusht)") from None
+        self.env = PushTEnv(obs_type="pixels_agent_pos", observation_width=size, observation_height=size)
+        self.obs = None
+
+    def reset(self, sim_state: np.ndarray) -> None:
+        self.obs, _ = self.env.reset(options={"reset_to_state": np.asarray(sim_state, np.float64)})
+
+    def step(self, control: np.ndarray) -> None:
+        self.obs = self.env.step(np.clip(np.asarray(control, np.float64), 0, 512))[0]
+
+    def image(self) -> np.ndarray:
+        return np.ascontiguousarray(self.obs["pixels"])
+
+    def agent(self) -> np.ndarray:
+        return np.asarray(self.obs["agent_pos"], np.float32)
+
+    def sim_state(self) -> np.ndarray:
+        e = self.env
+        return np.array([*e.agent.position, *e.block.position, e.block.angle], np.float64)
+
+    def controls(self, action: np.ndarray, stride: int) -> list[np.ndarray]:
+        """A frame-skipped action [stride x 2] as its `stride` target positions."""
+        return list(np.asarray(action, np.float64).reshape(stride, 2))
+
+    def random_start(self, rng: np.random.Generator) -> np.ndarray:
+        return np.array([*rng.uniform(50, 450, 2), *rng.uniform(100, 400, 2), rng.uniform(-np.pi, np.pi)])
+
+    def reach_goal(self, start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The agent at a random point 60..200 px away that the block does not cover; the block stays."""
+        while True:
+            xy = rng.uniform(50, 460, 2)
+            if 60 <= np.linalg.norm(xy - start[:2]) <= 200 and np.linalg.norm(xy - start[2:4]) > 70:
+                return np.concatenate([xy, start[2:]])
+
+    def explore(self, rng: np.random.Generator, steps: int):
+        """Smooth moves between random waypoints; half of them aimed through the block, so it moves."""
+        target, waypoint, speed = self.agent().astype(np.float64), None, 0.0
+        for _ in range(steps):
+            if waypoint is None or np.linalg.norm(waypoint - target) < 4:
+                block = self.sim_state()[2:4]
+                if rng.random() < 0.5:
+                    away = block - target
+                    waypoint = block + away / max(np.linalg.norm(away), 1e-6) * rng.uniform(30, 90)
+                else:
+                    waypoint = rng.uniform(40, 470, 2)
+                waypoint, speed = np.clip(waypoint, 20, 490), rng.uniform(8, 20)
+            move = waypoint - target
+            target = target + move * min(1.0, speed / max(np.linalg.norm(move), 1e-6))
+            yield target.copy()
+
+    @staticmethod
+    def positions(sim_state: np.ndarray) -> np.ndarray:
+        return sim_state[:4]
+
+    @staticmethod
+    def block_angle(sim_state: np.ndarray) -> float:
+        return float(sim_state[4])
+
+
+def make_sim(env: str, camera: str = "wrist", size: int = 224, seed: int = 0):
+    if env == "demo":
+        return DemoSim(camera, seed)
+    if env == "pusht":
+        return PushTSim(size)
+    raise UserError(f"--env {env!r} is not one of: demo, pusht")

@@ -1,0 +1,212 @@
+"""`sim eval`: model-predictive control with a trained world model in a simulator, next to baselines.
+
+Each episode: reset to a start, render the goal, then until the budget of control steps is spent:
+encode the camera frame, plan `horizon` frame-skipped actions with CEM towards the goal's features
+(`train.plan.Planner`), execute the first, replan. The random and hold baselines run the same
+starts and goals. Success is judged on the final simulator state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.device import pick_device
+from common.errors import UserError
+from common.files import output_dir
+from extract.demo import write_mp4
+from extract.encoder import store_encoder
+from store.format import COLUMN, POSE_DELTA
+from train.checkpoint import load_trained
+from train.plan import Planner
+
+from .config import SimEvalConfig
+from .envs import PUSH_GOAL_STEPS, make_sim
+
+POLICIES = ("model", "random", "hold")
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    p, d = successes / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def frame_skip(meta: dict, store: dict, sim) -> int:
+    """Control steps per planned action, checked against the simulator's action and state spaces."""
+    stride = math.ceil(sim.hz / store["fps"] - 1e-9)
+    if sim.name == "demo":
+        fits = meta["actions"] == POSE_DELTA and meta["state_dim"] == 7
+        want = "7-D pose-delta actions and 7-D states"
+    else:
+        fits = meta["actions"].startswith(COLUMN) and meta["action_dim"] == 2 * stride and meta["state_dim"] == 2
+        want = f"{2 * stride}-D column actions ({stride} targets of 2-D at {store['fps']:g} fps) and 2-D states"
+    if not fits:
+        raise UserError(f"this checkpoint's model takes {meta['action_dim']}-D {meta['actions']} actions and "
+                        f"{meta['state_dim']}-D states; --env {sim.name} needs {want}")
+    return stride
+
+
+def make_tasks(sim, task: str, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(start, goal) simulator states of n episodes; push goals come from a scripted episode."""
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, 7])
+        start = sim.random_start(rng)
+        if task == "reach":
+            goal = sim.reach_goal(start, rng)
+        else:
+            sim.reset(start)
+            for control in sim.explore(rng, PUSH_GOAL_STEPS):
+                sim.step(control)
+            goal = sim.sim_state()
+        out.append((start, goal))
+    return out
+
+
+def distance(sim, task: str, state: np.ndarray, goal: np.ndarray) -> float:
+    """reach: the agent's xy to the goal's; push: agent and block xy together (the peers' criterion)."""
+    if task == "reach":
+        return float(np.linalg.norm(state[:2] - goal[:2]))
+    return float(np.linalg.norm(sim.positions(state) - sim.positions(goal)))
+
+
+def succeeded(sim, task: str, state: np.ndarray, goal: np.ndarray) -> bool:
+    if distance(sim, task, state, goal) >= sim.reach_tolerance:
+        return False
+    if task == "push" and sim.angle_tolerance is not None:
+        error = (sim.block_angle(state) - sim.block_angle(goal) + np.pi) % (2 * np.pi) - np.pi
+        return abs(error) < sim.angle_tolerance
+    return True
+
+
+def run_episode(sim, task: str, policy: Callable[[np.ndarray, np.ndarray], np.ndarray], start: np.ndarray,
+                goal: np.ndarray, budget: int, stride: int) -> dict:
+    """Closed loop until `budget` control steps are spent; returns the outcome and the frames seen."""
+    sim.reset(start)
+    frames, steps, first, seconds = [sim.image()], 0, None, []
+    while steps < budget:
+        t = time.perf_counter()
+        action = policy(frames[-1], sim.agent())
+        seconds.append(time.perf_counter() - t)
+        for control in sim.controls(action, stride)[:budget - steps]:
+            sim.step(control)
+            steps += 1
+            if first is None and succeeded(sim, task, sim.sim_state(), goal):
+                first = steps
+        frames.append(sim.image())
+    final = sim.sim_state()
+    return {"success": succeeded(sim, task, final, goal), "distance": distance(sim, task, final, goal),
+            "first_success_step": first, "seconds_per_plan": float(np.mean(seconds)), "frames": frames}
+
+
+def summarize(outcomes: list[dict]) -> dict:
+    k, n = sum(o["success"] for o in outcomes), len(outcomes)
+    d = [o["distance"] for o in outcomes]
+    firsts = [o["first_success_step"] for o in outcomes if o["first_success_step"] is not None]
+    return {"success_rate": k / n, "successes": k, "episodes": n, "ci95": wilson(k, n),
+            "final_distance_mean": float(np.mean(d)), "final_distance_median": float(np.median(d)),
+            "steps_to_first_success_median": float(np.median(firsts)) if firsts else None,
+            "seconds_per_plan": float(np.mean([o["seconds_per_plan"] for o in outcomes]))}
+
+
+@dataclass
+class SimEvalResult:
+    report: dict  # what report.json holds
+    out: Path  # report.json, grid.png, episode_*.mp4
+
+
+def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | None = None) -> SimEvalResult:
+    device = pick_device(cfg.device)
+    model, ckpt = load_trained(cfg.checkpoint)
+    meta, store = ckpt["model_meta"], ckpt.get("store")
+    if not store:
+        raise UserError(f"{cfg.checkpoint} records no store (its encoder and frame rate); train it with this version")
+    sim = make_sim(cfg.env, camera=store["camera"], size=cfg.size)
+    stride = frame_skip(meta, store, sim)
+    cem = replace(cfg.cem, state_from_action=sim.state_rule)
+    planner = Planner(model, meta, cem, device, encoder=store_encoder(store, cfg.encoder_checkpoint, ckpt))
+    tasks = make_tasks(sim, cfg.task, cfg.episodes, cfg.task_seed)
+    goals = []
+    for _, goal in tasks:
+        sim.reset(goal)
+        goals.append(sim.image())
+    rng = torch.Generator().manual_seed(cfg.task_seed)
+
+    def random_action(image, state):
+        space = planner.space(torch.as_tensor(state))
+        a = space.mean.clone()
+        a[space.dims] = space.low[space.dims] + (space.high - space.low)[space.dims] * torch.rand(len(space.dims),
+                                                                                                 generator=rng)
+        return a.numpy()
+
+    policies = {"model": lambda goal: lambda image, state: planner.act(image, state, goal, cfg.horizon),
+                "random": lambda goal: random_action,
+                "hold": lambda goal: lambda image, state: planner.space(torch.as_tensor(state)).mean.numpy()}
+    out = output_dir(cfg.out or Path(cfg.checkpoint).parent / f"sim-{cfg.env}-{cfg.task}", "--out")
+    results, finals = {}, []
+    for name in POLICIES if cfg.baselines else POLICIES[:1]:
+        outcomes = []
+        for i, ((start, goal), goal_image) in enumerate(zip(tasks, goals)):
+            outcome = run_episode(sim, cfg.task, policies[name](goal_image), start, goal, cfg.budget, stride)
+            frames = outcome.pop("frames")
+            if name == "model":
+                finals.append((frames[0], goal_image, frames[-1]))
+                if i < cfg.videos:
+                    write_video(out / f"episode_{i:03d}.mp4", frames, goal_image)
+            outcomes.append(outcome)
+            if on_episode:
+                on_episode(name, i)
+        results[name] = {**summarize(outcomes), "per_episode": outcomes}
+    write_grid(out / "grid.png", finals)
+    report = {"env": cfg.env, "task": cfg.task, "episodes": cfg.episodes, "budget": cfg.budget,
+              "horizon": cfg.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance,
+              "checkpoint": str(cfg.checkpoint), "cem": {k: getattr(cem, k) for k in ("samples", "iterations",
+                                                                                      "elites", "state_from_action")},
+              "device": str(device), "policies": results}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return SimEvalResult(report, out)
+
+
+def _inset(frame: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """The frame with the goal image, a third of its size and framed in green, in its top-right corner."""
+    out = frame.copy()
+    h, w = frame.shape[0] // 3, frame.shape[1] // 3
+    rows = np.linspace(0, goal.shape[0] - 1, h).astype(int)
+    cols = np.linspace(0, goal.shape[1] - 1, w).astype(int)
+    out[:h + 2, -w - 2:] = (0, 200, 0)
+    out[1:h + 1, -w - 1:-1] = goal[rows][:, cols]
+    return out
+
+
+def write_video(path: Path, frames: list[np.ndarray], goal: np.ndarray) -> None:
+    even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]  # yuv420p needs even sizes
+    write_mp4(path, [_inset(f, goal[: f.shape[0], : f.shape[1]]) for f in even], fps=2)
+
+
+def write_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_rows: int = 8) -> None:
+    """start | goal | final of the model's first episodes, one row each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rows[:max_rows]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.4 * len(rows)), squeeze=False)
+    for r, images in enumerate(rows):
+        for c, (image, title) in enumerate(zip(images, ("start", "goal", "final (model)"))):
+            axes[r, c].imshow(image)
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+            if r == 0:
+                axes[r, c].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,106 @@
+"""Closed loop: collecting from simulators (gym-pusht, the demo world), the planner, `sim eval`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from sim.config import CollectConfig
+from sim.collect import run_collect
+from store import open_store
+from tests.conftest import assert_one_error_line, cli_main, run_cli
+from train.config import CEMConfig
+from train.plan import Planner
+
+pytest.importorskip("gym_pusht", reason="the [sim] extra")
+
+
+def _samples(tar_path) -> dict[str, dict]:
+    with tarfile.open(tar_path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}
+
+
+def test_pusht_collect_is_deterministic_and_round_trips_through_extract(tmp_path):
+    cfg = dict(env="pusht", episodes=3, steps=26, size=64, seed=5)
+    a = run_collect(CollectConfig(out=tmp_path / "a", **cfg))
+    b = run_collect(CollectConfig(out=tmp_path / "b", **cfg))
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.path.read_bytes() != run_collect(CollectConfig(out=tmp_path / "c", **{**cfg, "seed": 6})).path.read_bytes()
+    meta = json.loads(_samples(a.path)["ep000001.json"])
+    sim_state = np.array(meta["sim_state"])
+    assert meta["fps"] == 10 and np.allclose(np.array(meta["state"]), sim_state[:, :2], atol=1e-4)
+    moved = [np.abs(np.diff(np.array(json.loads(v)["sim_state"])[:, 2:5], axis=0)).sum()
+             for k, v in _samples(a.path).items() if k.endswith(".json")]
+    assert max(moved) > 1.0, "the scripted policy never moved the block"
+
+    store = tmp_path / "store"
+    run_cli("extract", "--format", "webdataset", "--corpus", tmp_path / "a", "--out", store, "--preset", "vit_test",
+            "--fps", 2, "--workers", 0, "--device", "cpu", "--batch-size", 16)
+    s = open_store(store)
+    assert (s.config.state_dim, s.config.action_dim, s.config.actions) == (2, 10, "column:action")
+    for e, row in enumerate(s.episodes.to_pylist()):
+        meta = json.loads(_samples(a.path)[f"ep{e:06d}.json"])
+        data = s.read_episode(e)
+        rows = data["frame_index"]
+        assert np.array_equal(rows, np.arange(0, 26, 5)[:len(rows)])
+        assert np.array_equal(data["state"], np.array(meta["state"], np.float32)[rows])
+        native = np.array(meta["action"], np.float32)
+        for t in range(len(rows) - 1):  # frame skip 5: the 5 targets from stored frame t to t + 1
+            assert np.array_equal(data["action"][t], native[rows[t]:rows[t] + 5].reshape(-1))
+        assert np.isnan(data["action"][-1]).all()
+
+
+class Bowl(Planner):
+    """A planner whose energy is a hand-made bowl with its minimum at `optimum` [H, A]."""
+
+    def __init__(self, optimum: torch.Tensor, cfg: CEMConfig):
+        meta = {"actions": "state-delta", "action_dim": 2, "state_dim": 2,
+                "stats": {"action": {"p01": [-1.0, -1.0], "p99": [1.0, 1.0]}}}
+        super().__init__(torch.nn.Identity(), meta, cfg, torch.device("cpu"))
+        self.optimum = optimum
+
+    def energies(self, z0, state, goal, actions):
+        return ((actions - self.optimum) ** 2).sum((1, 2))
+
+
+def test_planner_finds_the_optimum_of_a_known_energy():
+    optimum = torch.tensor([[0.3, -0.55], [-0.2, 0.7]])
+    planner = Bowl(optimum, CEMConfig(samples=200, iterations=12, elites=20, seed=3))
+    plan = planner.plan(torch.zeros(4, 8), torch.zeros(2), torch.zeros(4, 8), horizon=2)
+    assert torch.allclose(plan.actions, optimum, atol=0.02), plan.actions
+    assert plan.energy < 1e-3
+
+
+def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
+    run, _ = demo_run
+    out = tmp_path / "sim"
+    r = run_cli("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "demo", "--task", "reach",
+                "--episodes", 4, "--budget", 24, "--horizon", 1, "--samples", 64, "--iterations", 3,
+                "--elites", 8, "--videos", 1, "--out", out, "--device", "cpu")
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["policies"]) == {"model", "random", "hold"}
+    m, rnd, hold = (report["policies"][k] for k in ("model", "random", "hold"))
+    assert m["episodes"] == 4 and 0 <= m["ci95"][0] <= m["success_rate"] <= m["ci95"][1] <= 1
+    assert m["success_rate"] >= rnd["success_rate"], r.stdout
+    assert m["final_distance_median"] < hold["final_distance_median"], r.stdout  # it moves towards the goals
+    assert (out / "grid.png").stat().st_size > 10_000 and (out / "episode_000.mp4").stat().st_size > 1000
+    assert "success" in r.stdout and "model" in r.stdout
+
+
+def test_sim_errors(demo_run, tmp_path):
+    run, _ = demo_run
+    code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "mujoco")
+    assert_one_error_line(code, err, "mujoco")
+    code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--task", "stack")
+    assert_one_error_line(code, err, "stack")
+    code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "pusht", "--out", tmp_path)
+    assert_one_error_line(code, err, "--env pusht needs 6-D column actions (3 targets of 2-D at 4 fps)")
+    with mock.patch.dict(sys.modules, {"gym_pusht": None, "gym_pusht.envs": None}):
+        code, _, err = cli_main("sim", "collect", "--env", "pusht", "--out", tmp_path / "c")
+    assert_one_error_line(code, err, "pip install -e '.[sim]'")
