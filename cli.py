@@ -329,7 +329,7 @@ def sim_eval(cfg: SimEvalConfig) -> None:
 
     runs = len(POLICIES) if cfg.baselines else 1
     with _bar("closed-loop episodes") as p:
-        task = p.add_task("", total=runs * cfg.episodes)
+        task = p.add_task("", total=runs * cfg.sim.episodes)
         r = run_sim_eval(cfg, on_episode=lambda *_: p.advance(task))
     rep = r.report
     rows = [[name, f"{m['successes']}/{m['episodes']}", f"{m['success_rate']:.0%}",
@@ -340,7 +340,7 @@ def sim_eval(cfg: SimEvalConfig) -> None:
            f"horizon {rep['horizon']} x {rep['frame_skip']} steps, success within {rep['tolerance']:g}",
            ["policy", "success", "rate", "95% CI", "final distance (median)", "steps to success", "s per plan"],
            rows)
-    console.print(f"wrote {r.out / 'report.json'}, {r.out / 'grid.png'} and {min(cfg.videos, cfg.episodes)} "
+    console.print(f"wrote {r.out / 'report.json'}, {r.out / 'grid.png'} and {min(cfg.videos, cfg.sim.episodes)} "
                   "episode videos")
 
 

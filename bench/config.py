@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.settings import check, setting
+from sim.config import SimTask
 from train.config import CEMConfig
 
 
@@ -95,10 +96,21 @@ class PlanBench(BenchConfig):
     cem: CEMConfig = setting(factory=CEMConfig)
 
 
+@dataclass
+class SimBench(BenchConfig):
+    """Closed-loop success (sim eval) against training steps and CEM samples, beside the baselines."""
+
+    run: Path = setting(Path("data/demo-run"), "Training run: each step_*.pt is evaluated at the largest --samples, "
+                                               "the last one at each.")
+    samples: str = setting("25,50,100,200", "CEM samples per iteration, comma-separated.")
+    iterations: int = setting(6, "CEM iterations.", min=1, max=10_000)
+    sim: SimTask = setting(factory=SimTask)
+
+
 BENCHES = {  # command name -> (module in bench/, settings)
     "cached-vs-online": ("online", OnlineBench), "loader": ("loader", LoaderBench),
     "checked-reads": ("checked", CheckedReadsBench),
     "extract": ("extract", ExtractBench), "codecs": ("codecs", CodecsBench),
     "attention": ("attention", AttentionBench), "memory": ("memory", MemoryBench),
-    "gpu": ("gpu", GpuBench), "plan": ("plan", PlanBench),
+    "gpu": ("gpu", GpuBench), "plan": ("plan", PlanBench), "sim": ("sim", SimBench),
 }

@@ -33,10 +33,9 @@ class CollectConfig:
 
 
 @dataclass
-class SimEvalConfig:
-    """Closed-loop model-predictive control in a simulator: plan, execute the first action, replan."""
+class SimTask:
+    """Which closed loop to run: simulator, task, episodes and their budget (shared by sim eval and bench sim)."""
 
-    checkpoint: Path = setting(help="Predictor checkpoint (RUN/latest.pt) trained on a store of this simulator.")
     env: str = setting("demo", "Simulator.", choices=ENVS)
     task: str = setting("reach", "reach: move the agent to where the goal image shows it; push: reach the "
                                  "state 30 control steps later on a scripted episode (agent and block).",
@@ -45,14 +44,25 @@ class SimEvalConfig:
     budget: int = setting(50, "Control steps per episode (a planned action spends the store's frame skip).",
                           min=1, max=100_000)
     horizon: int = setting(5, "Frame-skipped actions planned at each step.", min=1, max=64)
+    size: int = _size()
+    task_seed: int = setting(0, "Seed of the starts and goals (--seed seeds CEM).", min=0)
     encoder_checkpoint: Path | None = setting(None, "The store's encoder weights (not needed for a "
                                                     "random-init encoder: it is rebuilt from its seed).")
-    size: int = _size()
+    device: str | None = device_setting()
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass
+class SimEvalConfig:
+    """Closed-loop model-predictive control in a simulator: plan, execute the first action, replan."""
+
+    checkpoint: Path = setting(help="Predictor checkpoint (RUN/latest.pt) trained on a store of this simulator.")
     out: Path | None = setting(None, "Report folder (default: sim-ENV-TASK/ beside the checkpoint).")
     videos: int = setting(3, "Closed-loop episodes written as MP4 (goal inset).", min=0)
     baselines: bool = setting(True, "Also run random actions and holding still on the same starts and goals.")
-    task_seed: int = setting(0, "Seed of the starts and goals (--seed seeds CEM).", min=0)
-    device: str | None = device_setting()
+    sim: SimTask = setting(factory=SimTask)
     cem: CEMConfig = setting(factory=CEMConfig)
 
     def __post_init__(self) -> None:

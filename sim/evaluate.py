@@ -115,7 +115,7 @@ def summarize(outcomes: list[dict]) -> dict:
     return {"success_rate": k / n, "successes": k, "episodes": n, "ci95": wilson(k, n),
             "final_distance_mean": float(np.mean(d)), "final_distance_median": float(np.median(d)),
             "steps_to_first_success_median": float(np.median(firsts)) if firsts else None,
-            "seconds_per_plan": float(np.mean([o["seconds_per_plan"] for o in outcomes]))}
+            "seconds_per_plan": float(np.median([o["seconds_per_plan"] for o in outcomes]))}
 
 
 @dataclass
@@ -125,21 +125,22 @@ class SimEvalResult:
 
 
 def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | None = None) -> SimEvalResult:
-    device = pick_device(cfg.device)
+    t = cfg.sim
+    device = pick_device(t.device)
     model, ckpt = load_trained(cfg.checkpoint)
     meta, store = ckpt["model_meta"], ckpt.get("store")
     if not store:
         raise UserError(f"{cfg.checkpoint} records no store (its encoder and frame rate); train it with this version")
-    sim = make_sim(cfg.env, camera=store["camera"], size=cfg.size)
+    sim = make_sim(t.env, camera=store["camera"], size=t.size)
     stride = frame_skip(meta, store, sim)
     cem = replace(cfg.cem, state_from_action=sim.state_rule)
-    planner = Planner(model, meta, cem, device, encoder=store_encoder(store, cfg.encoder_checkpoint, ckpt))
-    tasks = make_tasks(sim, cfg.task, cfg.episodes, cfg.task_seed)
+    planner = Planner(model, meta, cem, device, encoder=store_encoder(store, t.encoder_checkpoint, ckpt))
+    tasks = make_tasks(sim, t.task, t.episodes, t.task_seed)
     goals = []
     for _, goal in tasks:
         sim.reset(goal)
         goals.append(sim.image())
-    rng = torch.Generator().manual_seed(cfg.task_seed)
+    rng = torch.Generator().manual_seed(t.task_seed)
 
     def random_action(image, state):
         space = planner.space(torch.as_tensor(state))
@@ -148,15 +149,15 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                                                                                                  generator=rng)
         return a.numpy()
 
-    policies = {"model": lambda goal: lambda image, state: planner.act(image, state, goal, cfg.horizon),
+    policies = {"model": lambda goal: lambda image, state: planner.act(image, state, goal, t.horizon),
                 "random": lambda goal: random_action,
                 "hold": lambda goal: lambda image, state: planner.space(torch.as_tensor(state)).mean.numpy()}
-    out = output_dir(cfg.out or Path(cfg.checkpoint).parent / f"sim-{cfg.env}-{cfg.task}", "--out")
+    out = output_dir(cfg.out or Path(cfg.checkpoint).parent / f"sim-{t.env}-{t.task}", "--out")
     results, finals = {}, []
     for name in POLICIES if cfg.baselines else POLICIES[:1]:
         outcomes = []
         for i, ((start, goal), goal_image) in enumerate(zip(tasks, goals)):
-            outcome = run_episode(sim, cfg.task, policies[name](goal_image), start, goal, cfg.budget, stride)
+            outcome = run_episode(sim, t.task, policies[name](goal_image), start, goal, t.budget, stride)
             frames = outcome.pop("frames")
             if name == "model":
                 finals.append((frames[0], goal_image, frames[-1]))
@@ -167,8 +168,8 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                 on_episode(name, i)
         results[name] = {**summarize(outcomes), "per_episode": outcomes}
     write_grid(out / "grid.png", finals)
-    report = {"env": cfg.env, "task": cfg.task, "episodes": cfg.episodes, "budget": cfg.budget,
-              "horizon": cfg.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance,
+    report = {"env": t.env, "task": t.task, "episodes": t.episodes, "budget": t.budget,
+              "horizon": t.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance,
               "checkpoint": str(cfg.checkpoint), "cem": {k: getattr(cem, k) for k in ("samples", "iterations",
                                                                                       "elites", "state_from_action")},
               "device": str(device), "policies": results}

@@ -1,0 +1,65 @@
+"""Closed-loop success against training steps and CEM samples: `sim eval` over one run's checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from common.errors import UserError
+from sim.config import SimEvalConfig
+from sim.evaluate import run_sim_eval
+from train.config import CEMConfig
+
+from .config import SimBench
+from .report import Section, table
+
+log = logging.getLogger("bench")
+
+
+def _samples(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        raise UserError(f"--samples {text!r} must be whole numbers separated by commas") from None
+    if values[0] < 1:
+        raise UserError(f"--samples {text!r} must be at least 1 each")
+    return values
+
+
+def _row(label: str, samples: str, m: dict) -> list:
+    return [label, samples, f"{m['successes']}/{m['episodes']}", f"**{m['success_rate']:.0%}**",
+            f"{m['ci95'][0]:.0%}..{m['ci95'][1]:.0%}", f"{m['final_distance_median']:.3g}",
+            "-" if m["steps_to_first_success_median"] is None else f"{m['steps_to_first_success_median']:.0f}",
+            f"{m['seconds_per_plan']:.2f}"]
+
+
+def run(bench: SimBench) -> Section:
+    """The largest sample count on every checkpoint (baselines with the last), then each count on the last."""
+    checkpoints = sorted(Path(bench.run).glob("step_*.pt"))
+    if not checkpoints:
+        raise UserError(f"{bench.run} holds no step_*.pt checkpoints (train with --ckpt-every)")
+    counts, t = _samples(bench.samples), bench.sim
+    out = Path(bench.run) / f"sim-bench-{t.env}-{t.task}"
+    runs = [(c, counts[-1]) for c in checkpoints] + [(checkpoints[-1], s) for s in counts[:-1]]
+    rows, results, baselines = [], {}, []
+    for i, (ckpt, samples) in enumerate(runs):
+        last = ckpt == checkpoints[-1]
+        cem = CEMConfig(samples=samples, iterations=bench.iterations, elites=min(10, samples))
+        cfg = SimEvalConfig(checkpoint=ckpt, out=out / f"{ckpt.stem}-s{samples}", videos=3 if last else 0,
+                            baselines=last and samples == counts[-1], sim=t, cem=cem)
+        log.info("sim eval %d/%d: %s, %d samples", i + 1, len(runs), ckpt.name, samples)
+        report = run_sim_eval(cfg).report
+        step = int(ckpt.stem.split("_")[1])
+        results[f"{ckpt.stem}_s{samples}"] = {k: v for k, v in report["policies"]["model"].items()
+                                             if k != "per_episode"}
+        rows.append(_row(f"model, step {step}", f"{samples} x {bench.iterations}", report["policies"]["model"]))
+        if cfg.baselines:
+            baselines = [_row(name, "-", report["policies"][name]) for name in ("random", "hold")]
+    rows += baselines
+    body = (f"`sim eval --env {t.env} --task {t.task}` on the checkpoints of `{bench.run}`: {t.episodes} episodes "
+            f"(task seed {t.task_seed}), budget {t.budget} control steps, horizon {t.horizon} x frame skip "
+            f"{report['frame_skip']}, success within {report['tolerance']:g} of the goal; the baselines run the same "
+            f"starts and goals. Reports, grids and videos in `{out}`.\n\n"
+            + table(["policy", "CEM samples x iterations", "successes", "rate", "95% CI (Wilson)",
+                     "final distance (median)", "steps to success (median)", "s per plan"], rows))
+    return Section(f"sim-{t.env}-{t.task}", f"Closed loop: {t.task} in {t.env}", body, results)
