@@ -337,7 +337,7 @@ def sim_eval(cfg: SimEvalConfig) -> None:
              "-" if m["steps_to_first_success_median"] is None else f"{m['steps_to_first_success_median']:.0f}",
              f"{m['seconds_per_plan']:.3f}"] for name, m in rep["policies"].items()]
     _table(f"{rep['task']} in {rep['env']}: {rep['episodes']} episodes, budget {rep['budget']} control steps, "
-           f"horizon {rep['horizon']} x {rep['frame_skip']} steps, success within {rep['tolerance']:g}",
+           f"horizon {rep['horizon']} x {rep['frame_skip']} steps, success within {rep['tolerance']:g} {rep['unit']}",
            ["policy", "success", "rate", "95% CI", "final distance (median)", "steps to success", "s per plan"],
            rows)
     console.print(f"wrote {r.out / 'report.json'}, {r.out / 'grid.png'} and {min(cfg.videos, cfg.sim.episodes)} "

@@ -58,8 +58,8 @@ def run(bench: SimBench) -> Section:
     rows += baselines
     body = (f"`sim eval --env {t.env} --task {t.task}` on the checkpoints of `{bench.run}`: {t.episodes} episodes "
             f"(task seed {t.task_seed}), budget {t.budget} control steps, horizon {t.horizon} x frame skip "
-            f"{report['frame_skip']}, success within {report['tolerance']:g} of the goal; the baselines run the same "
-            f"starts and goals. Reports, grids and videos in `{out}`.\n\n"
+            f"{report['frame_skip']}, success within {report['tolerance']:g} {report['unit']} of the goal; the "
+            f"baselines run the same starts and goals. Reports, grids and videos in `{out}`.\n\n"
             + table(["policy", "CEM samples x iterations", "successes", "rate", "95% CI (Wilson)",
-                     "final distance (median)", "steps to success (median)", "s per plan"], rows))
+                     f"final distance (median, {report['unit']})", "steps to success (median)", "s per plan"], rows))
     return Section(f"sim-{t.env}-{t.task}", f"Closed loop: {t.task} in {t.env}", body, results)

@@ -26,7 +26,7 @@ class DemoSim:
     """The demo world: sim state [x, y, z, roll, pitch, yaw, gripper, block_x, block_y] (m, rad)."""
 
     name, hz, state_dim, state_rule = "demo", demo.HZ, 7, "hold"
-    reach_tolerance = 0.02  # m: success when the gripper ends this close to the target (xy)
+    reach_tolerance, unit = 0.02, "m"  # success when the gripper ends this close to the target (xy)
     angle_tolerance = None
 
     def __init__(self, camera: str = "wrist", seed: int = 0):
@@ -94,7 +94,7 @@ class PushTSim:
     """gym-pusht: sim state [agent_x, agent_y, block_x, block_y, block_angle] (px of 512, rad)."""
 
     name, hz, state_dim, state_rule = "pusht", 10, 2, "target"
-    reach_tolerance = 20.0  # px of 512
+    reach_tolerance, unit = 20.0, "px"  # of the 512 px world
     angle_tolerance = np.pi / 9  # push task, as the peers score it
 
     def __init__(self, size: int = 224):

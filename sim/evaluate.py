@@ -169,7 +169,7 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
         results[name] = {**summarize(outcomes), "per_episode": outcomes}
     write_grid(out / "grid.png", finals)
     report = {"env": t.env, "task": t.task, "episodes": t.episodes, "budget": t.budget,
-              "horizon": t.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance,
+              "horizon": t.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance, "unit": sim.unit,
               "checkpoint": str(cfg.checkpoint), "cem": {k: getattr(cem, k) for k in ("samples", "iterations",
                                                                                       "elites", "state_from_action")},
               "device": str(device), "policies": results}
