@@ -159,17 +159,19 @@ def push_block(states: np.ndarray, start: np.ndarray) -> np.ndarray:
 
 def write_mp4(path: Path, frames: list[np.ndarray], fps: int = HZ, codec: str = "libx264",
               faststart: bool = False) -> None:
-    """Encode uint8 RGB frames [H, W, 3] with PyAV (libx264, or libsvtav1 for AV1 as LeRobot does).
+    """Encode uint8 RGB frames [H, W, 3] with PyAV: libx264, libx264rgb (lossless RGB: decodes to the same
+    pixels), or libsvtav1 (AV1, as LeRobot does).
 
     `faststart` puts the index (moov) before the frames, so a cut file still opens (with fewer frames).
     """
     import av
 
-    options = {"crf": "18", "preset": "ultrafast"} if codec == "libx264" else {"crf": "30", "g": "2"}
+    options = {"libx264": {"crf": "18", "preset": "ultrafast"}, "libx264rgb": {"crf": "0", "preset": "ultrafast"},
+               "libsvtav1": {"crf": "30", "g": "2"}}[codec]
     with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = "rgb24" if codec == "libx264rgb" else "yuv420p"
         for f in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         container.mux(stream.encode())

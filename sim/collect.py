@@ -61,7 +61,9 @@ def run_collect(cfg: CollectConfig, on_episode: Callable[[int], None] | None = N
             for i in range(cfg.episodes):
                 ep = rollout_episode(sim, np.random.default_rng([cfg.seed, i]), cfg.steps)
                 video = out / f".ep{i:06d}.mp4"
-                write_mp4(video, ep.pop("frames"), fps=sim.hz)
+                # lossless: the model trains on exactly the frames the closed loop will show it (at PushT's
+                # scale, H.264's artefacts move the features as much as 5 steps of the agent's motion)
+                write_mp4(video, ep.pop("frames"), fps=sim.hz, codec="libx264rgb")
                 _member(tar, f"ep{i:06d}.mp4", video.read_bytes())
                 video.unlink()
                 meta = {**ep, "fps": sim.hz, "env": sim.name, "task": f"explore {sim.name}", "success": True}

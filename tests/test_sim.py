@@ -7,12 +7,14 @@ import sys
 import tarfile
 from unittest import mock
 
+import decord
 import numpy as np
 import pytest
 import torch
 
+from sim.collect import rollout_episode, run_collect
 from sim.config import CollectConfig
-from sim.collect import run_collect
+from sim.envs import make_sim
 from store import open_store
 from tests.conftest import assert_one_error_line, cli_main, run_cli
 from train.config import CEMConfig
@@ -38,6 +40,11 @@ def test_pusht_collect_is_deterministic_and_round_trips_through_extract(tmp_path
     moved = [np.abs(np.diff(np.array(json.loads(v)["sim_state"])[:, 2:5], axis=0)).sum()
              for k, v in _samples(a.path).items() if k.endswith(".json")]
     assert max(moved) > 1.0, "the scripted policy never moved the block"
+    # the video holds exactly the frames the simulator rendered, which the closed loop shows the model
+    video = tmp_path / "ep1.mp4"
+    video.write_bytes(_samples(a.path)["ep000001.mp4"])
+    rendered = rollout_episode(make_sim("pusht", size=64), np.random.default_rng([5, 1]), 26)["frames"]
+    assert np.array_equal(decord.VideoReader(str(video)).get_batch(list(range(26))).asnumpy(), np.stack(rendered))
 
     store = tmp_path / "store"
     run_cli("extract", "--format", "webdataset", "--corpus", tmp_path / "a", "--out", store, "--preset", "vit_test",
