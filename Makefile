@@ -92,7 +92,7 @@ sim-bench: setup
 	test -f $(SIM_DIR)/pusht-run/step_00003000.pt || $(PY) cli.py train --store $(SIM_DIR)/pusht-store \
 		--out $(SIM_DIR)/pusht-run --preset ac_demo --steps 3000 --batch-size 8 --lr 1e-3 --start-lr 2e-4 \
 		--anneal 600 --val-every 500 --ckpt-every 1000 --workers 1
-	$(PY) cli.py bench sim --run $(SIM_DIR)/pusht-run --env pusht --task reach --size 128 $(SIM_BENCH)
+	$(PY) cli.py bench sim --run $(SIM_DIR)/pusht-run --env pusht --task reach --size 128 $(SIM_BENCH) --samples 200
 	$(PY) cli.py bench sim --run $(SIM_DIR)/pusht-run --env pusht --task push --size 128 $(SIM_BENCH) --samples 200
 
 clean-demo:
