@@ -325,21 +325,18 @@ def sim_collect(cfg: CollectConfig) -> None:
 @command(sim_app, "eval", SimEvalConfig)
 def sim_eval(cfg: SimEvalConfig) -> None:
     """Closed-loop planning in a simulator: plan with CEM, execute the first action, replan; baselines beside."""
-    from sim.evaluate import POLICIES, run_sim_eval
+    from sim.evaluate import POLICIES, run_sim_eval, summary_cells
 
     runs = len(POLICIES) if cfg.baselines else 1
     with _bar("closed-loop episodes") as p:
         task = p.add_task("", total=runs * cfg.sim.episodes)
         r = run_sim_eval(cfg, on_episode=lambda *_: p.advance(task))
     rep = r.report
-    rows = [[name, f"{m['successes']}/{m['episodes']}", f"{m['success_rate']:.0%}",
-             f"{m['ci95'][0]:.0%}..{m['ci95'][1]:.0%}", f"{m['final_distance_median']:.4g}",
-             "-" if m["steps_to_first_success_median"] is None else f"{m['steps_to_first_success_median']:.0f}",
-             f"{m['seconds_per_plan']:.3f}"] for name, m in rep["policies"].items()]
+    rows = [[name, *summary_cells(m)] for name, m in rep["policies"].items()]
     _table(f"{rep['task']} in {rep['env']}: {rep['episodes']} episodes, budget {rep['budget']} control steps, "
-           f"horizon {rep['horizon']} x {rep['frame_skip']} steps, success within {rep['tolerance']:g} {rep['unit']}",
-           ["policy", "success", "rate", "95% CI", "final distance (median)", "steps to success", "s per plan"],
-           rows)
+           f"horizon {rep['horizon']} x {rep['frame_skip']} steps, success within {rep['tolerance']:g} "
+           f"{rep['unit']}", ["policy", "success", "rate", "95% CI", f"final distance (median, {rep['unit']})",
+                              "steps to success", "s per plan"], rows)
     console.print(f"wrote {r.out / 'report.json'}, {r.out / 'grid.png'} and {min(cfg.videos, cfg.sim.episodes)} "
                   "episode videos")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from sim.config import SimEvalConfig
-from sim.evaluate import run_sim_eval
+from sim.evaluate import run_sim_eval, summary_cells
 from train.config import CEMConfig
 
 from .config import SimBench
@@ -27,14 +27,14 @@ def _samples(text: str) -> list[int]:
 
 
 def _row(label: str, samples: str, m: dict) -> list:
-    return [label, samples, f"{m['successes']}/{m['episodes']}", f"**{m['success_rate']:.0%}**",
-            f"{m['ci95'][0]:.0%}..{m['ci95'][1]:.0%}", f"{m['final_distance_median']:.3g}",
-            "-" if m["steps_to_first_success_median"] is None else f"{m['steps_to_first_success_median']:.0f}",
-            f"{m['seconds_per_plan']:.2f}"]
+    cells = summary_cells(m)
+    return [label, samples, cells[0], f"**{cells[1]}**", *cells[2:]]
 
 
 def run(bench: SimBench) -> Section:
     """The largest sample count on every checkpoint (baselines with the last), then each count on the last."""
+    if not Path(bench.run).is_dir():
+        raise UserError(f"--run {bench.run} is not a training run folder")
     checkpoints = sorted(Path(bench.run).glob("step_*.pt"))
     if not checkpoints:
         raise UserError(f"{bench.run} holds no step_*.pt checkpoints (train with --ckpt-every)")

@@ -118,6 +118,14 @@ def summarize(outcomes: list[dict]) -> dict:
             "seconds_per_plan": float(np.median([o["seconds_per_plan"] for o in outcomes]))}
 
 
+def summary_cells(m: dict) -> list[str]:
+    """One policy's summary as table cells: successes, rate, 95% CI, median distance, steps, s per plan."""
+    return [f"{m['successes']}/{m['episodes']}", f"{m['success_rate']:.0%}", f"{m['ci95'][0]:.0%}..{m['ci95'][1]:.0%}",
+            f"{m['final_distance_median']:.3g}",
+            "-" if m["steps_to_first_success_median"] is None else f"{m['steps_to_first_success_median']:.0f}",
+            f"{m['seconds_per_plan']:.2f}"]
+
+
 @dataclass
 class SimEvalResult:
     report: dict  # what report.json holds
