@@ -118,8 +118,12 @@ class PushTSim:
         return np.asarray(self.obs["agent_pos"], np.float32)
 
     def sim_state(self) -> np.ndarray:
-        e = self.env
-        return np.array([*e.agent.position, *e.block.position, e.block.angle], np.float64)
+        """The state as `reset` takes it. gym-pusht's reset places the block at angle 0, then turns it
+        about its centre of gravity, so it takes where the block's origin would be at angle 0 (reading
+        `block.position` back would move it by up to 90 px per reset)."""
+        agent, block = self.env.agent, self.env.block
+        origin = block.local_to_world(block.center_of_gravity) - block.center_of_gravity
+        return np.array([*agent.position, *origin, block.angle], np.float64)
 
     def controls(self, action: np.ndarray, stride: int) -> list[np.ndarray]:
         """A frame-skipped action [stride x 2] as its `stride` target positions."""
