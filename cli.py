@@ -324,10 +324,11 @@ def sim_collect(cfg: CollectConfig) -> None:
 
 @command(sim_app, "eval", SimEvalConfig)
 def sim_eval(cfg: SimEvalConfig) -> None:
-    """Closed-loop planning in a simulator: plan with CEM, execute the first action, replan; baselines beside."""
-    from sim.evaluate import POLICIES, run_sim_eval, summary_cells
+    """Closed-loop planning in a simulator: plan with CEM, execute the first action, replan; baselines (and
+    the oracle) beside."""
+    from sim.evaluate import policy_names, run_sim_eval, summary_cells
 
-    runs = len(POLICIES) if cfg.baselines else 1
+    runs = len(policy_names(cfg))
     with _bar("closed-loop episodes") as p:
         task = p.add_task("", total=runs * cfg.sim.episodes)
         r = run_sim_eval(cfg, on_episode=lambda *_: p.advance(task))

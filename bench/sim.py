@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from common.errors import UserError
@@ -45,21 +46,24 @@ def run(bench: SimBench) -> Section:
     for i, (ckpt, samples) in enumerate(runs):
         last = ckpt == checkpoints[-1]
         cem = CEMConfig(samples=samples, iterations=bench.iterations, elites=min(10, samples))
+        beside = last and samples == counts[-1]  # the baselines and the oracle run once, beside the final model
         cfg = SimEvalConfig(checkpoint=ckpt, out=out / f"{ckpt.stem}-s{samples}", videos=3 if last else 0,
-                            baselines=last and samples == counts[-1], sim=t, cem=cem)
+                            baselines=beside, sim=t if beside else replace(t, oracle=False), cem=cem)
         log.info("sim eval %d/%d: %s, %d samples", i + 1, len(runs), ckpt.name, samples)
         report = run_sim_eval(cfg).report
         step = int(ckpt.stem.split("_")[1])
         results[f"{ckpt.stem}_s{samples}"] = {k: v for k, v in report["policies"]["model"].items()
                                              if k != "per_episode"}
         rows.append(_row(f"model, step {step}", f"{samples} x {bench.iterations}", report["policies"]["model"]))
-        if cfg.baselines:
-            baselines = [_row(name, "-", report["policies"][name]) for name in ("random", "hold")]
+        if beside:
+            baselines = [_row(name, f"{samples} x {bench.iterations}" if name == "oracle" else "-", m)
+                         for name, m in report["policies"].items() if name != "model"]
     rows += baselines
     body = (f"`sim eval --env {t.env} --task {t.task}` on the checkpoints of `{bench.run}`: {t.episodes} episodes "
             f"(task seed {t.task_seed}), budget {t.budget} control steps, horizon {t.horizon} x frame skip "
             f"{report['frame_skip']}, success within {report['tolerance']:g} {report['unit']} of the goal; the "
-            f"baselines run the same starts and goals. Reports, grids and videos in `{out}`.\n\n"
+            f"baselines{' and the oracle (CEM with the simulator as the world model)' if t.oracle else ''} run the "
+            f"same starts and goals. Reports, grids and videos in `{out}`.\n\n"
             + table(["policy", "CEM samples x iterations", "successes", "rate", "95% CI (Wilson)",
                      f"final distance (median, {report['unit']})", "steps to success (median)", "s per plan"], rows))
     return Section(f"sim-{t.env}-{t.task}", f"Closed loop: {t.task} in {t.env}", body, results)

@@ -46,6 +46,9 @@ class SimTask:
     horizon: int = setting(5, "Frame-skipped actions planned at each step.", min=1, max=64)
     size: int = _size()
     task_seed: int = setting(0, "Seed of the starts and goals (--seed seeds CEM).", min=0)
+    oracle: bool = setting(False, "Also plan with the simulator as the world model: CEM's candidates played from "
+                                  "the current state, their frames encoded. What a perfect predictor could do "
+                                  "with these features; slow (samples x iterations rollouts per plan).")
     encoder_checkpoint: Path | None = setting(None, "The store's encoder weights (not needed for a "
                                                     "random-init encoder: it is rebuilt from its seed).")
     device: str | None = device_setting()

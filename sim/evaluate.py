@@ -2,8 +2,9 @@
 
 Each episode: reset to a start, render the goal, then until the budget of control steps is spent:
 encode the camera frame, plan `horizon` frame-skipped actions with CEM towards the goal's features
-(`train.plan.Planner`), execute the first, replan. The random and hold baselines run the same
-starts and goals. Success is judged on the final simulator state.
+(`train.plan.Planner`), execute the first, replan. The random and hold baselines, and the oracle
+(the same CEM with the simulator itself as the world model), run the same starts and goals.
+Success is judged on the final simulator state.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from extract.demo import write_mp4
 from extract.encoder import store_encoder
 from store.format import COLUMN, POSE_DELTA
 from train.checkpoint import load_trained
-from train.plan import Planner
+from train.plan import Planner, cem
 
 from .config import SimEvalConfig
 from .envs import PUSH_GOAL_STEPS, make_sim
 
-POLICIES = ("model", "random", "hold")
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -108,6 +108,34 @@ def run_episode(sim, task: str, policy: Callable[[np.ndarray, np.ndarray], np.nd
             "first_success_step": first, "seconds_per_plan": float(np.mean(seconds)), "frames": frames}
 
 
+def oracle_policy(sim, twin, planner: Planner, goal_image: np.ndarray, horizon: int, stride: int) -> Callable:
+    """CEM whose energies come from the simulator: each candidate sequence played on `twin` from `sim`'s
+    current state (PushT: at rest), its last frame encoded and compared with the goal's features."""
+    goal = planner.encode([goal_image])[0]
+
+    def act(image: np.ndarray, state: np.ndarray) -> np.ndarray:
+        now = sim.sim_state()
+
+        def energies(actions: torch.Tensor) -> torch.Tensor:  # [S, H, A] -> [S]
+            frames = []
+            for sequence in actions.numpy():
+                twin.reset(now)
+                for action in sequence:
+                    for control in twin.controls(action, stride):
+                        twin.step(control)
+                frames.append(twin.image())
+            z = torch.cat([planner.encode(frames[i:i + 64]) for i in range(0, len(frames), 64)])
+            return (z - goal).abs().mean((1, 2))
+
+        return cem(energies, planner.space(torch.as_tensor(state)), planner.cfg, horizon).actions[0].numpy()
+
+    return act
+
+
+def policy_names(cfg: SimEvalConfig) -> list[str]:
+    return ["model"] + ["random", "hold"] * cfg.baselines + ["oracle"] * cfg.sim.oracle
+
+
 def summarize(outcomes: list[dict]) -> dict:
     k, n = sum(o["success"] for o in outcomes), len(outcomes)
     d = [o["distance"] for o in outcomes]
@@ -141,8 +169,8 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
         raise UserError(f"{cfg.checkpoint} records no store (its encoder and frame rate); train it with this version")
     sim = make_sim(t.env, camera=store["camera"], size=t.size)
     stride = frame_skip(meta, store, sim)
-    cem = replace(cfg.cem, state_from_action=sim.state_rule)
-    planner = Planner(model, meta, cem, device, encoder=store_encoder(store, t.encoder_checkpoint, ckpt))
+    cem_cfg = replace(cfg.cem, state_from_action=sim.state_rule)
+    planner = Planner(model, meta, cem_cfg, device, encoder=store_encoder(store, t.encoder_checkpoint, ckpt))
     tasks = make_tasks(sim, t.task, t.episodes, t.task_seed)
     goals = []
     for _, goal in tasks:
@@ -157,12 +185,14 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                                                                                                  generator=rng)
         return a.numpy()
 
+    twin = make_sim(t.env, camera=store["camera"], size=t.size) if t.oracle else None  # the oracle's imagination
     policies = {"model": lambda goal: lambda image, state: planner.act(image, state, goal, t.horizon),
                 "random": lambda goal: random_action,
-                "hold": lambda goal: lambda image, state: planner.space(torch.as_tensor(state)).mean.numpy()}
+                "hold": lambda goal: lambda image, state: planner.space(torch.as_tensor(state)).mean.numpy(),
+                "oracle": lambda goal: oracle_policy(sim, twin, planner, goal, t.horizon, stride)}
     out = output_dir(cfg.out or Path(cfg.checkpoint).parent / f"sim-{t.env}-{t.task}", "--out")
     results, finals = {}, []
-    for name in POLICIES if cfg.baselines else POLICIES[:1]:
+    for name in policy_names(cfg):
         outcomes = []
         for i, ((start, goal), goal_image) in enumerate(zip(tasks, goals)):
             outcome = run_episode(sim, t.task, policies[name](goal_image), start, goal, t.budget, stride)
@@ -178,7 +208,7 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
     write_grid(out / "grid.png", finals)
     report = {"env": t.env, "task": t.task, "episodes": t.episodes, "budget": t.budget,
               "horizon": t.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance, "unit": sim.unit,
-              "checkpoint": str(cfg.checkpoint), "cem": {k: getattr(cem, k) for k in ("samples", "iterations",
+              "checkpoint": str(cfg.checkpoint), "cem": {k: getattr(cem_cfg, k) for k in ("samples", "iterations",
                                                                                       "elites", "state_from_action")},
               "device": str(device), "policies": results}
     (out / "report.json").write_text(json.dumps(report, indent=1))

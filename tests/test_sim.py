@@ -102,13 +102,15 @@ def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
     out = tmp_path / "sim"
     r = run_cli("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "demo", "--task", "reach",
                 "--episodes", 4, "--budget", 24, "--horizon", 1, "--samples", 64, "--iterations", 3,
-                "--elites", 8, "--videos", 1, "--out", out, "--device", "cpu")
+                "--elites", 8, "--videos", 1, "--oracle", "--out", out, "--device", "cpu")
     report = json.loads((out / "report.json").read_text())
-    assert set(report["policies"]) == {"model", "random", "hold"}
-    m, rnd, hold = (report["policies"][k] for k in ("model", "random", "hold"))
+    assert set(report["policies"]) == {"model", "random", "hold", "oracle"}
+    m, rnd, hold, oracle = (report["policies"][k] for k in ("model", "random", "hold", "oracle"))
     assert m["episodes"] == 4 and 0 <= m["ci95"][0] <= m["success_rate"] <= m["ci95"][1] <= 1
     assert m["success_rate"] >= rnd["success_rate"], r.stdout
     assert m["final_distance_median"] < hold["final_distance_median"], r.stdout  # it moves towards the goals
+    # a perfect world model over the same features plans at least as well as holding still
+    assert oracle["final_distance_median"] < hold["final_distance_median"], r.stdout
     assert (out / "grid.png").stat().st_size > 10_000 and (out / "episode_000.mp4").stat().st_size > 1000
     assert "success" in r.stdout and "model" in r.stdout
 
