@@ -18,7 +18,7 @@ from sim.envs import make_sim
 from store import open_store
 from tests.conftest import assert_one_error_line, cli_main, run_cli
 from train.config import CEMConfig
-from train.plan import Planner
+from train.plan import Planner, SearchSpace, cem
 
 pytest.importorskip("gym_pusht", reason="the [sim] extra")
 
@@ -89,12 +89,21 @@ class Bowl(Planner):
         return ((actions - self.optimum) ** 2).sum((1, 2))
 
 
-def test_planner_finds_the_optimum_of_a_known_energy():
+@pytest.mark.parametrize("pick", ["mean", "best"])
+def test_planner_finds_the_optimum_of_a_known_energy(pick):
     optimum = torch.tensor([[0.3, -0.55], [-0.2, 0.7]])
-    planner = Bowl(optimum, CEMConfig(samples=200, iterations=12, elites=20, seed=3))
+    planner = Bowl(optimum, CEMConfig(samples=200, iterations=12, elites=20, seed=3, pick=pick))
     plan = planner.plan(torch.zeros(4, 8), torch.zeros(2), torch.zeros(4, 8), horizon=2)
     assert torch.allclose(plan.actions, optimum, atol=0.02), plan.actions
     assert plan.energy < 1e-3
+
+
+def test_cem_pick_best_keeps_a_plan_that_no_sample_beats():
+    """A narrow well at the search's start (no move): the final mean drifts off it, best stays."""
+    well = lambda a: (a.abs().sum((1, 2)) > 0.01).float()  # noqa: E731  0 only within 0.01 of no move
+    space = SearchSpace(-torch.ones(2), torch.ones(2), torch.zeros(2), torch.ones(2), [0, 1])
+    assert cem(well, space, CEMConfig(samples=50, iterations=3, elites=5, pick="best")).actions.abs().max() == 0
+    assert cem(well, space, CEMConfig(samples=50, iterations=3, elites=5)).actions.abs().max() > 0.01
 
 
 def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):

@@ -130,6 +130,10 @@ class CEMConfig:
     state_from_action: str = setting("hold", "For a dataset's action column: how a planned action moves the state: "
                                              "hold (it stays), or target (the column is an absolute target of the "
                                              "state's dims, as SO-100, ALOHA and PushT record).", choices=STATE_RULES)
+    pick: str = setting("mean", "The plan CEM returns: mean (the final mean, the paper's) or best (the "
+                                "lowest-energy candidate seen, each iteration's mean among the candidates, so "
+                                "a plan that nothing sampled beats is kept; for sparse energies).",
+                        choices=("mean", "best"))
     energy_batch: int = setting(800, "Energies per predictor call.", min=1, max=1_000_000)
     seed: int = setting(0, "Seed of the CEM samples.", min=0)
 

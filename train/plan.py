@@ -117,7 +117,8 @@ class Plan:
 
 
 def cem(energy: Callable[[torch.Tensor], torch.Tensor], space: SearchSpace, cfg: CEMConfig, horizon: int = 1) -> Plan:
-    """Cross-entropy method over the searched dims of `space`; returns the final mean sequence.
+    """Cross-entropy method over the searched dims of `space`; returns the final mean sequence, or with
+    `pick` best the lowest-energy candidate seen (each iteration's mean is one of them).
 
     `energy(actions [S, H, A] on CPU) -> [S]` scores candidate sequences (lower is better).
     """
@@ -132,12 +133,19 @@ def cem(energy: Callable[[torch.Tensor], torch.Tensor], space: SearchSpace, cfg:
         out[..., dims] = x
         return space.clip(out)
 
+    best, value = None, float("inf")
     for _ in range(cfg.iterations):
         candidates = full(mean + std * torch.randn(cfg.samples, horizon, len(dims), generator=g))
+        if cfg.pick == "best":
+            candidates[0] = full(mean)
         e = energy(candidates).float().cpu()
+        if cfg.pick == "best" and e.min() < value:
+            best, value = candidates[e.argmin()], float(e.min())
         elite = candidates[e.topk(cfg.elites, largest=False).indices][..., dims]
         mean = elite.mean(0) * (1 - cfg.momentum_mean) + mean * cfg.momentum_mean
         std = elite.std(0, unbiased=cfg.elites > 1) * (1 - cfg.momentum_std) + std * cfg.momentum_std
+    if cfg.pick == "best":
+        return Plan(best, value, time.perf_counter() - start, cfg.samples * cfg.iterations)
     best = full(mean.unsqueeze(0))
     value = float(energy(best).item())  # synchronises with the device
     return Plan(best[0], value, time.perf_counter() - start, cfg.samples * cfg.iterations + 1)
