@@ -32,7 +32,6 @@ from .config import SimEvalConfig
 from .envs import PUSH_GOAL_STEPS, make_sim
 
 
-
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a success rate."""
     p, d = successes / n, 1 + z * z / n
@@ -206,10 +205,10 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                 on_episode(name, i)
         results[name] = {**summarize(outcomes), "per_episode": outcomes}
     write_grid(out / "grid.png", finals)
+    cem_keys = ("samples", "iterations", "elites", "pick", "state_from_action")
     report = {"env": t.env, "task": t.task, "episodes": t.episodes, "budget": t.budget,
               "horizon": t.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance, "unit": sim.unit,
-              "checkpoint": str(cfg.checkpoint), "cem": {k: getattr(cem_cfg, k) for k in ("samples", "iterations",
-                                                                                      "elites", "state_from_action")},
+              "checkpoint": str(cfg.checkpoint), "cem": {k: getattr(cem_cfg, k) for k in cem_keys},
               "device": str(device), "policies": results}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return SimEvalResult(report, out)
