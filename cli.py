@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -41,10 +42,17 @@ err = Console(stderr=True)
 StorePath = typer.Argument(..., help="Store written by `extract`: a folder or an fsspec URL (s3://bucket/prefix).")
 
 
-def _bar(label: str, fields: str = "", disable: bool = False) -> Progress:
-    """A progress bar on stderr; `fields` formats the task's extra fields after the count."""
+@contextmanager
+def _bar(label: str, fields: str = "", disable: bool = False) -> Iterator[Progress]:
+    """A progress bar on stderr; `fields` formats the task's extra fields after the count. A bar with fields
+    stays as the command's summary. Where stderr is not a terminal (a log) nothing is drawn while it runs, and
+    only a command that succeeded writes its summary, so a failure's log holds just its `error:` line."""
     columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(fields), TimeRemainingColumn()]
-    return Progress(*columns, console=err, transient=not fields, disable=disable)
+    live = err.is_terminal and not disable
+    with Progress(*columns, console=err, transient=not fields, disable=not live) as p:
+        yield p
+    if fields and not live and not disable:
+        err.print(p.get_renderable())
 
 
 def _table(title: str, header: list[str] | None, rows: list[list]) -> None:

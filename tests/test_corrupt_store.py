@@ -90,6 +90,8 @@ def test_damage_found_by_a_dataloader_worker_is_one_line_too(intact, tmp_path):
     flip(shard_dir(root, 1) / CHUNK, 0.5)
     r = run_cli(*train_args(root, tmp_path / "run"), "--workers", 1, check=False)  # torch wraps worker errors
     assert_one_error_line(r.returncode, r.stderr, f"shard 00001: {CHUNK} does not match its checksum")
+    # stderr is a pipe here, as in a log: the error line is all, no progress bar left over from the failed run
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_unreadable_root_metadata(intact, tmp_path):
