@@ -4,7 +4,9 @@
   pose convention) over a table with a block it pushes when low; the control is the next native
   pose (15 Hz), the camera the store's (wrist or exterior).
 - `pusht`: gym-pusht (the `[sim]` extra), headless: a 2-D agent pushing a T-shaped block; the
-  control is the PD controller's target position (10 Hz), the camera its rendered frame.
+  control is the PD controller's target position (10 Hz), the camera its rendered frame. A model
+  acts either with the column's targets (DINO-WM's frame-skipped actions) or with state deltas
+  (the agent's displacement per stored frame, executed as a target that far from the agent).
 
 The full simulator state (agent and block) sets goals and scores them; the model only sees the
 camera and the agent's state, as the store holds them.
@@ -18,6 +20,7 @@ import torch
 from common.errors import UserError
 from extract import demo
 from store.actions import apply_action
+from store.format import STATE_DELTA
 
 PUSH_GOAL_STEPS = 30  # push task: the goal is the state this many control steps along a scripted episode
 
@@ -97,7 +100,8 @@ class PushTSim:
     reach_tolerance, unit = 20.0, "px"  # of the 512 px world
     angle_tolerance = np.pi / 9  # push task, as the peers score it
 
-    def __init__(self, size: int = 224):
+    def __init__(self, size: int = 224, actions: str = "column:action"):
+        self.deltas = actions == STATE_DELTA
         try:
             from gym_pusht.envs import PushTEnv
         except ImportError:
@@ -126,7 +130,11 @@ class PushTSim:
         return np.array([*agent.position, *origin, block.angle], np.float64)
 
     def controls(self, action: np.ndarray, stride: int) -> list[np.ndarray]:
-        """A frame-skipped action [stride x 2] as its `stride` target positions."""
+        """A frame-skipped action as `stride` target positions: a column's own [stride x 2], or for a state
+        delta [2] the agent's position plus the delta, held (from rest the PD controller covers ~95% of it in
+        5 steps and settles there)."""
+        if self.deltas:
+            return [self.agent() + np.asarray(action, np.float64)] * stride
         return list(np.asarray(action, np.float64).reshape(stride, 2))
 
     def random_start(self, rng: np.random.Generator) -> np.ndarray:
@@ -164,9 +172,11 @@ class PushTSim:
         return float(sim_state[4])
 
 
-def make_sim(env: str, camera: str = "wrist", size: int = 224, seed: int = 0):
+def make_sim(env: str, camera: str = "wrist", size: int = 224, seed: int = 0, actions: str = "column:action"):
+    """The simulator `env`; `actions` is the action space of the model that will drive it (pusht: a column
+    of targets or state deltas)."""
     if env == "demo":
         return DemoSim(camera, seed)
     if env == "pusht":
-        return PushTSim(size)
+        return PushTSim(size, actions)
     raise UserError(f"--env {env!r} is not one of: demo, pusht")

@@ -24,7 +24,7 @@ from common.errors import UserError
 from common.files import output_dir
 from extract.demo import write_mp4
 from extract.encoder import store_encoder
-from store.format import COLUMN, POSE_DELTA
+from store.format import COLUMN, POSE_DELTA, STATE_DELTA
 from train.checkpoint import load_trained
 from train.plan import Planner, cem
 
@@ -46,8 +46,10 @@ def frame_skip(meta: dict, store: dict, sim) -> int:
         fits = meta["actions"] == POSE_DELTA and meta["state_dim"] == 7
         want = "7-D pose-delta actions and 7-D states"
     else:
-        fits = meta["actions"].startswith(COLUMN) and meta["action_dim"] == 2 * stride and meta["state_dim"] == 2
-        want = f"{2 * stride}-D column actions ({stride} targets of 2-D at {store['fps']:g} fps) and 2-D states"
+        fits = meta["state_dim"] == 2 and (meta["actions"] == STATE_DELTA and meta["action_dim"] == 2 or
+                                          meta["actions"].startswith(COLUMN) and meta["action_dim"] == 2 * stride)
+        want = (f"2-D states and {2 * stride}-D column actions ({stride} targets of 2-D at {store['fps']:g} fps) "
+                "or 2-D state-delta actions")
     if not fits:
         raise UserError(f"this checkpoint's model takes {meta['action_dim']}-D {meta['actions']} actions and "
                         f"{meta['state_dim']}-D states; --env {sim.name} needs {want}")
@@ -166,7 +168,7 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
     meta, store = ckpt["model_meta"], ckpt.get("store")
     if not store:
         raise UserError(f"{cfg.checkpoint} records no store (its encoder and frame rate); train it with this version")
-    sim = make_sim(t.env, camera=store["camera"], size=t.size)
+    sim = make_sim(t.env, camera=store["camera"], size=t.size, actions=meta["actions"])
     stride = frame_skip(meta, store, sim)
     cem_cfg = replace(cfg.cem, state_from_action=sim.state_rule)
     planner = Planner(model, meta, cem_cfg, device, encoder=store_encoder(store, t.encoder_checkpoint, ckpt))
@@ -184,7 +186,7 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                                                                                                  generator=rng)
         return a.numpy()
 
-    twin = make_sim(t.env, camera=store["camera"], size=t.size) if t.oracle else None  # the oracle's imagination
+    twin = make_sim(t.env, camera=store["camera"], size=t.size, actions=meta["actions"]) if t.oracle else None  # the oracle's imagination
     policies = {"model": lambda goal: lambda image, state: planner.act(image, state, goal, t.horizon),
                 "random": lambda goal: random_action,
                 "hold": lambda goal: lambda image, state: planner.space(torch.as_tensor(state)).mean.numpy(),

@@ -76,6 +76,19 @@ def test_pusht_sim_state_resets_to_the_same_scene():
     assert np.array_equal(sim.image(), image)
 
 
+def test_pusht_state_delta_actions_move_the_agent_by_the_delta():
+    """A state-delta model's action (the agent's displacement per stored frame) runs as a held target:
+    from rest, one frame-skipped step covers nearly all of it, in its direction."""
+    sim = make_sim("pusht", size=64, actions="state-delta")
+    for delta in (np.array([60.0, -30.0]), np.array([-15.0, 45.0])):
+        sim.reset(np.array([200.0, 250.0, 420.0, 100.0, 0.0]))  # the block is out of the way
+        before = sim.agent()
+        for control in sim.controls(delta, 5):
+            sim.step(control)
+        moved = sim.agent() - before
+        assert np.linalg.norm(moved - delta) < 0.1 * np.linalg.norm(delta), (moved, delta)
+
+
 class Bowl(Planner):
     """A planner whose energy is a hand-made bowl with its minimum at `optimum` [H, A]."""
 
@@ -131,7 +144,8 @@ def test_sim_errors(demo_run, tmp_path):
     code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--task", "stack")
     assert_one_error_line(code, err, "stack")
     code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "pusht", "--out", tmp_path)
-    assert_one_error_line(code, err, "--env pusht needs 6-D column actions (3 targets of 2-D at 4 fps)")
+    assert_one_error_line(code, err, "--env pusht needs 2-D states and 6-D column actions (3 targets of 2-D at 4 fps) "
+                                     "or 2-D state-delta actions")
     with mock.patch.dict(sys.modules, {"gym_pusht": None, "gym_pusht.envs": None}):
         code, _, err = cli_main("sim", "collect", "--env", "pusht", "--out", tmp_path / "c")
     assert_one_error_line(code, err, "pip install -e '.[sim]'")
