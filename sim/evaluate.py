@@ -186,7 +186,8 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                                                                                                  generator=rng)
         return a.numpy()
 
-    twin = make_sim(t.env, camera=store["camera"], size=t.size, actions=meta["actions"]) if t.oracle else None  # the oracle's imagination
+    # the oracle's imagination
+    twin = make_sim(t.env, camera=store["camera"], size=t.size, actions=meta["actions"]) if t.oracle else None
     policies = {"model": lambda goal: lambda image, state: planner.act(image, state, goal, t.horizon),
                 "random": lambda goal: random_action,
                 "hold": lambda goal: lambda image, state: planner.space(torch.as_tensor(state)).mean.numpy(),
