@@ -34,7 +34,8 @@ class DemoSim:
 
     def __init__(self, camera: str = "wrist", seed: int = 0):
         if camera not in ("wrist", "left"):
-            raise UserError(f"the demo simulator films with the wrist or left camera, not {camera!r}")
+            raise UserError(f"the demo simulator films with the wrist or left camera, and this model's store with "
+                            f"{camera!r}: evaluate a model trained on the demo corpus")
         self.renderer = demo.Renderer(np.random.default_rng(seed + 1))  # the table of demo corpus `seed`
         self.camera = camera
 
