@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -39,6 +40,7 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(bench_app, name="bench")
 console = Console(soft_wrap=True)  # long paths stay on one line
 err = Console(stderr=True)
+T = TypeVar("T")
 StorePath = typer.Argument(..., help="Store written by `extract`: a folder or an fsspec URL (s3://bucket/prefix).")
 
 
@@ -53,6 +55,13 @@ def _bar(label: str, fields: str = "", disable: bool = False) -> Iterator[Progre
         yield p
     if fields and not live and not disable:
         err.print(p.get_renderable())
+
+
+def _counted(label: str, total: int, run: Callable[[Callable], T]) -> T:
+    """`run(tick)` under a progress bar of `total` steps, each `tick(...)` call one step."""
+    with _bar(label) as p:
+        task = p.add_task("", total=total)
+        return run(lambda *_: p.advance(task))
 
 
 def _table(title: str, header: list[str] | None, rows: list[list]) -> None:
@@ -80,9 +89,8 @@ def demo_corpus(cfg: DemoCorpusConfig) -> None:
     """Write the built-in synthetic robot corpus: a rendered gripper pushing a block, in DROID raw format."""
     from extract.demo import make_demo_corpus
 
-    with _bar("rendering episodes") as p:
-        task = p.add_task("", total=cfg.episodes)
-        make_demo_corpus(cfg.out, cfg.episodes, cfg.seed, progress=lambda _: p.advance(task))
+    _counted("rendering episodes", cfg.episodes,
+             lambda tick: make_demo_corpus(cfg.out, cfg.episodes, cfg.seed, progress=tick))
     console.print(f"wrote {cfg.episodes} demo episodes to {cfg.out}")
 
 
@@ -190,9 +198,7 @@ def plan_eval(cfg: PlanEvalConfig) -> None:
     """Offline planning evaluation: infer the action between held-out frames by CEM, compare with the truth."""
     from train.plan import run_plan_eval
 
-    with _bar("planning") as p:
-        task = p.add_task("", total=cfg.pairs)
-        r = run_plan_eval(cfg, on_pair=lambda _: p.advance(task))
+    r = _counted("planning", cfg.pairs, lambda tick: run_plan_eval(cfg, on_pair=tick))
     m = r.mean
     rows = [[f"|error| {name}", f"{a:.4g}", f"{b:.4g}"] for name, a, b in zip(r.names, m["action_error"],
                                                                                m["noop_error"])]
@@ -278,9 +284,7 @@ def store_verify(path: str = StorePath) -> None:
     """Check every sealed shard's checksums, shapes and the manifest; exit 1 if anything is wrong."""
     from store import sealed_units, verify
 
-    with _bar("verifying shards") as p:
-        task = p.add_task("", total=len(sealed_units(path)))
-        problems = verify(path, on_shard=lambda _: p.advance(task))
+    problems = _counted("verifying shards", len(sealed_units(path)), lambda tick: verify(path, on_shard=tick))
     for problem in problems:
         console.print(f"[red]BAD[/red] {problem}")
     if problems:
@@ -296,9 +300,7 @@ def store_stats(path: str = StorePath) -> None:
     from store.inspect import feature_stats
 
     store = open_store(path)
-    with _bar("reading features") as p:
-        task = p.add_task("", total=len(store.ok_episodes))
-        stats = feature_stats(store, on_episode=lambda _: p.advance(task))
+    stats = _counted("reading features", len(store.ok_episodes), lambda tick: feature_stats(store, on_episode=tick))
     _table(f"feature statistics of {path}", None, [[k, f"{v:.5g}" if isinstance(v, float) else v]
                                                     for k, v in stats.items()])
     if any(stats[k] for k in ("nan", "inf", "state_nan", "state_inf")):
@@ -323,9 +325,7 @@ def sim_collect(cfg: CollectConfig) -> None:
     """Episodes of a simulator under an exploratory scripted policy, as a WebDataset corpus for `extract`."""
     from sim.collect import run_collect
 
-    with _bar(f"collecting {cfg.env} episodes") as p:
-        task = p.add_task("", total=cfg.episodes)
-        r = run_collect(cfg, on_episode=lambda _: p.advance(task))
+    r = _counted(f"collecting {cfg.env} episodes", cfg.episodes, lambda tick: run_collect(cfg, on_episode=tick))
     console.print(f"wrote {r.path}: {r.episodes} episodes, {r.frames} frames; next: cli.py extract --format "
                   f"webdataset --corpus {cfg.out} ...")
 
@@ -336,10 +336,8 @@ def sim_eval(cfg: SimEvalConfig) -> None:
     the oracle) beside."""
     from sim.evaluate import policy_names, run_sim_eval, summary_cells
 
-    runs = len(policy_names(cfg))
-    with _bar("closed-loop episodes") as p:
-        task = p.add_task("", total=runs * cfg.sim.episodes)
-        r = run_sim_eval(cfg, on_episode=lambda *_: p.advance(task))
+    r = _counted("closed-loop episodes", len(policy_names(cfg)) * cfg.sim.episodes,
+                 lambda tick: run_sim_eval(cfg, on_episode=tick))
     rep = r.report
     rows = [[name, *summary_cells(m)] for name, m in rep["policies"].items()]
     _table(f"{rep['task']} in {rep['env']}: {rep['episodes']} episodes, budget {rep['budget']} control steps, "
