@@ -168,7 +168,10 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
     meta, store = ckpt["model_meta"], ckpt.get("store")
     if not store:
         raise UserError(f"{cfg.checkpoint} records no store (its encoder and frame rate); train it with this version")
-    sim = make_sim(t.env, camera=store["camera"], size=t.size, actions=meta["actions"])
+    def new_sim():  # the store's camera, driven by the model's actions
+        return make_sim(t.env, camera=store["camera"], size=t.size, actions=meta["actions"])
+
+    sim = new_sim()
     stride = frame_skip(meta, store, sim)
     cem_cfg = replace(cfg.cem, state_from_action=sim.state_rule)
     planner = Planner(model, meta, cem_cfg, device, encoder=store_encoder(store, t.encoder_checkpoint, ckpt))
@@ -186,8 +189,7 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                                                                                                  generator=rng)
         return a.numpy()
 
-    # the oracle's imagination
-    twin = make_sim(t.env, camera=store["camera"], size=t.size, actions=meta["actions"]) if t.oracle else None
+    twin = new_sim() if t.oracle else None  # the oracle's imagination
     policies = {"model": lambda goal: lambda image, state: planner.act(image, state, goal, t.horizon),
                 "random": lambda goal: random_action,
                 "hold": lambda goal: lambda image, state: planner.space(torch.as_tensor(state)).mean.numpy(),
