@@ -22,6 +22,8 @@ def load_checkpoint(path: Path) -> dict:
     """A local checkpoint dict: torch.load of a .pt (memory-mapped), or a .safetensors predictor export
     (`predictor` plus the entries in its metadata). One-line errors."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found (weights are never downloaded; give a local .pt file)")
     if path.suffix == ".safetensors":

@@ -40,6 +40,7 @@ CASES = [
     (EXTRACT + ["--limit", "-1"], "--limit must be >= 1 (got -1)"),
     (EXTRACT + ["--fps", "0"], "--fps must be > 0"),
     (EXTRACT + ["--camera", "top"], "--camera 'top' is not one of: left, right, wrist"),
+    (["eval", "--checkpoint", "STORE", "--store", "STORE"], "is a folder, not a checkpoint file"),
     (TRAIN + ["--batch-size", "0"], "--batch-size must be >= 1"),
     (TRAIN + ["--ckpt-every", "0"], "--ckpt-every must be >= 1"),
     (TRAIN + ["--lr", "-1"], "--lr must be > 0"),
