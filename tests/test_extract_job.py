@@ -137,7 +137,10 @@ def test_bad_episodes_are_skipped_with_reasons(tmp_path):
 def test_truncated_shared_video_is_quiet_and_says_why(tmp_path):
     corpus = corpora.lerobot_v30(tmp_path / "v3", [20, 30, 25, 22], faststart=True)
     video = corpus / "videos" / corpora.VIDEO_KEY / "chunk-000" / "file-000.mp4"
-    video.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    # 60% of the bytes hold 39 of the 97 frames: the later episodes end early, and the first (frames 0..19) lies far
+    # enough from the cut that the AV1 decoder's threads, reading ahead, do not reach the torn packet (at 50%,
+    # 25 frames, they did once in CI)
+    video.write_bytes(video.read_bytes()[: video.stat().st_size * 3 // 5])
     r = run_cli("extract", "--corpus", corpus, "--format", "lerobot", "--out", tmp_path / "s", "--preset", "vit_test",
                 "--workers", 1)
     noise = [line for line in r.stderr.splitlines() if "@ 0x" in line or "/project/src" in line]
