@@ -46,8 +46,8 @@ def frame_skip(meta: dict, store: dict, sim) -> int:
         fits = meta["actions"] == POSE_DELTA and meta["state_dim"] == 7
         want = "7-D pose-delta actions and 7-D states"
     else:
-        fits = meta["state_dim"] == 2 and (meta["actions"] == STATE_DELTA and meta["action_dim"] == 2 or
-                                          meta["actions"].startswith(COLUMN) and meta["action_dim"] == 2 * stride)
+        fits = meta["state_dim"] == 2 and ((meta["actions"] == STATE_DELTA and meta["action_dim"] == 2) or
+                                           (meta["actions"].startswith(COLUMN) and meta["action_dim"] == 2 * stride))
         want = (f"2-D states and {2 * stride}-D column actions ({stride} targets of 2-D at {store['fps']:g} fps) "
                 "or 2-D state-delta actions")
     if not fits:
