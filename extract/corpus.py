@@ -446,10 +446,10 @@ def _split_key(name: str) -> tuple[str | None, str | None]:
 class WebDatasetCorpus(Corpus):
     """WebDataset tar shards, one sample per episode: `<key>.mp4` and a `<key>.json` sidecar with
     per-frame `state` (T x S; or the state as `<key>.npy`), optional per-frame action columns
-    (e.g. `action`, T x A), `fps`, `task`, `success`. The first sample tells the state and action dims."""
+    (e.g. `action`, T x A), `fps`, `camera`, `task`, `success`. The first sample tells the state and
+    action dims, and the camera (default "mp4")."""
 
     format = "webdataset"
-    camera = "mp4"
 
     def __init__(self, root: Path, actions: str | None = None):
         root = Path(root)
@@ -464,7 +464,9 @@ class WebDatasetCorpus(Corpus):
         self._first = self.sources()[0] if self.sources() else None
         if self._first is None:
             raise UserError(f"no samples in the .tar shards of {root}")
-        self.actions = actions or ("column:action" if "action" in self._sidecar(self._first)[0] else STATE_DELTA)
+        first = self._sidecar(self._first)[0]
+        self.actions = actions or ("column:action" if "action" in first else STATE_DELTA)
+        self.camera = str(first.get("camera", "mp4"))
         check_source(self.actions)
 
     def _index(self, tar: str) -> dict[str, dict[str, tuple[int, int]]]:

@@ -26,6 +26,9 @@ class CollectConfig:
     episodes: int = setting(64, "Episodes to collect.", min=1, max=1_000_000)
     steps: int = setting(80, "Control steps per episode (PushT: 10 Hz; demo: 15 Hz).", min=2, max=100_000)
     size: int = _size()
+    camera: str | None = setting(None, "Camera (default: the env's first). pusht: top (gym-pusht's frame of the "
+                                       "table) or agent (rides above the agent, as a wrist camera; every patch "
+                                       "moves with it); demo: wrist or left. The store keeps it for sim eval.")
     seed: int = setting(0, "Seed: the same seed gives the same corpus.", min=0)
 
     def __post_init__(self) -> None:

@@ -4,7 +4,9 @@
   pose convention) over a table with a block it pushes when low; the control is the next native
   pose (15 Hz), the camera the store's (wrist or exterior).
 - `pusht`: gym-pusht (the `[sim]` extra), headless: a 2-D agent pushing a T-shaped block; the
-  control is the PD controller's target position (10 Hz), the camera its rendered frame. A model
+  control is the PD controller's target position (10 Hz). Two cameras: `top`, the env's own frame of
+  the whole table, and `agent`, one that rides above the agent (the table around it, as a wrist
+  camera sees it: every patch moves with the agent, where in `top` 1-4 of 64 patches do). A model
   acts either with the column's targets (DINO-WM's frame-skipped actions) or with state deltas
   (the agent's displacement per stored frame, executed as a target that far from the agent).
 
@@ -22,6 +24,9 @@ from extract import demo
 from store.actions import apply_action
 from store.format import STATE_DELTA
 
+PUSHT_CAMERAS = ("top", "agent")
+WORLD = 512  # PushT's world is 512 px square; gym-pusht draws it one px per unit
+FLOOR = 40  # grey of the floor beyond PushT's walls, in the agent camera's view
 PUSH_GOAL_STEPS = 30  # push task: the goal is the state this many control steps along a scripted episode
 
 
@@ -101,13 +106,18 @@ class PushTSim:
     reach_tolerance, unit = 20.0, "px"  # of the 512 px world
     angle_tolerance = np.pi / 9  # push task, as the peers score it
 
-    def __init__(self, size: int = 224, actions: str = "column:action"):
-        self.deltas = actions == STATE_DELTA
+    def __init__(self, size: int = 224, actions: str = "column:action", camera: str = "top"):
+        camera = "top" if camera == "mp4" else camera  # a store whose corpus named no camera: gym-pusht's own
+        if camera not in PUSHT_CAMERAS:
+            raise UserError(f"the PushT simulator films with the {' or '.join(PUSHT_CAMERAS)} camera, and this model's "
+                            f"store with {camera!r}: evaluate a model trained on a PushT corpus")
+        self.deltas, self.camera, self.size = actions == STATE_DELTA, camera, size
         try:
             from gym_pusht.envs import PushTEnv
         except ImportError:
             raise UserError("--env pusht needs the [sim] extra: pip install -e '.[sim]' (gym-pusht)") from None
-        self.env = PushTEnv(obs_type="pixels_agent_pos", observation_width=size, observation_height=size)
+        render = WORLD if camera == "agent" else size  # agent: one px per world px, cropped in image()
+        self.env = PushTEnv(obs_type="pixels_agent_pos", observation_width=render, observation_height=render)
         self.obs = None
 
     def reset(self, sim_state: np.ndarray) -> None:
@@ -117,7 +127,15 @@ class PushTSim:
         self.obs = self.env.step(np.clip(np.asarray(control, np.float64), 0, 512))[0]
 
     def image(self) -> np.ndarray:
-        return np.ascontiguousarray(self.obs["pixels"])
+        if self.camera == "top":
+            return np.ascontiguousarray(self.obs["pixels"])
+        import cv2  # gym-pusht's own dependency
+
+        # the agent camera: a window one world wide centred on the agent, the floor beyond the walls dark
+        half = WORLD // 2
+        x, y = np.clip(np.round(self.agent()), 0, WORLD - 1).astype(int)  # pixel row = world y
+        floor = np.pad(self.obs["pixels"], ((half, half), (half, half), (0, 0)), constant_values=FLOOR)
+        return cv2.resize(floor[y:y + WORLD, x:x + WORLD], (self.size, self.size), interpolation=cv2.INTER_AREA)
 
     def agent(self) -> np.ndarray:
         return np.asarray(self.obs["agent_pos"], np.float32)
@@ -173,11 +191,11 @@ class PushTSim:
         return float(sim_state[4])
 
 
-def make_sim(env: str, camera: str = "wrist", size: int = 224, seed: int = 0, actions: str = "column:action"):
-    """The simulator `env`; `actions` is the action space of the model that will drive it (pusht: a column
-    of targets or state deltas)."""
+def make_sim(env: str, camera: str | None = None, size: int = 224, seed: int = 0, actions: str = "column:action"):
+    """The simulator `env` filming with `camera` (default: the env's first); `actions` is the action space of
+    the model that will drive it (pusht: a column of targets or state deltas)."""
     if env == "demo":
-        return DemoSim(camera, seed)
+        return DemoSim(camera or "wrist", seed)
     if env == "pusht":
-        return PushTSim(size, actions)
+        return PushTSim(size, actions, camera or PUSHT_CAMERAS[0])
     raise UserError(f"--env {env!r} is not one of: demo, pusht")
