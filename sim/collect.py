@@ -2,8 +2,8 @@
 
 One tar, one sample per episode: `<key>.mp4` (the camera at the native control rate) and
 `<key>.json` with per-frame `state` (the agent's proprioception), `action` (the control applied
-after the frame), `fps`, `camera`, and `sim_state` (the full simulator state: for goals and scoring, never a
-model input). `extract --format webdataset` reads it unchanged. Deterministic by seed.
+after the frame), `fps`, `camera`, and `sim_state` (the full simulator state: for goals and scoring,
+never a model input). `extract --format webdataset` reads it unchanged. Deterministic by seed.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def run_collect(cfg: CollectConfig, on_episode: Callable[[int], None] | None = None) -> CollectResult:
-    sim = make_sim(cfg.env, cfg.camera, size=cfg.size)  # one world (the demo corpus's table); the seed varies the episodes
+    sim = make_sim(cfg.env, cfg.camera, size=cfg.size)  # one world (the demo's table); the seed varies episodes
     out = output_dir(cfg.out, "--out")
     path, frames = out / "sim-000000.tar", 0
 
@@ -66,7 +66,8 @@ def run_collect(cfg: CollectConfig, on_episode: Callable[[int], None] | None = N
                 write_mp4(video, ep.pop("frames"), fps=sim.hz, codec="libx264rgb")
                 _member(tar, f"ep{i:06d}.mp4", video.read_bytes())
                 video.unlink()
-                meta = {**ep, "fps": sim.hz, "camera": sim.camera, "env": sim.name, "task": f"explore {sim.name}", "success": True}
+                meta = {**ep, "fps": sim.hz, "camera": sim.camera, "env": sim.name, "task": f"explore {sim.name}",
+                        "success": True}
                 _member(tar, f"ep{i:06d}.json", json.dumps(meta).encode())
                 frames += len(ep["state"])
                 if on_episode:

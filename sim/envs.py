@@ -39,8 +39,8 @@ class DemoSim:
 
     def __init__(self, camera: str = "wrist", seed: int = 0):
         if camera not in ("wrist", "left"):
-            raise UserError(f"the demo simulator films with the wrist or left camera, and this model's store with "
-                            f"{camera!r}: evaluate a model trained on the demo corpus")
+            raise UserError(f"the demo simulator films with the wrist or left camera, not {camera!r} (sim eval: the "
+                            f"camera of the model's store; evaluate a model trained on the demo corpus)")
         self.renderer = demo.Renderer(np.random.default_rng(seed + 1))  # the table of demo corpus `seed`
         self.camera = camera
 
@@ -109,8 +109,8 @@ class PushTSim:
     def __init__(self, size: int = 224, actions: str = "column:action", camera: str = "top"):
         camera = "top" if camera == "mp4" else camera  # a store whose corpus named no camera: gym-pusht's own
         if camera not in PUSHT_CAMERAS:
-            raise UserError(f"the PushT simulator films with the {' or '.join(PUSHT_CAMERAS)} camera, and this model's "
-                            f"store with {camera!r}: evaluate a model trained on a PushT corpus")
+            raise UserError(f"the PushT simulator films with the {' or '.join(PUSHT_CAMERAS)} camera, not {camera!r} "
+                            f"(sim eval: the camera of the model's store; evaluate a model trained on a PushT corpus)")
         self.deltas, self.camera, self.size = actions == STATE_DELTA, camera, size
         try:
             from gym_pusht.envs import PushTEnv
@@ -124,7 +124,7 @@ class PushTSim:
         self.obs, _ = self.env.reset(options={"reset_to_state": np.asarray(sim_state, np.float64)})
 
     def step(self, control: np.ndarray) -> None:
-        self.obs = self.env.step(np.clip(np.asarray(control, np.float64), 0, 512))[0]
+        self.obs = self.env.step(np.clip(np.asarray(control, np.float64), 0, WORLD))[0]
 
     def image(self) -> np.ndarray:
         if self.camera == "top":

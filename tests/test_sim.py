@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from extract.corpus import open_corpus
 from sim.collect import rollout_episode, run_collect
 from sim.config import CollectConfig
 from sim.envs import make_sim
@@ -89,6 +90,30 @@ def test_pusht_state_delta_actions_move_the_agent_by_the_delta():
         assert np.linalg.norm(moved - delta) < 0.1 * np.linalg.norm(delta), (moved, delta)
 
 
+def test_pusht_agent_camera_rides_above_the_agent(tmp_path):
+    """The agent camera keeps the agent at the image centre and slides the table under it: the block moves
+    the other way by the agent's displacement (at 128 px, 4 world px per pixel). Collect records the camera."""
+    sim = make_sim("pusht", "agent", size=128)
+
+    def centre(image, rgb):  # mean (x, y) of the pixels of one colour, and how many
+        ys, xs = np.nonzero(np.abs(image.astype(int) - rgb).sum(-1) < 12)
+        return np.array([xs.mean(), ys.mean()]), len(xs)
+
+    seen = []
+    for agent in ([100.0, 100.0], [140.0, 60.0]):
+        sim.reset(np.array([*agent, 250.0, 180.0, 0.0]))
+        image = sim.image()
+        seen.append((centre(image, (78, 126, 255)), centre(image, (143, 163, 184))))  # as drawn: agent, block
+    ((agent_a, _), (block_a, n_a)), ((agent_b, _), (block_b, n_b)) = seen
+    assert np.allclose(agent_a, 63.5, atol=0.5) and np.allclose(agent_b, 63.5, atol=0.5)
+    assert abs(n_a - n_b) < 0.02 * n_a, "the block should be in view in both"
+    assert np.allclose(block_b - block_a, [-10.0, 10.0], atol=0.3), block_b - block_a
+
+    run_collect(CollectConfig(out=tmp_path / "c", env="pusht", episodes=1, steps=3, size=32, camera="agent"))
+    assert json.loads(_samples(tmp_path / "c" / "sim-000000.tar")["ep000000.json"])["camera"] == "agent"
+    assert open_corpus(tmp_path / "c", "webdataset").camera == "agent"  # the store keeps it for sim eval
+
+
 class Bowl(Planner):
     """A planner whose energy is a hand-made bowl with its minimum at `optimum` [H, A]."""
 
@@ -149,3 +174,5 @@ def test_sim_errors(demo_run, tmp_path):
     with mock.patch.dict(sys.modules, {"gym_pusht": None, "gym_pusht.envs": None}):
         code, _, err = cli_main("sim", "collect", "--env", "pusht", "--out", tmp_path / "c")
     assert_one_error_line(code, err, "pip install -e '.[sim]'")
+    code, _, err = cli_main("sim", "collect", "--env", "pusht", "--camera", "wrist", "--out", tmp_path / "d")
+    assert_one_error_line(code, err, "top or agent camera")
