@@ -79,21 +79,25 @@ bench-s3: setup
 	$(S3_BENCH_ENV) $(PY) cli.py bench loader --store-url s3://bench/loader --frames 1320 $(BENCH_ARGS)
 
 # closed loop (~1 h on 2 CPU cores): reach in the demo world on the demo run's checkpoints; then gym-pusht
-# collected, extracted (random-weight vit_demo, 128 px, 2 fps: 10-D actions) and trained here, reach and push
+# filmed by its agent camera, collected, extracted (random-weight vit_demo, 128 px, 10 fps: 2-D state-delta
+# actions) and trained here, reach and push
 SIM_DIR := $(DATA)/sim
 SIM_BENCH := --horizon 1 --budget 48 --samples 25,50,100,200 --iterations 6 $(BENCH_ARGS)
 sim-bench: setup
 	test -f $(DEMO_RUN)/step_00000900.pt || $(MAKE) demo
 	$(PY) cli.py bench sim --run $(DEMO_RUN) --env demo --task reach $(SIM_BENCH)
-	test -f $(SIM_DIR)/pusht-corpus/sim-000000.tar || $(PY) cli.py sim collect --env pusht --episodes 400 \
-		--steps 80 --size 128 --out $(SIM_DIR)/pusht-corpus
+	test -f $(SIM_DIR)/pusht-corpus/sim-000000.tar || $(PY) cli.py sim collect --env pusht --camera agent \
+		--episodes 400 --steps 80 --size 128 --out $(SIM_DIR)/pusht-corpus
 	test -d $(SIM_DIR)/pusht-store || $(PY) cli.py extract --format webdataset --corpus $(SIM_DIR)/pusht-corpus \
-		--out $(SIM_DIR)/pusht-store --preset vit_demo --fps 2 --workers 1 --episodes-per-unit 100
+		--out $(SIM_DIR)/pusht-store --preset vit_demo --fps 10 --actions state-delta --workers 1 \
+		--episodes-per-unit 100
 	test -f $(SIM_DIR)/pusht-run/step_00003000.pt || $(PY) cli.py train --store $(SIM_DIR)/pusht-store \
 		--out $(SIM_DIR)/pusht-run --preset ac_demo --steps 3000 --batch-size 8 --lr 1e-3 --start-lr 2e-4 \
 		--anneal 600 --val-every 500 --ckpt-every 1000 --workers 1
-	$(PY) cli.py bench sim --run $(SIM_DIR)/pusht-run --env pusht --task reach --size 128 $(SIM_BENCH) --samples 200
-	$(PY) cli.py bench sim --run $(SIM_DIR)/pusht-run --env pusht --task push --size 128 $(SIM_BENCH) --samples 200
+	$(PY) cli.py bench sim --run $(SIM_DIR)/pusht-run --env pusht --task reach --size 128 $(SIM_BENCH) \
+		--samples 25,50,100
+	$(PY) cli.py bench sim --run $(SIM_DIR)/pusht-run --env pusht --task push --size 128 $(SIM_BENCH) \
+		--samples 25,50,100
 
 clean-demo:
 	rm -rf $(DEMO_CORPUS) $(DEMO_STORE) $(DEMO_RUN)

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import UserError
 from extract.corpus import open_corpus
 from sim.collect import rollout_episode, run_collect
 from sim.config import CollectConfig
 from sim.envs import make_sim
+from sim.evaluate import frame_skip
 from store import open_store
 from tests.conftest import assert_one_error_line, cli_main, run_cli
 from train.config import CEMConfig
@@ -169,8 +171,11 @@ def test_sim_errors(demo_run, tmp_path):
     code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--task", "stack")
     assert_one_error_line(code, err, "stack")
     code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "pusht", "--out", tmp_path)
-    assert_one_error_line(code, err, "--env pusht needs 2-D states and 6-D column actions (3 targets of 2-D at 4 fps) "
-                                     "or 2-D state-delta actions")
+    assert_one_error_line(code, err, "the PushT simulator films with the top or agent camera, not 'wrist'")
+    ckpt = torch.load(run / "latest.pt", weights_only=True)
+    with pytest.raises(UserError, match=r"--env pusht needs 2-D states and 6-D column actions \(3 targets of 2-D at "
+                                        r"4 fps\) or 2-D state-delta actions"):
+        frame_skip(ckpt["model_meta"], ckpt["store"], make_sim("pusht", size=32))  # the demo model's dims
     with mock.patch.dict(sys.modules, {"gym_pusht": None, "gym_pusht.envs": None}):
         code, _, err = cli_main("sim", "collect", "--env", "pusht", "--out", tmp_path / "c")
     assert_one_error_line(code, err, "pip install -e '.[sim]'")
