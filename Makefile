@@ -78,7 +78,7 @@ bench-s3: setup
 	$(S3_BENCH_ENV) $(PY) -c "import boto3; boto3.client('s3').create_bucket(Bucket='bench')" && \
 	$(S3_BENCH_ENV) $(PY) cli.py bench loader --store-url s3://bench/loader --frames 1320 $(BENCH_ARGS)
 
-# closed loop (~1 h on 2 CPU cores): reach in the demo world on the demo run's checkpoints; then gym-pusht
+# closed loop (~1.5 h on 2 CPU cores): reach in the demo world on the demo run's checkpoints; then gym-pusht
 # filmed by its agent camera, collected, extracted (random-weight vit_demo, 128 px, 10 fps: 2-D state-delta
 # actions) and trained here, reach and push
 SIM_DIR := $(DATA)/sim
