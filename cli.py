@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,9 +114,13 @@ def extract(cfg: ExtractConfig) -> None:
         s = run_extract(cfg, on_start=lambda n: p.update(task, total=n), on_episode=on_episode)
     _table(f"extraction, rank {s.rank} of {s.world_size}", None, [
         ["store", s.store], ["actions", s.actions], ["units written", s.units], ["units already sealed", s.units_skipped],
-        ["episodes ok", s.episodes_ok], ["episodes skipped", len(s.skipped)], ["frames", s.frames],
+        ["episodes ok", s.episodes_ok], ["episodes skipped", len(s.skipped)],
+        ["episodes decoded by PyAV", len(s.fallback)], ["frames", s.frames],
         ["seconds", f"{s.seconds:.1f}"], ["frames/s", f"{s.frames / max(s.seconds, 1e-9):.1f}"],
         ["manifest merged", "yes" if s.merged else "no (units of other ranks pending)"]])
+    for why, n in Counter(why for _, why in s.fallback).items():  # once per reason, not per episode
+        every = "every episode" if n == s.episodes_ok else f"{n} of {s.episodes_ok} episodes"
+        console.print(f"[yellow]{every} decoded by PyAV ({why})[/yellow]")
     for what, items in (("skipped", s.skipped), ("stored with a note", s.notes)):
         if items:
             console.print(f"[yellow]{len(items)} episode(s) {what}:[/yellow]")

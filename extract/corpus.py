@@ -29,26 +29,11 @@ from store.format import POSE_DELTA, POSE_STATE_NAMES, STATE_DELTA, check_source
 from store.manifest import EpisodeInfo
 
 from .config import DROID_CAMERAS, FORMATS
+from .decode import Video
 
 DROID_HZ = 15.0
 # a target rate that divides the native one exactly (15 / 3.75) must not round up to the next stride
 STRIDE_TOLERANCE = 1e-9
-
-
-def open_video(source: Path | bytes):
-    """A decord VideoReader on a file or in-memory MP4 (H.264, AV1, ...), with ffmpeg's own logging off."""
-    import decord
-    import torch.utils.data
-
-    # ffmpeg and its decoders print to stderr for every damaged packet; the skip reason says it once
-    decord.logging.set_level(decord.logging.QUIET)
-    # in a DataLoader worker, one decoding thread per worker; in the main process, all cores
-    threads = 1 if torch.utils.data.get_worker_info() is not None else 0
-    try:
-        return decord.VideoReader(io.BytesIO(source) if isinstance(source, bytes) else str(source),
-                                  num_threads=threads)
-    except RuntimeError:  # decord's text is internal (source lines, return codes): say what it means
-        raise SkipEpisode("unreadable video (damaged, truncated, or not a video decord can open)") from None
 
 
 def stride_for(native_fps: float, target_fps: float) -> int:
@@ -64,7 +49,7 @@ class Episode:
     frame_index: np.ndarray  # [n] index of each sampled frame in the episode's source frames
     timestamp: np.ndarray  # [n] seconds from the episode start
     decode_index: np.ndarray  # [n] frame index in the video file (differs in LeRobot v3 files)
-    video: object  # decord.VideoReader
+    video: Video
     info: EpisodeInfo  # camera, task, success, native fps, stride, note (id and source: the job's)
     action: np.ndarray | None = None  # [n, A] for column actions (the last row NaN), else None
 
@@ -73,12 +58,7 @@ class Episode:
 
     def frames(self, rows: slice) -> np.ndarray:
         """uint8 [k, H, W, 3] frames of the sampled rows."""
-        index = self.decode_index[rows].tolist()
-        try:
-            return self.video.get_batch(index).asnumpy()
-        except Exception:  # noqa: BLE001 - decord raises plain errors, with internal text, on damaged streams
-            raise SkipEpisode(f"video decoding failed between video frames {index[0]} and {index[-1]} "
-                              "(damaged or truncated stream)") from None
+        return self.video.frames(self.decode_index[rows])
 
 
 @dataclass(frozen=True)
@@ -99,7 +79,7 @@ def _nonfinite(rows: np.ndarray) -> np.ndarray:
 
 
 def sampled_episode(state: np.ndarray, frame_index: np.ndarray, timestamp: np.ndarray,
-                    decode_index: np.ndarray, video, native_fps: float, target_fps: float, robot: Robot,
+                    decode_index: np.ndarray, video: Video, native_fps: float, target_fps: float, robot: Robot,
                     camera: str, notes: list[str], task: str = "", success: bool | None = None,
                     shared_video: bool = False, native_actions: np.ndarray | None = None) -> Episode:
     """Keep the rows whose frame the video really holds, then every stride-th of them.
@@ -298,9 +278,9 @@ class DroidCorpus(Corpus):
         state = np.concatenate([cartesian, gripper.reshape(-1, 1)], axis=1)
         if not mp4.is_file():
             raise SkipEpisode(f"missing video {mp4.relative_to(self.base)}")
-        video = open_video(mp4)
+        video = Video(mp4)
         notes = []
-        container_fps = video.get_avg_fps()
+        container_fps = video.fps
         if abs(container_fps - DROID_HZ) > 0.01:
             notes.append(f"container reports {container_fps:.2f} fps; used the {DROID_HZ:g} Hz control rate")
         idx = np.arange(len(state))
@@ -411,8 +391,8 @@ class LeRobotCorpus(Corpus):
         timestamp = table["timestamp"].to_numpy().astype(np.float64)
         if not video_path.is_file():
             raise SkipEpisode(f"missing video {video_path.relative_to(self.root)}")
-        video = open_video(video_path)
-        container = video.get_avg_fps()
+        video = Video(video_path)
+        container = video.fps
         decode_index = np.round((offset + timestamp) * container).astype(np.int64)
         notes = []
         if abs(container - self.fps) > 0.01:
@@ -538,7 +518,7 @@ class WebDatasetCorpus(Corpus):
         if meta.get("fps") is not None:
             return float(meta["fps"])
         tar, key = self._first.split("#", 1)
-        return open_video(self._read(tar, self._index(tar)[key]["mp4"])).get_avg_fps()
+        return Video(self._read(tar, self._index(tar)[key]["mp4"])).fps
 
     def load(self, source: str, fps: float) -> Episode:
         tar, key = source.split("#", 1)
@@ -549,9 +529,9 @@ class WebDatasetCorpus(Corpus):
         column = column_key(self.actions)
         if column is not None and column not in meta:
             raise SkipEpisode(f"sidecar has no action column {column!r}")
-        video = open_video(self._read(tar, members["mp4"]))
+        video = Video(self._read(tar, members["mp4"]))
         notes = []
-        native, container = meta.get("fps"), video.get_avg_fps()
+        native, container = meta.get("fps"), video.fps
         if native is None:
             native = container
             notes.append(f"no fps in the sidecar; used the container's {container:.2f}")

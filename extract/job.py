@@ -53,6 +53,7 @@ class Piece:
     frame_index: np.ndarray | None = None
     timestamp: np.ndarray | None = None
     skip: str | None = None  # set on the last piece of an episode that cannot be extracted
+    fallback: str | None = None  # why decord did not decode this episode (PyAV did), once known
 
 
 class EpisodePieces(IterableDataset):
@@ -75,7 +76,7 @@ class EpisodePieces(IterableDataset):
                 raise SkipEpisode(f"only {len(ep)} frames at {self.fps:g} fps, {MIN_FRAMES} needed{why}")
             for start in range(0, len(ep), PIECE_FRAMES):
                 frames = preprocess(ep.frames(slice(start, start + PIECE_FRAMES)), self.size)
-                piece = Piece(order, start + PIECE_FRAMES >= len(ep), frames)
+                piece = Piece(order, start + PIECE_FRAMES >= len(ep), frames, fallback=ep.video.fallback)
                 if start == 0:
                     piece.info, piece.state, piece.action, piece.frame_index, piece.timestamp = (
                         ep.info, ep.state, ep.action, ep.frame_index, ep.timestamp)
@@ -88,6 +89,7 @@ class EpisodePieces(IterableDataset):
 class _Episode:
     first: Piece | None = None  # the piece with the metadata
     skip: str | None = None
+    fallback: str | None = None
     released: bool = False  # all pieces handed to the encoder queue
     frames: int = 0
     features: list[torch.Tensor] = field(default_factory=list)
@@ -107,6 +109,7 @@ class ExtractSummary:
     frames: int = 0
     seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    fallback: list[tuple[str, str]] = field(default_factory=list)  # (source, why) of episodes decoded by PyAV
     notes: list[tuple[str, str]] = field(default_factory=list)  # (source, note) of stored episodes with a note
     merged: bool = False
     store: Path | RemotePath | None = None
@@ -208,6 +211,7 @@ class _Pipeline:
             ep = self.episodes.setdefault(order, _Episode())
             if piece.info is not None:
                 ep.first = piece
+            ep.fallback = piece.fallback or ep.fallback
             if piece.frames is not None:
                 self.queue.append((order, piece.frames))
                 self.queued += len(piece.frames)
@@ -280,6 +284,8 @@ class _Pipeline:
                                     first.action)
             if info.note:
                 self.summary.notes.append((source, info.note))
+            if ep.fallback:
+                self.summary.fallback.append((source, ep.fallback))
             self.summary.episodes_ok += 1
             self.summary.frames += ep.frames
         if order in self.unit_end:

@@ -156,7 +156,7 @@ def test_truncated_shared_v3_video_says_it_ended_early(tmp_path):
     assert reasons[0] == ""  # before the cut: whole
     assert all("the video ended early" in r or "video decoding failed" in r for r in reasons[1:]), reasons
     assert any("the video ended early" in r for r in reasons), reasons
-    assert all(len(r) < 200 and "/project/src" not in r for r in reasons)  # no decoder internals
+    assert all(len(r) < 300 and "/project/src" not in r for r in reasons)  # one line, no decoder log prefixes
 
 
 def test_truncated_video_is_a_skip(tmp_path):

@@ -267,11 +267,11 @@ def store_pair(store: Store, episode: int, start: int, goal: int, device: torch.
 
 def read_image(path: Path) -> np.ndarray:
     """uint8 RGB [H, W, 3] of an image file."""
-    from PIL import Image
+    from extract.decode import read_image as decode
 
     try:
-        return np.asarray(Image.open(path).convert("RGB"))
-    except OSError as e:
+        return decode(path)
+    except ValueError as e:
         raise UserError(f"cannot read image {path}: {e}") from None
 
 
