@@ -10,8 +10,11 @@ Images: PIL, then PyAV.
 from __future__ import annotations
 
 import io
+import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +24,9 @@ from common.errors import SkipEpisode
 
 def _words(error: BaseException) -> str:
     """A decoder's error in one short line, without decord's log prefix (time, source file:line) or errno."""
-    text = re.sub(r"\[[\d:]+\] \S+:\d+: |\[Errno -?\d+\] ", "", " ".join(str(error).split()))
+    text = re.sub(r"\[[\d:]+\] \S+:\d+: |\[Errno -?\d+\] |: '<none>'", "", " ".join(str(error).split()))
     text = text or type(error).__name__
-    return text if len(text) <= 100 else text[:99] + "…"
+    return text if len(text) <= 120 else text[:119] + "…"
 
 
 def _threads() -> int:
@@ -33,14 +36,29 @@ def _threads() -> int:
     return 1 if get_worker_info() is not None else 0
 
 
+@contextmanager
+def _no_stderr() -> Iterator[None]:
+    """Mute file descriptor 2 (C++ code's stderr) for the duration."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 class _Decord:
     def __init__(self, source: Path | bytes):
         import decord
 
         # ffmpeg and its decoders print to stderr for every damaged packet; a skip reason says it once
         decord.logging.set_level(decord.logging.QUIET)
-        self.reader = decord.VideoReader(io.BytesIO(source) if isinstance(source, bytes) else str(source),
-                                         num_threads=_threads())
+        with _no_stderr():  # decord's own log of a file it cannot open: the whole file, were it bytes
+            self.reader = decord.VideoReader(io.BytesIO(source) if isinstance(source, bytes) else str(source),
+                                             num_threads=_threads())
         self.fps = float(self.reader.get_avg_fps())
 
     def __len__(self) -> int:

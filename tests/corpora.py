@@ -9,6 +9,7 @@ the dataset's row r (over all episodes) is (r, r + 0.01, r + 0.02, ...), unique 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -34,6 +35,14 @@ def frames(first: int, n: int) -> list[np.ndarray]:
     return [np.full((H, W, 3), code(first + i), np.uint8) for i in range(n)]
 
 
+# writes a video of source frames first .. first + n - 1: (path, first, n, fps); the default: frames() in H.264
+VideoWriter = Callable[[Path, int, int, int], None]
+
+
+def h264(path: Path, first: int, n: int, fps: int) -> None:
+    write_mp4(path, frames(first, n), fps=fps)
+
+
 def states(n: int) -> np.ndarray:
     s = np.zeros((n, 7), np.float32)
     s[:, 0] = np.arange(n) / 100
@@ -42,11 +51,11 @@ def states(n: int) -> np.ndarray:
 
 def droid_episode(root: Path, name: str, steps: int, video_frames: int | None = None,
                   drop_key: str | None = None, task: str = "stack cups", success: bool = True,
-                  bad_value: float | None = None, metadata: bool = True) -> Path:
+                  bad_value: float | None = None, metadata: bool = True, video: VideoWriter = h264) -> Path:
     """One DROID raw episode folder; `bad_value` (NaN, Inf) replaces x of state row 2; no metadata json if asked."""
     folder = root / "LAB" / ("success" if success else "failure") / "2024-01-01" / name
     (folder / "recordings" / "MP4").mkdir(parents=True)
-    write_mp4(folder / "recordings" / "MP4" / "111.mp4", frames(0, video_frames or steps), fps=15)
+    video(folder / "recordings" / "MP4" / "111.mp4", 0, video_frames or steps, 15)
     s = states(steps).astype(np.float64)
     if bad_value is not None:
         s[2, 0] = bad_value
@@ -108,7 +117,7 @@ def _state(n: int, dim: int) -> np.ndarray:
 
 
 def lerobot_v21(root: Path, lengths: list[int], fps: int = 15, state_dim: int = 7, action_dim: int = 7,
-                names: dict | None = None, state_of=None, action_of=None) -> Path:
+                names: dict | None = None, state_of=None, action_of=None, video: VideoWriter = h264) -> Path:
     """`state_of(episode, n)` and `action_of(episode, first_index, n)` replace the default columns."""
     (root / "meta").mkdir(parents=True)
     info = _info("v2.1", fps, "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
@@ -123,28 +132,32 @@ def lerobot_v21(root: Path, lengths: list[int], fps: int = 15, state_dim: int = 
         state = state_of(e, n) if state_of else _state(n, state_dim)
         action = action_of(e, first, n) if action_of else lerobot_actions(first, n, action_dim)
         pq.write_table(_frame_table(e, n, first, fps, state, action), data)
-        video = root / f"videos/chunk-000/{VIDEO_KEY}/episode_{e:06d}.mp4"
-        video.parent.mkdir(parents=True, exist_ok=True)
-        write_mp4(video, frames(0, n), fps=fps)
+        path = root / f"videos/chunk-000/{VIDEO_KEY}/episode_{e:06d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        video(path, 0, n, fps)
         lines.append(json.dumps({"episode_index": e, "tasks": ["open the drawer"], "length": n}))
         first += n
     (root / "meta" / "episodes.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
 
+def svt_av1(path: Path, first: int, n: int, fps: int, faststart: bool = False) -> None:
+    write_mp4(path, frames(first, n), fps=fps, codec="libsvtav1", faststart=faststart)
+
+
 def lerobot_v30(root: Path, lengths: list[int], fps: int = 15, faststart: bool = False, state_dim: int = 7,
-                action_dim: int = 7, names: dict | None = None) -> Path:
-    """All episodes in one data file and one AV1 video file, cut by from/to timestamps."""
+                action_dim: int = 7, names: dict | None = None, video: VideoWriter | None = None) -> Path:
+    """All episodes in one data file and one video file (AV1, as LeRobot writes it), cut by from/to timestamps:
+    the file's frame `first + i` is frame i of the episode whose rows start at dataset index `first`."""
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     info = _info("v3.0", fps, "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
                  "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4", "av1",
                  state_dim, action_dim, names)
     (root / "meta" / "info.json").write_text(json.dumps(info))
     pq.write_table(pa.table({"task": ["open the drawer"], "task_index": [0]}), root / "meta" / "tasks.parquet")
-    tables, rows, video, first = [], [], [], 0
+    tables, rows, first = [], [], 0
     for e, n in enumerate(lengths):
         tables.append(_frame_table(e, n, first, fps, _state(n, state_dim), lerobot_actions(first, n, action_dim)))
-        video += frames(first, n)  # the file's frame `first + i` is episode frame i
         rows.append({
             "episode_index": e, "tasks": ["open the drawer"], "length": n,
             "data/chunk_index": 0, "data/file_index": 0,
@@ -158,20 +171,23 @@ def lerobot_v30(root: Path, lengths: list[int], fps: int = 15, faststart: bool =
     pq.write_table(pa.Table.from_pylist(rows), root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     path = root / "videos" / VIDEO_KEY / "chunk-000" / "file-000.mp4"
     path.parent.mkdir(parents=True)
-    write_mp4(path, video, fps=fps, codec="libsvtav1", faststart=faststart)
+    if video is None:
+        svt_av1(path, 0, first, fps, faststart)
+    else:
+        video(path, 0, first, fps)
     return root
 
 
-def mp4_bytes(n: int, fps: int = 15) -> bytes:
+def mp4_bytes(n: int, fps: int = 15, video: VideoWriter = h264) -> bytes:
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        write_mp4(Path(d) / "v.mp4", frames(0, n), fps=fps)
+        video(Path(d) / "v.mp4", 0, n, fps)
         return (Path(d) / "v.mp4").read_bytes()
 
 
-def webdataset_shard(path: Path, samples: list[dict]) -> Path:
-    """samples: {"key", "n", optional "fps", "task", "sidecar" (raw json bytes), "npy" (state array)}."""
+def webdataset_shard(path: Path, samples: list[dict], video: VideoWriter = h264) -> Path:
+    """samples: {"key", "n", optional "fps", "task", "sidecar" (raw json bytes), "npy" (state array), "mp4" (bytes)}."""
     import webdataset as wds
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +199,8 @@ def webdataset_shard(path: Path, samples: list[dict]) -> Path:
                 if "fps" in s:
                     meta["fps"] = s["fps"]
                 sidecar = json.dumps(meta).encode()
-            sample = {"__key__": s["key"], "mp4": mp4_bytes(s["n"], s.get("video_fps", 15)), "json": sidecar}
+            mp4 = s["mp4"] if "mp4" in s else mp4_bytes(s["n"], s.get("video_fps", 15), video)
+            sample = {"__key__": s["key"], "mp4": mp4, "json": sidecar}
             if "npy" in s:
                 sample["npy"] = s["npy"]
             tw.write(sample)
