@@ -57,12 +57,14 @@ class CheckedReadsBench(DirBench):
 
 @dataclass
 class ExtractBench(DirBench):
-    """Whole-job frames/s vs decode-only and encode-only."""
+    """Whole-job frames/s vs decode-only and encode-only; the decoding layer vs decord alone and PyAV alone."""
 
     preset: str = setting("vit_demo", "Encoder preset (vit_giant on a GPU).")
     batch: int = setting(64, "Encoder batch (frames).", min=1)
     workers: int = setting(1, "Decoding workers.", min=0)
     episodes: int = setting(32, "Demo corpus episodes.", min=1)
+    videos: int = setting(16, "Videos in the decoder comparison.", min=1)
+    repeats: int = setting(5, "Runs per decoder, alternating (the median is reported).", min=1)
 
 
 @dataclass

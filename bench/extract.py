@@ -1,18 +1,24 @@
-"""The extraction job vs its two stages alone: decoding (workers) and encoding (main process)."""
+"""The extraction job vs its two stages alone: decoding (workers) and encoding (main process); and the
+decoding layer vs decord alone (what extraction used before it) and vs PyAV alone (its fallback)."""
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import time
 from pathlib import Path
 
+import av
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from common.device import pick_device
 from extract.config import ExtractConfig
 from extract.corpus import open_corpus
-from extract.demo import make_demo_corpus
+from extract.decode import Video, _Decord, _PyAV
+from extract.demo import WRIST_SERIAL, make_demo_corpus, write_mp4
 from extract.encoder import build_encoder
 from extract.job import EpisodePieces, run_extract
 
@@ -28,6 +34,50 @@ def decode_only(corpus: Path, image_size: int, workers: int) -> float:
     for piece in loader:
         n += 0 if piece.frames is None else len(piece.frames)
     return n / (time.perf_counter() - start)
+
+
+DECODERS = {"decord alone (before)": _Decord, "decoding layer (after)": Video, "PyAV alone (the fallback)": _PyAV}
+PIECE = 32  # frames per request, as the job's pieces
+
+
+def small_av1(videos: list[Path], folder: Path, size: int = 96) -> list[Path]:
+    """The videos resized to size x size AV1, as LeRobot's PushT (where decord2 fails), written once."""
+    out = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, video in enumerate(videos):
+        path = folder / f"{i:03d}.mp4"
+        if not path.exists():
+            with av.open(str(video)) as c:
+                frames = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]))
+            small = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(size, size), mode="area")
+            write_mp4(path, list(small.round().byte().permute(0, 2, 3, 1).numpy()), codec="libsvtav1")
+        out.append(path)
+    return out
+
+
+def decode_rate(decoder, videos: list[Path], stride: int) -> float | None:
+    """Frames/s of opening each video and decoding every stride-th frame in pieces; None if it fails."""
+    start, n = time.perf_counter(), 0
+    try:
+        for path in videos:
+            video = decoder(path)
+            rows = list(range(0, len(video), stride))
+            for i in range(0, len(rows), PIECE):
+                n += len(video.frames(rows[i:i + PIECE]))
+    except Exception:  # noqa: BLE001 - a decoder that cannot read the set is reported as such
+        return None
+    return n / (time.perf_counter() - start)
+
+
+def decoder_rates(sets: dict[str, list[Path]], stride: int, repeats: int) -> dict[str, dict[str, float | None]]:
+    """{set: {decoder: median frames/s}}, the decoders alternating within each repeat."""
+    runs = {name: {d: [] for d in DECODERS} for name in sets}
+    for _ in range(repeats):
+        for name, videos in sets.items():
+            for label, decoder in DECODERS.items():
+                runs[name][label].append(decode_rate(decoder, videos, stride))
+    return {name: {d: None if None in r else statistics.median(r) for d, r in per.items()}
+            for name, per in runs.items()}
 
 
 def encode_only(preset: str, batch: int, frames: int, device: torch.device) -> float:
@@ -60,11 +110,20 @@ def run(cfg: ExtractBench) -> Section:
     dec = decode_only(corpus, image_size, workers)
     enc = encode_only(preset, batch, s.frames, dev)
     slower = min(dec, enc)
-    result = {"job_frames_s": job, "decode_frames_s": dec, "encode_frames_s": enc, "job_over_slower": job / slower}
+    wrist = sorted(corpus.rglob(f"recordings/MP4/{WRIST_SERIAL}.mp4"))[: cfg.videos]
+    sets = {"demo wrist, 320x180 H.264": wrist, "the same at 96x96 AV1 (LeRobot PushT's size)":
+            small_av1(wrist, directory / "av1-96")}
+    rates = decoder_rates(sets, stride=4, repeats=cfg.repeats)
+    result = {"job_frames_s": job, "decode_frames_s": dec, "encode_frames_s": enc, "job_over_slower": job / slower,
+              "decoders": rates}
     body = (f"{s.frames} frames ({episodes} demo episodes, wrist camera, 320x180 H.264), preset {preset}, "
             f"encoder batch {batch}, {workers} decoding workers, {dev}.\n\n"
             + table(["stage", "frames/s"], [["decode + preprocess only (workers)", f"{dec:.0f}"],
                                             ["encode only (main process)", f"{enc:.0f}"],
                                             ["whole job (store written, shards sealed)", f"{job:.0f}"]])
-            + f"\n\nJob / slower stage: **{job / slower:.0%}**.")
+            + f"\n\nJob / slower stage: **{job / slower:.0%}**.\n\n"
+            + f"Decoding alone, one process, every 4th frame of {cfg.videos} videos in requests of {PIECE} frames, "
+              f"frames/s (median of {cfg.repeats}, decoders alternating):\n\n"
+            + table(["videos", *DECODERS], [[name, *(f"{r:.0f}" if r else "fails" for r in per.values())]
+                                            for name, per in rates.items()]))
     return Section(f"extract-{preset}", f"Extraction pipeline ({preset})", body, result)

@@ -82,6 +82,7 @@ class _PyAV:
         self.pts = np.array(sorted(p for p, _ in packets), np.int64)
         self.keys = np.array(sorted(p for p, key in packets if key), np.int64)
         self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 0)
+        self.size = (self.stream.width, self.stream.height)
         self._decoded = None  # demuxing read to the end: the first request opens the file again
 
     def _open(self) -> None:
@@ -142,38 +143,43 @@ class _PyAV:
         return out
 
 
+# frame size (width, height) -> why decord failed on frames PyAV then decoded, in this process: later videos
+# of that size go to PyAV at once (decord2 fails every 96-px-wide video the same way)
+_DECORD_FAILED: dict[tuple[int, int], str] = {}
+
+
 class Video:
     """The frames of one video file (or its bytes) by index, decoded by decord or, where decord fails, PyAV.
 
-    decord numbers keyframes in decoding order: in a stream whose frames after a keyframe are shown
-    before it (open GOPs, as x265 writes) its seeks land frames late, silently. So the packets are
-    read once with PyAV, and such a stream is decoded by PyAV. `fallback` is None while decord
-    serves, else why it does not ("decord: ..."). Raises SkipEpisode, with both decoders' reasons,
-    when neither can open or decode the file.
+    PyAV reads the packets first (not decoding them): the frames' order, and the keyframes. decord
+    numbers keyframes in decoding order, so in a stream whose frames after a keyframe are shown
+    before it (open GOPs, as x265 writes) its seeks land frames late, silently: PyAV decodes such a
+    stream. `fallback` is None while decord serves, else why it does not ("decord: ..."). Raises
+    SkipEpisode, with both decoders' reasons, when neither can open or decode the file.
     """
 
     def __init__(self, source: Path | bytes):
-        self.source = source
         self.fallback: str | None = None
+        try:
+            self._pyav: _PyAV | None = _PyAV(source)
+            self._pyav_error = ""
+        except Exception as e:  # noqa: BLE001 - PyAV's errors (av.error.*, ValueError) carry ffmpeg's words
+            self._pyav, self._pyav_error = None, _words(e)
+        if self._pyav is not None and self._pyav.size in _DECORD_FAILED:
+            self.fallback, self._decoder = _DECORD_FAILED[self._pyav.size], self._pyav
+            return
         try:
             self._decoder = _Decord(source)
         except Exception as e:  # noqa: BLE001 - decord raises plain errors whose text is all it tells
-            self._use_pyav(_words(e), "unreadable video")
+            self.fallback = f"decord: {_words(e)}"
+            if self._pyav is None:
+                raise SkipEpisode(f"unreadable video (damaged, truncated, or not a video): {self.fallback}; "
+                                  f"PyAV: {self._pyav_error}") from None
+            self._decoder = self._pyav
             return
-        try:
-            index = _PyAV(source)
-        except Exception:  # noqa: BLE001 - PyAV cannot read what decord did: decord is all there is
-            return
-        if index.key_frames() != list(self._decoder.reader.get_key_indices()):
-            self._use_pyav("keyframes indexed in decoding order, so its seeks would return later frames", "", index)
-
-    def _use_pyav(self, decord_error: str, what: str, pyav: _PyAV | None = None) -> None:
-        self.fallback = f"decord: {decord_error}"
-        try:
-            self._decoder = pyav or _PyAV(self.source)
-        except Exception as e:  # noqa: BLE001 - PyAV's errors (av.error.*, ValueError) carry ffmpeg's words
-            raise SkipEpisode(f"{what} (damaged, truncated, or not a video): {self.fallback}; "
-                              f"PyAV: {_words(e)}") from None
+        if self._pyav is not None and self._pyav.key_frames() != list(self._decoder.reader.get_key_indices()):
+            self.fallback = "decord: keyframes indexed in decoding order, so its seeks would return later frames"
+            self._decoder = self._pyav
 
     def __len__(self) -> int:
         return len(self._decoder)
@@ -188,17 +194,22 @@ class Video:
         index = [int(i) for i in index]
         if not index:
             return np.empty((0, 0, 0, 3), np.uint8)
-        what = f"video decoding failed between video frames {index[0]} and {index[-1]}"
+        what = f"video decoding failed between video frames {index[0]} and {index[-1]} (damaged or truncated stream)"
         try:
             return self._decoder.frames(index)
         except Exception as e:  # noqa: BLE001 - see __init__
-            if isinstance(self._decoder, _PyAV):
-                raise SkipEpisode(f"{what} (damaged or truncated stream): PyAV: {_words(e)}") from None
-            self._use_pyav(_words(e), what)
+            if self._decoder is self._pyav:
+                raise SkipEpisode(f"{what}: {self.fallback + '; ' if self.fallback else ''}PyAV: {_words(e)}") from None
+            self.fallback = f"decord: {_words(e)}"
+            if self._pyav is None:
+                raise SkipEpisode(f"{what}: {self.fallback}; PyAV: {self._pyav_error}") from None
+            self._decoder = self._pyav
         try:
-            return self._decoder.frames(index)
+            frames = self._pyav.frames(index)
         except Exception as e:  # noqa: BLE001
-            raise SkipEpisode(f"{what} (damaged or truncated stream): {self.fallback}; PyAV: {_words(e)}") from None
+            raise SkipEpisode(f"{what}: {self.fallback}; PyAV: {_words(e)}") from None
+        _DECORD_FAILED[self._pyav.size] = self.fallback
+        return frames
 
 
 def read_image(source: Path | bytes) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 
 from extract.config import ExtractConfig
 from extract.corpus import open_corpus
+from extract import decode
 from extract.decode import Video, read_image
 from extract.encoder import build_encoder
 from extract.job import run_extract
@@ -34,6 +35,12 @@ CODECS = {  # name: (encoder, pix_fmt, options)
 SIZES = [(84, 84), (96, 96), (100, 75), (160, 120), (224, 224), (320, 180), (640, 480)]
 # x264 and x265 cannot encode 4:2:0 at an odd height
 CASES = [(c, s) for c in CODECS for s in SIZES if not (s == (100, 75) and c in ("h264", "hevc"))]
+
+
+@pytest.fixture(autouse=True)
+def fresh_decoders(monkeypatch):
+    """Each test starts with no frame size known to fail in decord."""
+    monkeypatch.setattr(decode, "_DECORD_FAILED", {})
 
 
 def moving(first: int, n: int, width: int, height: int) -> list[np.ndarray]:
@@ -178,10 +185,13 @@ def test_images_decode_as_written(tmp_path):
 
 
 def test_a_decoder_failing_mid_video_hands_over_to_pyav(tmp_path):
-    """decord opens the file but fails on a batch: PyAV decodes that batch and every later one."""
+    """decord opens the file but fails on a batch: PyAV decodes that batch and every later one, and the
+    next video of that size in this process goes to PyAV at once."""
     video = Video(write_video(tmp_path / "v.mp4", "h264", 96, 96))
     assert video.fallback is None  # decord opened it; its batch copy fails at 96 px
     ref = pyav_decode(tmp_path / "v.mp4")
     assert np.array_equal(video.frames([3, 6, 9]), ref[[3, 6, 9]])
     assert video.fallback.startswith("decord: Check failed")
     assert np.array_equal(video.frames([1, 2, 20]), ref[[1, 2, 20]])  # behind the decoder: it seeks back
+    again = Video(tmp_path / "v.mp4")
+    assert again.fallback == video.fallback and np.array_equal(again.frames([5]), ref[[5]])
