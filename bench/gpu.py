@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from common.device import bf16_autocast
 from common.errors import UserError
 from extract.encoder import build_encoder
 from train.loop import param_groups
@@ -21,7 +22,7 @@ def encoder_rate(batch: int = 64) -> float:
     encoder, _ = build_encoder("vit_giant", random_init=True)
     encoder.cuda()
     x = torch.randn(batch, 3, 256, 256, device="cuda")
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.inference_mode(), bf16_autocast(x.device):
         t = median_time(lambda: encoder(x), repeats=10, warmup=3, sync=True)
     return batch / t
 
@@ -34,7 +35,7 @@ def predictor_step(batch: int, checkpointing: bool) -> float:
     a, s = torch.randn(batch, 7, 7, device="cuda"), torch.randn(batch, 8, 7, device="cuda")
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with bf16_autocast(z.device):
             loss = training_losses(model, z, a, s, 2)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,7 +10,7 @@ from statistics import median
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common.device import pick_device
+from common.device import bf16_autocast, pick_device
 from extract.config import ExtractConfig
 from extract.corpus import DroidCorpus
 from extract.demo import make_demo_corpus
@@ -85,10 +85,9 @@ def compare(corpus: Path, store_dir: Path, encoder_preset: str, predictor_preset
     torch.manual_seed(0)
     model = build_model(store.config.feature_dim, store.config.grid, predictor_preset).to(device)
     opt = torch.optim.AdamW(param_groups(model, 0.04), lr=1e-4)
-    amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def train_step(z, actions, states):
-        with torch.autocast(**amp):
+        with bf16_autocast(device):
             loss = training_losses(model, z, actions.to(device), states.to(device), 2)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,7 +98,7 @@ def compare(corpus: Path, store_dir: Path, encoder_preset: str, predictor_preset
 
     def online(b):
         frames = b["frames"].to(device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(**amp):
+        with torch.inference_mode(), bf16_autocast(device):
             z = encoder(frames.flatten(0, 1)).float()
         train_step(normalize(z.unflatten(0, frames.shape[:2]).clone()), b["actions"], b["states"])
 
@@ -119,7 +118,7 @@ def compare(corpus: Path, store_dir: Path, encoder_preset: str, predictor_preset
     b = next(iter(loader(decoded)))
     sync = device.type == "cuda"
     frames = b["frames"].to(device)
-    with torch.inference_mode(), torch.autocast(**amp):
+    with torch.inference_mode(), bf16_autocast(device):
         result["encode_s_per_clip"] = median_time(lambda: encoder(frames.flatten(0, 1)), repeats, sync=sync) / batch
     z = normalize(torch.stack([clips[i]["features"] for i in range(batch)]).to(device))
     result["train_s_per_clip"] = median_time(lambda: train_step(z, b["actions"], b["states"]), repeats, sync=sync) / batch

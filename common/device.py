@@ -1,4 +1,5 @@
-"""Which torch device a process uses: one rule for extraction, training, evaluation and planning."""
+"""Which torch device a process uses, and how models run on it: one rule for extraction, training,
+evaluation and planning."""
 
 from __future__ import annotations
 
@@ -44,3 +45,10 @@ def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[
     if world < 1 or not 0 <= rank < world:
         raise UserError(f"rank {rank} is not in 0..world_size-1 (world_size {world})")
     return rank, world
+
+
+def bf16_autocast(device: "torch.device") -> "torch.autocast":
+    """bf16 autocast on a CUDA device, a no-op on the CPU: the precision of every model call."""
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

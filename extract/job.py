@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from common.device import pick_device, rank_world
+from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import SkipEpisode
 from store.location import RemotePath, where
 from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, remove_unsealed, sealed_units
@@ -249,7 +249,7 @@ class _Pipeline:
     @torch.inference_mode()
     def _forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = frames.to(self.device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with bf16_autocast(self.device):
             return self.encoder(x).float().cpu()
 
     def _write_ready(self) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from common.device import pick_device
+from common.device import bf16_autocast, pick_device
 from common.errors import UserError
 from common.files import output_dir
 from store import open_store
@@ -43,7 +43,7 @@ def clip_metrics(model, batch: dict[str, torch.Tensor], device: torch.device,
     s = batch["states"].to(device).float()
     a = (batch["actions"] if actions is None else actions).to(device).float()
     target = z[:, 1:]
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with bf16_autocast(device):
         roll = rollout(model, z[:, :1], a, s, z.shape[1] - 1).float()
         out = {"rollout_l1": (roll - target).abs().mean((2, 3)).cpu(),
                "rollout_cos": F.cosine_similarity(roll, target, dim=-1).mean(2).cpu()}

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from common.device import pick_device, rank_world
+from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import TrainingDiverged, UserError
 from common.files import output_dir, remove_stale_temps
 from common.settings import as_dict
@@ -251,7 +251,7 @@ def _optimizer_step(run: _Run, step: int, tick: float) -> dict:
         with contextlib.ExitStack() as stack:
             if run.world > 1 and not last:
                 stack.enter_context(run.ddp.no_sync())  # gradients stay local until the last micro-batch
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+            with bf16_autocast(run.device):
                 losses = training_losses(run.ddp, z, actions, states, cfg.rollout_steps)
             (losses["loss"] / cfg.accum_steps).backward()
         parts += torch.stack([losses[k].detach().float().cpu() for k in ("loss", "tf_loss", "rollout_loss")])

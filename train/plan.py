@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.device import pick_device
+from common.device import bf16_autocast, pick_device
 from common.errors import UserError
 from common.files import output_dir
 from common.settings import as_dict
@@ -181,7 +181,7 @@ class Planner:
             states = [state.expand(s, -1)]
             for k in range(h - 1):
                 states.append(self.next_state(states[-1], chunk[:, k]))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=z0.device.type == "cuda"):
+            with bf16_autocast(z0.device):
                 last = rollout(self.model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states, 1).float(), h,
                                self.cached)[:, -1]
             out.append((last.float() - goal).abs().mean((1, 2)))
@@ -193,7 +193,7 @@ class Planner:
         from extract.preprocess import preprocess
 
         x = torch.cat([preprocess(np.asarray(f)[None], self.encoder.preset.image_size) for f in images])
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with bf16_autocast(self.device):
             z = normalize(self.encoder(x.to(self.device))).float()
         if z.shape[-1] != self.meta["feature_dim"]:
             raise UserError(f"the encoder gives {z.shape[-1]}-dim features, the predictor takes "
