@@ -8,6 +8,7 @@ the copy-the-last-frame baseline (predict z_h by z_0).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,16 +59,22 @@ def clip_metrics(model, batch: dict[str, torch.Tensor], device: torch.device,
     }
 
 
+def _concat_batches(batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-batch metrics ({name: [B, ...]}) concatenated over the clips of all batches."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for metrics in batches:
+        for k, v in metrics.items():
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
 def collect(model, loader, device: torch.device) -> dict[str, torch.Tensor]:
     """clip_metrics over a whole loader, concatenated over clips."""
     was_training = model.training
     model.eval()
-    parts: dict[str, list[torch.Tensor]] = {}
-    for batch in loader:
-        for k, v in clip_metrics(model, batch, device).items():
-            parts.setdefault(k, []).append(v)
+    per_clip = _concat_batches(clip_metrics(model, batch, device) for batch in loader)
     model.train(was_training)
-    return {k: torch.cat(v) for k, v in parts.items()}
+    return per_clip
 
 
 def summarize(per_clip: dict[str, torch.Tensor]) -> dict[str, float | list[float]]:
@@ -106,15 +113,14 @@ def evaluate(model, clips: Dataset, device: torch.device, batch_size: int = 8, s
     Returns means and standard errors over clips; `shuffled_*` and `zero_*` are the rollout
     with actions of other clips and with zero actions.
     """
+    def with_variants(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        variants = {"": None, "shuffled_": batch["shuffled_actions"], "zero_": torch.zeros_like(batch["actions"])}
+        return {prefix + k: v for prefix, actions in variants.items()
+                for k, v in clip_metrics(model, batch, device, actions=actions, rollout_only=bool(prefix)).items()}
+
     loader = DataLoader(_WithShuffledActions(clips, seed), batch_size=batch_size, num_workers=workers)
     model.eval()
-    parts: dict[str, list[torch.Tensor]] = {}
-    for batch in loader:
-        variants = {"": None, "shuffled_": batch["shuffled_actions"], "zero_": torch.zeros_like(batch["actions"])}
-        for prefix, actions in variants.items():
-            for k, v in clip_metrics(model, batch, device, actions=actions, rollout_only=bool(prefix)).items():
-                parts.setdefault(prefix + k, []).append(v)
-    report = summarize({k: torch.cat(v) for k, v in parts.items()})
+    report = summarize(_concat_batches(with_variants(batch) for batch in loader))
     true = torch.tensor(report["rollout_l1"])
     report["shuffled_over_true"] = (torch.tensor(report["shuffled_rollout_l1"]) / true).tolist()
     report["zero_over_true"] = (torch.tensor(report["zero_rollout_l1"]) / true).tolist()
