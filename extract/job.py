@@ -27,7 +27,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import SkipEpisode
 from store.location import RemotePath, where
-from store import EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, remove_unsealed, sealed_units
+from store import (
+    EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, plan_units, remove_unsealed, sealed_units,
+)
 
 from .config import ExtractConfig
 from .corpus import Corpus, open_corpus
@@ -121,10 +123,6 @@ class ExtractSummary:
         if self.skipped and not self.episodes_ok:
             return f"all {len(self.skipped)} episodes of this run were skipped; nothing was extracted"
         return None
-
-
-def plan_units(sources: list[str], per_unit: int) -> list[list[str]]:
-    return [sources[i:i + per_unit] for i in range(0, len(sources), per_unit)]
 
 
 def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSummary:

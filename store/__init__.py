@@ -10,8 +10,8 @@ _HOMES = {
     "CODECS": "format", "COMPRESSIONS": "format", "FORMAT_VERSION": "format", "StoreConfig": "format",
     "sealed_units": "format", "unsealed_units": "format", "EpisodeInfo": "manifest", "Store": "reader",
     "open_store": "reader", "verify": "integrity", "ShardWriter": "writer", "StoredEpisode": "writer",
-    "create_store": "writer", "merge_manifest": "writer", "remove_unsealed": "writer", "write_store": "writer",
-    "ChunkCache": "cache",
+    "create_store": "writer", "merge_manifest": "writer", "plan_units": "writer", "remove_unsealed": "writer",
+    "write_store": "writer", "ChunkCache": "cache",
 }
 __all__ = list(_HOMES)
 

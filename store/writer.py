@@ -32,6 +32,11 @@ from .location import RemotePath, list_files, remove_tree, sha256_of, upload, wh
 ROW_CHUNK = 4096  # rows per chunk of the small per-row arrays
 
 
+def plan_units(sources: list[str], per_unit: int) -> list[list[str]]:
+    """The corpus's sources cut, in order, into work units (shards) of `per_unit` episodes."""
+    return [sources[i:i + per_unit] for i in range(0, len(sources), per_unit)]
+
+
 def plan_table(units: list[list[str]]) -> pa.Table:
     """Episode ids are positions in the plan: stable across runs, ranks and resumes."""
     unit_col, sources = [], []
@@ -295,22 +300,20 @@ def write_store(root: Location | str, episodes: Sequence[StoredEpisode], per_uni
                     state_dim=state_dim, action_dim=state_dim if first.action is None else np.shape(first.action)[1],
                     actions=actions, state_names=None, action_names=None)
     cfg = StoreConfig.from_attrs({**defaults, **config})
-    per_unit = per_unit or len(episodes)
     sources = [f"episode_{i}" for i in range(len(episodes))]
-    create_store(root, cfg, [sources[i:i + per_unit] for i in range(0, len(sources), per_unit)])
-    writer = None
-    for i in range(len(episodes)):
-        if i % per_unit == 0:
-            writer = ShardWriter(root, i // per_unit)
-        ep = episodes[i]
-        info = replace(ep.info, episode_id=i, source=sources[i])
-        if ep.features is None:
-            writer.add_skipped(info, ep.skip)
-        else:
-            n = len(ep.features)
-            writer.add_episode(info, ep.features, ep.state, np.arange(n), np.arange(n) / cfg.fps, ep.action)
-        if (i + 1) % per_unit == 0 or i + 1 == len(episodes):
-            writer.seal()
+    units = plan_units(sources, per_unit or len(episodes))
+    create_store(root, cfg, units)
+    for unit in range(len(units)):
+        writer = ShardWriter(root, unit)
+        for i in writer.expected:
+            ep = episodes[i]
+            info = replace(ep.info, episode_id=i, source=sources[i])
+            if ep.features is None:
+                writer.add_skipped(info, ep.skip)
+            else:
+                n = len(ep.features)
+                writer.add_episode(info, ep.features, ep.state, np.arange(n), np.arange(n) / cfg.fps, ep.action)
+        writer.seal()
     if merge:
         merge_manifest(root)
     return where(root)
