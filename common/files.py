@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -76,7 +77,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def remove_stale_temps(directory: Path, pattern: str = "*") -> list[Path]:
-    """Delete temporaries of `pattern` files left by writers of this host that no longer run.
+    """Delete temporaries (files or folders) of `pattern` left by writers of this host that no longer run.
 
     A SIGKILLed writer cannot clean up after itself; the next run of the same command does.
     Temporaries of live processes (or of other hosts sharing the folder) are left alone.
@@ -86,7 +87,10 @@ def remove_stale_temps(directory: Path, pattern: str = "*") -> list[Path]:
     for p in Path(directory).glob(f".{pattern}{TMP_MARK}*"):
         owner, _, pid = p.name.rpartition(TMP_MARK)[2].rpartition("-")
         if owner == host and pid.isdigit() and not _alive(int(pid)):
-            p.unlink(missing_ok=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             removed.append(p)
     return removed
 

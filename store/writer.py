@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -18,7 +19,7 @@ import torch
 import zarr
 
 from common.errors import StoreError
-from common.files import fsync_dir, output_dir, remove_stale_temps
+from common.files import fsync_dir, output_dir, remove_stale_temps, temp_name
 
 from . import codecs, manifest
 from .stats import robot_stats
@@ -73,7 +74,8 @@ def create_store(root: Location | str, config: StoreConfig, units: list[list[str
         tmp = Path(tempfile.mkdtemp(prefix="store-"))
     else:
         output_dir(root.parent, "store folder")
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+        remove_stale_temps(root.parent, glob.escape(root.name))  # of a creation that was killed
+        tmp = temp_name(root)
         shutil.rmtree(tmp, ignore_errors=True)
     plan_bytes = manifest.table_bytes(plan)
     attrs = {"format_version": FORMAT_VERSION, "num_units": len(units), **config.to_attrs(),

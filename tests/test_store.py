@@ -212,15 +212,22 @@ def dead_pid() -> int:
 
 
 def test_leftovers_of_killed_writers_are_cleaned(tmp_path):
-    """A merge or checkpoint write killed mid-way leaves a temporary; the next run of the command removes it
-    (and leaves alone the temporaries of writers still running)."""
+    """A store creation, merge or checkpoint write killed mid-way leaves a temporary; the next run of the
+    command removes it (and leaves alone the temporaries of writers still running)."""
     import socket
 
     from train.config import TrainConfig
     from train.loop import run_train
 
-    root = complete_store(tmp_path / "s", merge=False)
     host = socket.gethostname()
+    half_made = tmp_path / f".s.tmp-{host}-{dead_pid()}"  # a store folder built beside its place
+    (half_made / "shards").mkdir(parents=True)
+    (half_made / "plan.parquet").write_bytes(b"half a plan")
+    building = tmp_path / f".s.tmp-{host}-{os.getppid()}"
+    building.mkdir()
+    root = complete_store(tmp_path / "s", merge=False)
+    assert not half_made.exists() and building.exists()
+
     dead = root / f".manifest.parquet.tmp-{host}-{dead_pid()}"
     live = root / f".manifest.parquet.tmp-{host}-{os.getppid()}"
     dead.write_bytes(b"half a manifest")
