@@ -1,7 +1,8 @@
 """The sharded Zarr feature store: the one contract between extraction and training.
 
 The names below load their module on first use, so `store.format` alone (the layout and
-its names) is cheap to import (the CLI's --help imports it; torch and zarr stay unloaded).
+its names) is cheap to import (the CLI's --help imports it; torch, zarr, numpy and pyarrow stay
+unloaded).
 """
 
 import importlib

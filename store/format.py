@@ -26,13 +26,14 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from common.errors import StoreError
 
-from . import manifest
 from .location import RemotePath, list_files, sha256_of, where, write_bytes
+
+if TYPE_CHECKING:  # pyarrow (store.manifest) is imported where a table is read: the settings modules import this
+    import pyarrow as pa  # module for its names, and `--help` must not load pyarrow and numpy
 
 FORMAT_VERSION = 2
 PLAN_FILE = "plan.parquet"
@@ -192,8 +193,10 @@ def read_checked(path: Location, digest: str | None) -> bytes:
 
 def read_plan(root: Location, attrs: dict) -> pa.Table:
     """The work plan, checked against its checksum and against the unit count of the root attributes."""
+    from .manifest import PLAN_SCHEMA, parse_table
+
     path = where(root) / PLAN_FILE
-    plan = manifest.parse_table(read_checked(path, attrs.get("plan_sha256")), manifest.PLAN_SCHEMA, path)
+    plan = parse_table(read_checked(path, attrs.get("plan_sha256")), PLAN_SCHEMA, path)
     units = len(set(plan["unit"].to_pylist()))
     if units != attrs["num_units"]:
         raise StoreError(f"{root}: zarr.json says {attrs['num_units']} units but {PLAN_FILE} has {units} "
@@ -231,9 +234,11 @@ def read_seal(root: Location, unit: int) -> dict:
 
 def shard_episodes(root: Location, unit: int, seal: dict | None = None) -> pa.Table:
     """A sealed shard's episode table, checked against its seal."""
+    from .manifest import SCHEMA, parse_table
+
     seal = seal or read_seal(root, unit)
     path = shard_dir(root, unit) / EPISODES_FILE
-    return manifest.parse_table(read_checked(path, seal["files"].get(EPISODES_FILE)), manifest.SCHEMA, path)
+    return parse_table(read_checked(path, seal["files"].get(EPISODES_FILE)), SCHEMA, path)
 
 
 def file_digests(directory: Location, fsync: bool = False) -> dict[str, str]:
