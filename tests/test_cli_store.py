@@ -6,17 +6,53 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from store.format import shard_dir
 from tests.conftest import run_cli
-from tests.fake_store import complete_store, make_store, write_unit
-
+from tests.fake_store import (
+    DIM, PER_UNIT, TOKENS, UNITS, complete_store, episode_data, is_skipped, make_store, write_unit,
+)
 
 
 def cli(*args) -> subprocess.CompletedProcess:
     return run_cli(*args, check=False)
+
+
+def printed(*args) -> str:
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of the body rows of the tables in a command's output (a wrapped cell continues on a row
+    whose first cell is empty)."""
+    return [[c.strip() for c in line.strip()[1:-1].split("│")] for line in text.splitlines() if line.startswith("│")]
+
+
+def kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB"
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def stored_features(episode_id: int) -> torch.Tensor:
+    """What the bf16 store holds of an episode's features, from the data it was written from."""
+    return episode_data(episode_id)[0].to(torch.bfloat16).double()
+
+
+def ok_ids(ids) -> list[int]:
+    return [e for e in ids if not is_skipped(e)]
+
+
+def frames_of(ids) -> int:
+    return sum(len(episode_data(e)[1]) for e in ok_ids(ids))
 
 
 @pytest.fixture(scope="module")
@@ -25,50 +61,65 @@ def store(tmp_path_factory) -> Path:
 
 
 def test_ls(store):
-    from store.inspect import shard_rows
-
-    assert cli("store", "ls", store).returncode == 0
-    rows = shard_rows(store)
-    assert [(r.unit, r.sealed, r.episodes, r.codec) for r in rows] == [(u, True, 5, "bf16") for u in range(3)]
-    frames = sum(6 + e % 7 for e in range(5) if e != 3)  # unit 0: episodes 0-4, 3 skipped
-    assert rows[0].frames == frames and all(r.bytes > 0 for r in rows)
+    out = printed("store", "ls", store)
+    assert "(3 of 3 units present)" in " ".join(out.split())
+    ids = [range(u * PER_UNIT, (u + 1) * PER_UNIT) for u in range(len(UNITS))]
+    assert table_rows(out) == [[f"{u:05d}", "sealed", str(PER_UNIT), str(frames_of(ids[u])),
+                                kib(folder_bytes(shard_dir(store, u))), "bf16"] for u in range(len(UNITS))]
 
 
 def test_info(store):
-    from store import open_store
-    from store.inspect import summary
-
-    assert cli("store", "info", store).returncode == 0
-    s = summary(open_store(store))
-    assert s.attrs["encoder"] == "vjepa2-vit" and (s.units_sealed, s.num_units) == (3, 3)
-    assert s.frames == sum(6 + e % 7 for e in range(15) if e % 5 != 3)
-    assert (s.episodes_ok, s.episodes_skipped) == (12, 3)
-    assert s.hours == pytest.approx(s.frames / 4 / 3600)
+    rows = {row[0]: row[1] for row in table_rows(printed("store", "info", store)) if row[0]}
+    frames = frames_of(range(15))
+    assert frames == 104
+    assert {k: rows[k] for k in ("encoder", "num_units", "feature_dim", "grid", "fps", "codec", "actions")} == {
+        "encoder": "vjepa2-vit", "num_units": "3", "feature_dim": str(DIM), "grid": "[4, 4]", "fps": "4.0",
+        "codec": "bf16", "actions": "pose-delta"}
+    assert {k: rows[k] for k in ("units sealed", "episodes ok", "episodes skipped", "frames", "hours", "size")} == {
+        "units sealed": "3/3", "episodes ok": "12", "episodes skipped": "3", "frames": str(frames),
+        "hours": f"{frames / 4.0 / 3600:.3f}", "size": kib(folder_bytes(store))}
 
 
 def test_show_and_png(store, tmp_path):
-    from store import open_store
-    from store.inspect import episode_summary
-
     png = tmp_path / "ep.png"
-    assert cli("store", "show", store, 2, "--png", png).returncode == 0
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    s = episode_summary(open_store(store), 2)
-    assert s.row["task"] == "task 2" and len(s.frames["mean"]) == 6 + 2 % 7
-    assert s.frames["delta_l1"][0] == 0 and all(d > 0 for d in s.frames["delta_l1"][1:])
-    assert cli("store", "show", store, 3).returncode == 0  # a skipped episode
-    s = episode_summary(open_store(store), 3)
-    assert s.row["status"] == "skipped" and s.row["reason"] == "corrupt video" and not s.frames
+    out = printed("store", "show", store, 2, "--png", png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in out
+    lines = [line.strip() for line in out.splitlines()]
+    features, state = stored_features(2), episode_data(2)[1]
+    n = len(state)
+    assert lines[0] == "episode 2  status=ok"
+    assert {"source: episode_2", "task: task 2", f"num_frames: {n}", "unit: 0"} <= set(lines)
+    for name, values in (("first", state[0]), ("last", state[-1]), ("min", state.min(0)), ("max", state.max(0))):
+        assert f"state {name:5s} [{', '.join(f'{x:.3f}' for x in values)}]" in lines
+    path = np.linalg.norm(np.diff(state[:, :3], axis=0), axis=1).sum()  # pose-delta: of the xyz
+    assert f"path length: {path:.4f}" in lines
+    table = np.array([[float(c) for c in row] for row in table_rows(out)])
+    assert table.shape == (n, 7)
+    assert np.array_equal(table[:, :3], np.stack([np.arange(n), np.arange(n), np.round(np.arange(n) / 4.0, 2)], 1))
+    f = features.numpy()
+    expected = np.stack([f.mean((1, 2)), f.reshape(n, -1).std(1, ddof=1), np.linalg.norm(f, axis=2).mean(1),
+                         np.r_[0, np.abs(np.diff(f, axis=0)).mean((1, 2))]], 1)
+    assert np.allclose(table[:, 3:], expected, atol=6e-4)  # printed to 4 (token norm: 3) decimals
+
+    out = printed("store", "show", store, 3)  # a skipped episode: its row, nothing else
+    lines = [line.strip() for line in out.splitlines()]
+    assert lines[0] == "episode 3  status=skipped corrupt video" and "num_frames: 0" in lines
+    assert not table_rows(out) and "path length" not in out
 
 
 def test_stats(store):
-    from store import open_store
-    from store.inspect import feature_stats
-
-    assert cli("store", "stats", store).returncode == 0
-    stats = feature_stats(open_store(store))
-    assert stats["nan"] == 0 and stats["inf"] == 0 and stats["token_norm_mean"] > 0
-    assert abs(stats["mean"]) < 0.05 and stats["std"] == pytest.approx(1.0, abs=0.05)  # randn features
+    rows = dict(table_rows(printed("store", "stats", store)))
+    f = torch.cat([stored_features(e) for e in ok_ids(range(15))])  # [frames, tokens, D]
+    norms = f.norm(dim=-1)
+    dim_means = f.mean((0, 1))
+    counts = {"values": f.numel(), "nan": 0, "inf": 0, "state_nan": 0, "state_inf": 0}
+    assert f.numel() == 104 * TOKENS * DIM and {k: int(rows[k]) for k in counts} == counts
+    expected = {"mean": f.mean(), "std": f.std(unbiased=False), "token_norm_mean": norms.mean(),
+                "token_norm_min": norms.min(), "token_norm_max": norms.max(), "dim_mean_min": dim_means.min(),
+                "dim_mean_max": dim_means.max()}
+    assert set(rows) == set(counts) | set(expected)
+    for k, v in expected.items():  # printed to 5 significant digits
+        assert float(rows[k]) == pytest.approx(float(v), rel=1e-4), k
 
 
 def test_verify_ok_then_bad(tmp_path):
