@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -81,21 +82,25 @@ def test_write_read_roundtrip(tmp_path, codec, compression):
         store.read_window(0, 4, 100)
 
 
+def _read_after_fork(store) -> None:
+    f, _, _ = store.read_window(1, 0, 3)
+    assert torch.equal(f, episode_data(1)[0][:3].to(torch.bfloat16))
+
+
 def test_store_reopens_after_fork(tmp_path):
     root = tmp_path / "s"
     make_store(root)
     write_unit(root, 0)
     store = open_store(root)
     store.read_window(0, 0, 2)  # opens arrays in the parent
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: must reopen and read correctly
-        f, _, _ = store.read_window(1, 0, 3)
-        ok = torch.equal(f, episode_data(1)[0][:3].to(torch.bfloat16))
-        os.write(w, b"1" if ok else b"0")
-        os._exit(0)
-    os.waitpid(pid, 0)
-    assert os.read(r, 1) == b"1"
+    child = multiprocessing.get_context("fork").Process(target=_read_after_fork, args=(store,))
+    child.start()  # must reopen and read correctly
+    child.join(timeout=60)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+        pytest.fail("the forked reader hung (killed after 60 s)")
+    assert child.exitcode == 0  # 1: it raised (its traceback is on stderr)
 
 
 def test_two_writer_processes_at_once(tmp_path):
