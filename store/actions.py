@@ -1,8 +1,9 @@
-"""Action spaces: how a store defines the action between stored frames t and t+1, and its inverse.
+"""Action spaces: how a store defines the action between stored frames t and t+1, and its inverse
+(docs/store-format.md, "Actions").
 
-- `pose-delta` (SPEC §4, DROID): a 7-D state (x, y, z, roll, pitch, yaw, gripper) with Euler "xyz"
+- `pose-delta` (DROID): a 7-D state (x, y, z, roll, pitch, yaw, gripper) with Euler "xyz"
   angles (extrinsic); the action is (xyz_{t+1} - xyz_t, euler(R_{t+1} R_t^T), gripper_{t+1} - gripper_t).
-  Rolled forward (SPEC §6): xyz + d, R_delta R, gripper clipped to [0, 1].
+  Rolled forward: xyz + d, R_delta R, gripper clipped to [0, 1].
 - `state-delta`: any state; the action is s_{t+1} - s_t, rolled forward as s + a.
 - `column:KEY`: the dataset's own action column. The `stride` native-rate rows from stored frame t
   up to t+1 are concatenated in time order into one action of stride x A dims (DINO-WM's frame

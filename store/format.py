@@ -1,23 +1,8 @@
 """The on-disk contract between the extraction job and everything that reads features.
 
-A store is a Zarr v3 group directory:
-
-    <store>/zarr.json            group; attributes: format_version + StoreConfig
-    <store>/plan.parquet         the work units: (unit, episode_id, source), fixed at creation
-    <store>/shards/<unit:05d>/   one Zarr group per unit, written by exactly one writer
-        features [n, tokens, D]  uint16 (bf16 bit pattern) | float16 | int8
-        scales   [n, tokens]     float16, int8 codec only
-        state    [n, 7]          float32
-        frame_index [n]          int64, index of the frame in the source video
-        timestamp [n]            float64, seconds into the episode
-        episode  [n]             int64, episode id of each row
-        episodes.parquet         this unit's rows of the manifest
-        sealed.json              written last: row count + SHA-256 of every file above
-    <store>/manifest.parquet     all units' episode tables, merged once every unit is sealed
-
-Only shards with `sealed.json` exist for readers. The root attributes also record the SHA-256 of
-plan.parquet (at creation) and of manifest.parquet (at each merge), so a damaged plan or manifest
-is refused on opening. See README "Store format".
+The specification, versioned, is docs/store-format.md: the layout, the root attributes (here
+`StoreConfig`), the seal, the manifest's columns, the codecs and the action definitions. This
+module holds its constants, the root metadata, the plan, and the paths of a store's parts.
 """
 
 from __future__ import annotations
@@ -45,7 +30,7 @@ ROW_ARRAYS = ("features", "scales", "state", "action", "frame_index", "timestamp
 # how a store's actions are defined (store.actions): the names, free of torch for the settings modules
 POSE_DELTA, STATE_DELTA, COLUMN = "pose-delta", "state-delta", "column:"
 STATE_RULES = ("hold", "target")  # how a column action moves the state when planning
-POSE_STATE_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")  # SPEC §4
+POSE_STATE_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")  # DROID; docs/store-format.md, "Actions"
 # version 1 stores: DROID's 7-D end effector with pose-delta actions, no names, no statistics
 V1_ROBOT = {"state_dim": 7, "action_dim": 7, "actions": "pose-delta", "state_names": None, "action_names": None}
 CODECS = ("bf16", "fp16", "int8")  # see store.codecs
