@@ -25,8 +25,8 @@ from bench.config import BENCHES
 from common.commands import command
 from common.errors import TrainingDiverged, UserError
 from common.files import output_file
-from extract.config import DemoCorpusConfig, ExtractConfig
-from sim.config import CollectConfig, SimEvalConfig
+from extract.config import ExtractConfig
+from sim.config import CollectConfig, DemoCorpusConfig, SimEvalConfig
 from train.config import EvalConfig, ExportConfig, PlanConfig, PlanEvalConfig, TrainConfig
 
 app = typer.Typer(help="Train V-JEPA 2-AC world models from cached V-JEPA 2 features.", no_args_is_help=True,
@@ -88,7 +88,7 @@ def _human_bytes(n: float) -> str:
 @command(app, "demo-corpus", DemoCorpusConfig)
 def demo_corpus(cfg: DemoCorpusConfig) -> None:
     """Write the built-in synthetic robot corpus: a rendered gripper pushing a block, in DROID raw format."""
-    from extract.demo import make_demo_corpus
+    from sim.demo import make_demo_corpus
 
     _counted("rendering episodes", cfg.episodes,
              lambda tick: make_demo_corpus(cfg.out, cfg.episodes, cfg.seed, progress=tick))
@@ -380,7 +380,7 @@ def main() -> None:
 
     # the library's notes (logging.info), e.g. which tensors --init-from re-initialised, as "note: ..." lines
     logging.basicConfig(level=logging.WARNING, format="note: %(message)s", stream=sys.stderr)
-    for package in ("common", "extract", "store", "train", "sim"):
+    for package in ("common", "model", "store", "extract", "train", "sim"):
         logging.getLogger(package).setLevel(logging.INFO)
     try:
         code = app(standalone_mode=False)

@@ -10,10 +10,10 @@ import torch
 
 from extract.config import ExtractConfig
 from extract.corpus import DroidCorpus
-from extract.demo import make_demo_corpus
-from extract.encoder import build_encoder
+from sim.demo import make_demo_corpus
+from model.encoder import build_encoder
 from extract.job import run_extract
-from extract.preprocess import preprocess
+from model.preprocess import preprocess
 from store import codecs, open_store
 from store.inspect import dir_bytes
 from train.checkpoint import load_trained

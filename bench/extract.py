@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 from common.device import pick_device
 from extract.config import ExtractConfig
 from extract.corpus import open_corpus
-from extract.decode import Video, _Decord, _PyAV
-from extract.demo import WRIST_SERIAL, make_demo_corpus, write_mp4
-from extract.encoder import build_encoder
+from common.media import Video, _Decord, _PyAV, write_mp4
+from sim.demo import WRIST_SERIAL, make_demo_corpus
+from model.encoder import build_encoder
 from extract.job import EpisodePieces, run_extract
 
 from .config import ExtractBench
@@ -50,7 +50,7 @@ def small_av1(videos: list[Path], folder: Path, size: int = 96) -> list[Path]:
             with av.open(str(video)) as c:
                 frames = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]))
             small = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(size, size), mode="area")
-            write_mp4(path, list(small.round().byte().permute(0, 2, 3, 1).numpy()), codec="libsvtav1")
+            write_mp4(path, list(small.round().byte().permute(0, 2, 3, 1).numpy()), 15, codec="libsvtav1")
         out.append(path)
     return out
 

@@ -6,10 +6,10 @@ import torch
 
 from common.device import bf16_autocast
 from common.errors import UserError
-from extract.encoder import build_encoder
+from model.encoder import build_encoder
 from train.loop import param_groups
 from train.losses import training_losses
-from train.predictor import build_model
+from model.predictor import build_model
 
 from .config import GpuBench
 from .online import flops_per_clip

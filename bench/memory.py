@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from extract.demo import make_demo_corpus
+from sim.demo import make_demo_corpus
 
 from .config import MemoryBench
 from .report import PeakRSS, Section, table

@@ -13,16 +13,16 @@ from torch.utils.data import DataLoader, Dataset
 from common.device import bf16_autocast, pick_device
 from extract.config import ExtractConfig
 from extract.corpus import DroidCorpus
-from extract.demo import make_demo_corpus
-from extract.encoder import build_encoder
+from sim.demo import make_demo_corpus
+from model.encoder import build_encoder
 from extract.job import run_extract
-from extract.preprocess import preprocess
+from model.preprocess import preprocess
 from store import open_store
 from train.data import ClipDataset, ShuffledStream
 from store.actions import actions_from_states
 from train.losses import normalize, training_losses
 from train.loop import param_groups
-from train.predictor import build_model
+from model.predictor import build_model
 
 from .config import OnlineBench
 from .report import Section, median_time, table
@@ -131,7 +131,7 @@ def flops_per_clip(encoder_preset: str, predictor_preset: str) -> tuple[float, f
     """FLOPs of encoding 8 frames and of one predictor training step on one 8-frame clip."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from extract.vit import ENCODER_PRESETS, VisionTransformer
+    from model.vit import ENCODER_PRESETS, VisionTransformer
 
     p = ENCODER_PRESETS[encoder_preset]
     with torch.device("meta"):

@@ -9,7 +9,7 @@ import torch
 from common.device import pick_device
 from train.checkpoint import RELEASED_META
 from train.plan import Planner
-from train.predictor import build_model
+from model.predictor import build_model
 
 from .config import PlanBench
 from .report import Section, table

@@ -48,13 +48,3 @@ class ExtractConfig:
         check(self)
         if self.actions is not None:
             check_source(self.actions)
-
-
-@dataclass
-class DemoCorpusConfig:
-    out: Path = setting(help="Folder to write the corpus into (DROID raw layout).", arg=True)
-    episodes: int = setting(64, "Number of episodes.", min=1, max=100_000)
-    seed: int = setting(0, "Random seed; the same seed gives the same corpus.", min=0)
-
-    def __post_init__(self) -> None:
-        check(self)

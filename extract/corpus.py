@@ -29,7 +29,7 @@ from store.format import POSE_DELTA, POSE_STATE_NAMES, STATE_DELTA, check_source
 from store.manifest import EpisodeInfo
 
 from .config import DROID_CAMERAS, FORMATS
-from .decode import Video
+from common.media import Video
 
 DROID_HZ = 15.0
 # a target rate that divides the native one exactly (15 / 3.75) must not round up to the next stride

@@ -33,9 +33,9 @@ from store import (
 
 from .config import ExtractConfig
 from .corpus import Corpus, open_corpus
-from .encoder import build_encoder
-from .preprocess import CROP_RULE, preprocess
-from .vit import preset_name
+from model.encoder import build_encoder
+from model.preprocess import CROP_RULE, preprocess
+from model.vit import preset_name
 
 WRITES_IN_FLIGHT = 4  # finished episodes queued for the writer thread before encoding waits
 PIECE_FRAMES = 32  # frames a decoding worker hands over at once (bounds its memory, keeps the encoder fed)

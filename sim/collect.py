@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.files import atomic_write, output_dir
-from extract.demo import write_mp4
+from common.media import write_mp4
 
 from .config import CollectConfig
 from .envs import make_sim

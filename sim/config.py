@@ -1,4 +1,4 @@
-"""Settings of the simulator commands (`sim collect`, `sim eval`): defaults, help and limits, once."""
+"""Settings of the simulator commands (`demo-corpus`, `sim collect`, `sim eval`): defaults, help and limits, once."""
 
 from __future__ import annotations
 
@@ -70,6 +70,16 @@ class SimEvalConfig:
     baselines: bool = setting(True, "Also run random actions and holding still on the same starts and goals.")
     sim: SimTask = setting(factory=SimTask)
     cem: CEMConfig = setting(factory=CEMConfig)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass
+class DemoCorpusConfig:
+    out: Path = setting(help="Folder to write the corpus into (DROID raw layout).", arg=True)
+    episodes: int = setting(64, "Number of episodes.", min=1, max=100_000)
+    seed: int = setting(0, "Random seed; the same seed gives the same corpus.", min=0)
 
     def __post_init__(self) -> None:
         check(self)

@@ -1,6 +1,6 @@
 """Simulators as the closed loop sees them: reset to a full state, step by one native control, render.
 
-- `demo`: the demo corpus's world (extract.demo) as a simulator: a 7-D end effector (DROID's
+- `demo`: the demo corpus's world (sim.demo) as a simulator: a 7-D end effector (DROID's
   pose convention) over a table with a block it pushes when low; the control is the next native
   pose (15 Hz), the camera the store's (wrist or exterior).
 - `pusht`: gym-pusht (the `[sim]` extra), headless: a 2-D agent pushing a T-shaped block; the
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from extract import demo
+from . import demo
 from store.actions import apply_action
 from store.format import STATE_DELTA
 

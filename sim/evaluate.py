@@ -22,8 +22,8 @@ import torch
 from common.device import pick_device
 from common.errors import UserError
 from common.files import output_dir
-from extract.demo import write_mp4
-from extract.encoder import store_encoder
+from common.media import write_mp4
+from model.encoder import store_encoder
 from store.format import COLUMN, POSE_DELTA, STATE_DELTA
 from train.checkpoint import load_trained
 from train.plan import Planner, cem

@@ -45,7 +45,7 @@ def assert_one_error_line(code: int, err: str, message: str, exit_code: int = 2)
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory) -> Path:
-    from extract.demo import make_demo_corpus
+    from sim.demo import make_demo_corpus
 
     return make_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", episodes=DEMO_EPISODES, seed=0)
 

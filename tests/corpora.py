@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from extract.demo import write_mp4
+from common.media import write_mp4
 
 H, W = 72, 128  # 16:9
 

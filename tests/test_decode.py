@@ -13,11 +13,11 @@ import torch
 
 from extract.config import ExtractConfig
 from extract.corpus import open_corpus
-from extract import decode
-from extract.decode import Video, read_image
-from extract.encoder import build_encoder
+from common import media
+from common.media import Video, read_image
+from model.encoder import build_encoder
 from extract.job import run_extract
-from extract.preprocess import preprocess
+from model.preprocess import preprocess
 from store import open_store, verify
 from tests import corpora
 from tests.conftest import cli_main

@@ -16,7 +16,7 @@ from train.data import ClipDataset
 from train.evaluate import evaluate
 from train.checkpoint import RELEASED_META
 from train.plan import cem, run_plan, search_space
-from train.predictor import PREDICTOR_PRESETS, ACPredictor
+from model.predictor import PREDICTOR_PRESETS, ACPredictor
 from tests.conftest import run_cli
 
 BASE = np.array([1.0, -1.0] * 4)  # zero mean, unit variance: layer norm leaves it (almost) as it is
@@ -173,7 +173,7 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
                                  state=",".join(f"{v:.5f}" for v in ep.state[0]), cem=CEMConfig(samples=64, iterations=3)))
     assert result.plan.actions.shape == (1, 7) and result.true_actions is None and np.isfinite(result.plan.energy)
     # the same call as a robot loop makes it, from the images themselves
-    from extract.encoder import store_encoder
+    from model.encoder import store_encoder
     from train.checkpoint import load_trained
     from train.plan import Planner
 

@@ -8,8 +8,8 @@ import torch
 
 from common.errors import SkipEpisode, UserError
 from extract.corpus import DroidCorpus, LeRobotCorpus, WebDatasetCorpus, open_corpus
-from extract.encoder import build_encoder
-from extract.preprocess import crop_box, preprocess
+from model.encoder import build_encoder
+from model.preprocess import crop_box, preprocess
 from tests import corpora
 from tests.corpora import decode_code
 
@@ -242,7 +242,7 @@ def test_encoder_checkpoint_mismatch_is_readable(tmp_path):
 
 
 def test_vit_giant_size():
-    from extract.vit import ENCODER_PRESETS, VisionTransformer
+    from model.vit import ENCODER_PRESETS, VisionTransformer
 
     with torch.device("meta"):
         model = VisionTransformer(ENCODER_PRESETS["vit_giant"])

@@ -22,11 +22,11 @@ import logging
 
 from common.errors import UserError
 from common.files import atomic_write
-from extract.weights import checkpoint_entry, load_checkpoint, load_strict
+from model.weights import checkpoint_entry, load_checkpoint, load_strict
 from store import Store
 
 from .data import split_episodes
-from .predictor import ACPredictor, build_model
+from model.predictor import ACPredictor, build_model
 
 log = logging.getLogger(__name__)
 # vjepa2-ac-vitg.pt: an ac_vitg on ViT-g features, DROID's 7-D pose-delta actions in metres and radians

@@ -10,7 +10,7 @@ import torch
 
 from common.errors import UserError
 from common.files import atomic_write, output_file
-from extract.weights import EXPORT_KEY, load_checkpoint
+from model.weights import EXPORT_KEY, load_checkpoint
 
 from .config import ExportConfig
 
@@ -27,7 +27,7 @@ class ExportResult:
 def run_export(cfg: ExportConfig) -> ExportResult:
     """`cli.py export`: the checkpoint's predictor under the released key names, as safetensors (with the
     model metadata, the store's encoder identity and the split as JSON metadata) or as a released-layout .pt."""
-    from extract.encoder import store_encoder
+    from model.encoder import store_encoder
 
     ckpt = load_checkpoint(cfg.checkpoint)
     if "model_meta" not in ckpt:

@@ -22,7 +22,7 @@ from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import TrainingDiverged, UserError
 from common.files import output_dir, remove_stale_temps
 from common.settings import as_dict
-from extract.weights import load_checkpoint
+from model.weights import load_checkpoint
 from store import ChunkCache, Store, open_store
 from store.format import POSE_DELTA
 
@@ -31,7 +31,7 @@ from .config import TrainConfig
 from .data import ClipDataset, ShuffledStream, evenly_spaced, split_episodes
 from .evaluate import collect, summarize
 from .losses import normalize, training_losses
-from .predictor import ACPredictor, normalization_from_stats
+from model.predictor import ACPredictor, normalization_from_stats
 
 RESUME_KEYS = ("preset", "normalization", "frames", "batch_size", "accum_steps", "seed", "val_fraction",
                "freeze_blocks")

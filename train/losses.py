@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from extract.vit import KVCache
+from model.vit import KVCache
 
 
 def normalize(z: torch.Tensor) -> torch.Tensor:

@@ -190,7 +190,7 @@ class Planner:
     @torch.inference_mode()
     def encode(self, images: list[np.ndarray]) -> torch.Tensor:
         """Normalised features [len(images), N, D] of uint8 RGB images [H, W, 3], preprocessed as the store's."""
-        from extract.preprocess import preprocess
+        from model.preprocess import preprocess
 
         x = torch.cat([preprocess(np.asarray(f)[None], self.encoder.preset.image_size) for f in images])
         with bf16_autocast(self.device):
@@ -267,7 +267,7 @@ def store_pair(store: Store, episode: int, start: int, goal: int, device: torch.
 
 def read_image(path: Path) -> np.ndarray:
     """uint8 RGB [H, W, 3] of an image file."""
-    from extract.decode import read_image as decode
+    from common.media import read_image as decode
 
     try:
         return decode(path)
@@ -310,7 +310,7 @@ def run_plan(cfg: PlanConfig) -> PlanResult:
         if len(true) != cfg.horizon:
             notes.append(f"goal is {len(true)} frames after start, planning {cfg.horizon} action(s)")
     else:
-        from extract.encoder import store_encoder
+        from model.encoder import store_encoder
 
         model, ckpt = load_trained(cfg.checkpoint)
         s0 = parse_state(cfg.state, ckpt["model_meta"], device)

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from common.files import output_dir
+from common.media import write_mp4
 
 WIDTH, HEIGHT = 320, 180  # 16:9 like DROID's 1280x720, so the crop rule applies
 HZ = 15
@@ -157,26 +158,6 @@ def push_block(states: np.ndarray, start: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_mp4(path: Path, frames: list[np.ndarray], fps: int = HZ, codec: str = "libx264",
-              faststart: bool = False) -> None:
-    """Encode uint8 RGB frames [H, W, 3] with PyAV: libx264, libx264rgb (lossless RGB: decodes to the same
-    pixels), or libsvtav1 (AV1, as LeRobot does).
-
-    `faststart` puts the index (moov) before the frames, so a cut file still opens (with fewer frames).
-    """
-    import av
-
-    options = {"libx264": {"crf": "18", "preset": "ultrafast"}, "libx264rgb": {"crf": "0", "preset": "ultrafast"},
-               "libsvtav1": {"crf": "30", "g": "2"}}[codec]
-    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
-        stream = container.add_stream(codec, rate=fps, options=options)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "rgb24" if codec == "libx264rgb" else "yuv420p"
-        for f in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        container.mux(stream.encode())
-
-
 def write_episode(root: Path, index: int, rng: np.random.Generator, renderer: Renderer) -> Path:
     steps = int(rng.integers(60, 121))
     states = trajectory(rng, steps)
@@ -190,7 +171,7 @@ def write_episode(root: Path, index: int, rng: np.random.Generator, renderer: Re
     short = index % 5 == 4  # like DROID, some MP4s hold one frame fewer than trajectory.h5
     for serial, view in ((EXT_SERIAL, renderer.exterior), (WRIST_SERIAL, renderer.wrist)):
         frames = [view(s, b) for s, b in zip(states, block)]
-        write_mp4(folder / "recordings" / "MP4" / f"{serial}.mp4", frames[:-1] if short else frames)
+        write_mp4(folder / "recordings" / "MP4" / f"{serial}.mp4", frames[:-1] if short else frames, HZ)
     with h5py.File(folder / "trajectory.h5", "w") as f:
         f.create_dataset("observation/robot_state/cartesian_position", data=states[:, :6])
         f.create_dataset("observation/robot_state/gripper_position", data=states[:, 6])

@@ -65,7 +65,7 @@ def build_encoder(preset: str, checkpoint: Path | None = None, random_init: bool
     """The encoder in eval mode without gradients, and the id of its weights for the store.
 
     `checkpoint`: a released .pt file, or a transformers model (folder or .safetensors). `preset`:
-    a name of extract.vit's, or "auto" (the transformers config's dims, else vit_giant). A large
+    a name of model.vit's, or "auto" (the transformers config's dims, else vit_giant). A large
     preset needs a checkpoint: random 1B-parameter features are worthless except for timing, so
     they take an explicit --random-init.
     """

@@ -1,4 +1,4 @@
-"""Decoding video and image files: the same frames whichever decoder delivers them.
+"""Video and image files: writing MP4s, and decoding the same frames whichever decoder delivers them.
 
 A video's frame i is its i-th frame in presentation order. decord decodes it first (fast, batched);
 where decord cannot open or decode a file that PyAV can (decord2 3.x fails every batch of 96-px-wide
@@ -228,3 +228,23 @@ def read_image(source: Path | bytes) -> np.ndarray:
         return _PyAV(source).frames([0])[0]
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"PIL: {pil}; PyAV: {_words(e)}") from None
+
+
+def write_mp4(path: Path, frames: list[np.ndarray], fps: float, codec: str = "libx264",
+              faststart: bool = False) -> None:
+    """Encode uint8 RGB frames [H, W, 3] with PyAV: libx264, libx264rgb (lossless RGB: decodes to the same
+    pixels), or libsvtav1 (AV1, as LeRobot does).
+
+    `faststart` puts the index (moov) before the frames, so a cut file still opens (with fewer frames).
+    """
+    import av
+
+    options = {"libx264": {"crf": "18", "preset": "ultrafast"}, "libx264rgb": {"crf": "0", "preset": "ultrafast"},
+               "libsvtav1": {"crf": "30", "g": "2"}}[codec]
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "rgb24" if codec == "libx264rgb" else "yuv420p"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())

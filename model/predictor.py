@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from common.errors import UserError
-from extract.vit import LN_EPS, Block, KVCache, init_weights, rope_tables
+from model.vit import LN_EPS, Block, KVCache, init_weights, rope_tables
 
 EXTRINSICS_DIM = 6
 MIN_STD = 1e-6  # a dim that never changes in the data is left unscaled
