@@ -7,11 +7,13 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
+from torch.utils.checkpoint import checkpoint
 
 from common.errors import TrainingDiverged, UserError
 from extract.vit import apply_rope, attention, rope_slice, rope_tables
@@ -19,6 +21,7 @@ from store import open_store
 from train.checkpoint import load_predictor_weights
 from train.config import TrainConfig
 from store.actions import actions_from_states, apply_action
+from train.losses import training_losses
 from train.loop import lr_at, run_train
 from train.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask
 from tests.conftest import DEMO_STEPS, ROOT
@@ -251,11 +254,34 @@ def test_ddp_two_ranks_end_with_identical_weights(tmp_path):
     assert [row[0] for row in rows] == [1, 2, 3, 4] and all(math.isfinite(float(row[1])) for row in rows)
 
 
-def test_longer_rollout_under_activation_checkpointing(tmp_path):
-    result = run_train(TrainConfig(store=tiny_store(tmp_path / "store", episodes=4), out=tmp_path / "run",
-                                   preset="ac_test", frames=5, rollout_steps=4, steps=2, batch_size=2, workers=0,
-                                   val_every=0, activation_checkpointing=True))
-    assert result.start_step == 0 and (tmp_path / "run" / "latest.pt").exists()
+def test_activation_checkpointing_gives_the_same_losses_and_gradients(tmp_path):
+    """Recomputing the blocks in backward saves memory and changes no number: the losses and every
+    gradient of a rollout over all frames equal those without it, and so does a training run."""
+    z, a, s = inputs(t=5)
+    runs = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = ACPredictor(24, (2, 3), PREDICTOR_PRESETS["ac_test"], activation_checkpointing=checkpointing)
+        with mock.patch("model.predictor.checkpoint", wraps=checkpoint) as recompute:
+            losses = training_losses(model.train(), z, a[:, :-1], s, rollout_steps=4)
+        assert recompute.called == checkpointing
+        losses["loss"].backward()
+        runs.append(({k: v.detach() for k, v in losses.items()},
+                     {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (losses, grads), (losses_ckpt, grads_ckpt) = runs
+    assert all(torch.allclose(losses[k], losses_ckpt[k], rtol=1e-6, atol=0) for k in losses)
+    assert grads.keys() == grads_ckpt.keys() and all(g is not None for g in grads.values())
+    assert all(torch.allclose(grads[n], grads_ckpt[n], rtol=1e-5, atol=1e-8) for n in grads)
+
+    store = tiny_store(tmp_path / "store", episodes=4)
+    base = dict(store=store, preset="ac_test", frames=5, rollout_steps=4, steps=2, batch_size=2, workers=0,
+                val_every=0)
+    plain = run_train(TrainConfig(out=tmp_path / "plain", **base))
+    ckpt = run_train(TrainConfig(out=tmp_path / "ckpt", activation_checkpointing=True, **base))
+    rows, rows_ckpt = (np.array(read_losses(tmp_path / run), float) for run in ("plain", "ckpt"))
+    assert rows.shape == (2, 5) and np.allclose(rows, rows_ckpt, rtol=1e-5, atol=0)
+    weights, weights_ckpt = plain.model.state_dict(), ckpt.model.state_dict()
+    assert all(torch.allclose(weights[k], weights_ckpt[k], rtol=1e-5, atol=1e-7) for k in weights)
 
 
 def test_accumulation_over_ranks_equals_one_big_batch(tmp_path):
