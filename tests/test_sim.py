@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import tarfile
@@ -23,7 +24,7 @@ from tests.conftest import assert_one_error_line, cli_main, run_cli
 from train.config import CEMConfig
 from train.plan import Planner, SearchSpace, cem
 
-pytest.importorskip("gym_pusht", reason="the [sim] extra")
+needs_pusht = pytest.mark.skipif(importlib.util.find_spec("gym_pusht") is None, reason="gym-pusht: the [sim] extra")
 
 
 def _samples(tar_path) -> dict[str, dict]:
@@ -31,6 +32,7 @@ def _samples(tar_path) -> dict[str, dict]:
         return {m.name: tar.extractfile(m).read() for m in tar}
 
 
+@needs_pusht
 def test_pusht_collect_is_deterministic_and_round_trips_through_extract(tmp_path):
     cfg = dict(env="pusht", episodes=3, steps=26, size=64, seed=5)
     a = run_collect(CollectConfig(out=tmp_path / "a", **cfg))
@@ -66,6 +68,7 @@ def test_pusht_collect_is_deterministic_and_round_trips_through_extract(tmp_path
         assert np.isnan(data["action"][-1]).all()
 
 
+@needs_pusht
 def test_pusht_sim_state_resets_to_the_same_scene():
     """Goals are set and scored by sim states: resetting to one must show and keep the scene it was read from."""
     sim = make_sim("pusht", size=64)
@@ -79,6 +82,7 @@ def test_pusht_sim_state_resets_to_the_same_scene():
     assert np.array_equal(sim.image(), image)
 
 
+@needs_pusht
 def test_pusht_state_delta_actions_move_the_agent_by_the_delta():
     """A state-delta model's action (the agent's displacement per stored frame) runs as a held target:
     from rest, one frame-skipped step covers nearly all of it, in its direction."""
@@ -92,6 +96,7 @@ def test_pusht_state_delta_actions_move_the_agent_by_the_delta():
         assert np.linalg.norm(moved - delta) < 0.1 * np.linalg.norm(delta), (moved, delta)
 
 
+@needs_pusht
 def test_pusht_agent_camera_rides_above_the_agent(tmp_path):
     """The agent camera keeps the agent at the image centre and slides the table under it: the block moves
     the other way by the agent's displacement (at 128 px, 4 world px per pixel). Collect records the camera."""
@@ -156,7 +161,15 @@ def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
     assert set(report["policies"]) == {"model", "random", "hold", "oracle"}
     m, rnd, hold, oracle = (report["policies"][k] for k in ("model", "random", "hold", "oracle"))
     assert m["episodes"] == 4 and 0 <= m["ci95"][0] <= m["success_rate"] <= m["ci95"][1] <= 1
-    assert m["success_rate"] >= rnd["success_rate"], r.stdout
+
+    def reached(policy: dict) -> int:  # episodes in which the agent came within tolerance of the goal at some step
+        return sum(e["first_success_step"] is not None for e in policy["per_episode"])
+
+    # planning with the model takes the agent to the goal where random actions do not (measured: 4 of 4 episodes
+    # vs 0; 3 vs 0 at other task and CEM seeds), and ends nearer to it (median 0.035 m vs 0.14 m); at this
+    # budget neither ends within tolerance (0 vs 0 successes), so the success rate shows no margin
+    assert reached(m) >= reached(rnd) + 2, r.stdout
+    assert m["final_distance_median"] < 0.5 * rnd["final_distance_median"], r.stdout
     assert m["final_distance_median"] < hold["final_distance_median"], r.stdout  # it moves towards the goals
     # a perfect world model over the same features plans at least as well as holding still
     assert oracle["final_distance_median"] < hold["final_distance_median"], r.stdout
@@ -172,12 +185,16 @@ def test_sim_errors(demo_run, tmp_path):
     assert_one_error_line(code, err, "stack")
     code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "pusht", "--out", tmp_path)
     assert_one_error_line(code, err, "the PushT simulator films with the top or agent camera, not 'wrist'")
-    ckpt = torch.load(run / "latest.pt", weights_only=True)
-    with pytest.raises(UserError, match=r"--env pusht needs 2-D states and 6-D column actions \(3 targets of 2-D at "
-                                        r"4 fps\) or 2-D state-delta actions"):
-        frame_skip(ckpt["model_meta"], ckpt["store"], make_sim("pusht", size=32))  # the demo model's dims
     with mock.patch.dict(sys.modules, {"gym_pusht": None, "gym_pusht.envs": None}):
         code, _, err = cli_main("sim", "collect", "--env", "pusht", "--out", tmp_path / "c")
     assert_one_error_line(code, err, "pip install -e '.[sim]'")
     code, _, err = cli_main("sim", "collect", "--env", "pusht", "--camera", "wrist", "--out", tmp_path / "d")
     assert_one_error_line(code, err, "top or agent camera")
+
+
+@needs_pusht
+def test_a_model_of_other_dims_is_refused_by_pusht(demo_run):
+    ckpt = torch.load(demo_run[0] / "latest.pt", weights_only=True)
+    with pytest.raises(UserError, match=r"--env pusht needs 2-D states and 6-D column actions \(3 targets of 2-D at "
+                                        r"4 fps\) or 2-D state-delta actions"):
+        frame_skip(ckpt["model_meta"], ckpt["store"], make_sim("pusht", size=32))  # the demo model's dims
