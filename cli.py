@@ -182,7 +182,7 @@ def evaluate(cfg: EvalConfig) -> None:
 @command(app, "plan", PlanConfig)
 def plan(cfg: PlanConfig) -> None:
     """Plan actions from a start frame to a goal with the cross-entropy method (energy: L1 to the goal)."""
-    from train.plan import run_plan
+    from train.plan_report import run_plan
 
     r = run_plan(cfg)
     for note in r.notes:
@@ -201,7 +201,7 @@ def plan(cfg: PlanConfig) -> None:
 @command(app, "plan-eval", PlanEvalConfig)
 def plan_eval(cfg: PlanEvalConfig) -> None:
     """Offline planning evaluation: infer the action between held-out frames by CEM, compare with the truth."""
-    from train.plan import run_plan_eval
+    from train.plan_report import run_plan_eval
 
     r = _counted("planning", cfg.pairs, lambda tick: run_plan_eval(cfg, on_pair=tick))
     m = r.mean
@@ -339,7 +339,8 @@ def sim_collect(cfg: CollectConfig) -> None:
 def sim_eval(cfg: SimEvalConfig) -> None:
     """Closed-loop planning in a simulator: plan with CEM, execute the first action, replan; baselines (and
     the oracle) beside."""
-    from sim.evaluate import policy_names, run_sim_eval, summary_cells
+    from sim.evaluate import policy_names, run_sim_eval
+    from sim.report import summary_cells
 
     r = _counted("closed-loop episodes", len(policy_names(cfg)) * cfg.sim.episodes,
                  lambda tick: run_sim_eval(cfg, on_episode=tick))

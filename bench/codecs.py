@@ -16,7 +16,7 @@ from extract.job import run_extract
 from model.preprocess import preprocess
 from store import codecs, open_store
 from store.inspect import dir_bytes
-from train.checkpoint import load_trained
+from model.checkpoint import load_trained
 from train.config import TrainConfig
 from train.data import split_episodes
 from train.evaluate import collect, summarize
@@ -97,7 +97,7 @@ def run(cfg: CodecsBench) -> Section:
     val_ids = split_episodes(bf16_store, defaults.val_fraction, defaults.seed)[1]
     on_bf16 = {}
     for codec in ("bf16", "int8"):
-        model, _ = load_trained(directory / f"run-{codec}" / "latest.pt", bf16_store)
+        model, _, _ = load_trained(directory / f"run-{codec}" / "latest.pt", bf16_store)
         loader = validation_loader(bf16_store, val_ids, defaults.frames, 8, defaults.val_clips)
         on_bf16[codec] = summarize(collect(model, loader, torch.device("cpu")))["tf_l1"]
     gap = on_bf16["int8"] / on_bf16["bf16"] - 1

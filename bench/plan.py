@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from common.device import pick_device
-from train.checkpoint import RELEASED_META
+from model.checkpoint import RELEASED_META
 from train.plan import Planner
 from model.predictor import build_model
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from common.errors import UserError
 from sim.config import SimEvalConfig
-from sim.evaluate import run_sim_eval, summary_cells
+from sim.evaluate import run_sim_eval
+from sim.report import summary_cells
 from train.config import CEMConfig
 
 from .config import SimBench

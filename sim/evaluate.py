@@ -22,37 +22,31 @@ import torch
 from common.device import pick_device
 from common.errors import UserError
 from common.files import output_dir
-from common.media import write_mp4
+from model.checkpoint import ModelMeta, load_trained
 from model.encoder import store_encoder
 from store.format import COLUMN, POSE_DELTA, STATE_DELTA
-from train.checkpoint import load_trained
 from train.plan import Planner, cem
 
 from .config import SimEvalConfig
 from .envs import PUSH_GOAL_STEPS, make_sim
+from .report import summarize, write_grid, write_video
 
 
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate."""
-    p, d = successes / n, 1 + z * z / n
-    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def frame_skip(meta: dict, store: dict, sim) -> int:
+def frame_skip(meta: ModelMeta, sim) -> int:
     """Control steps per planned action, checked against the simulator's action and state spaces."""
-    stride = math.ceil(sim.hz / store["fps"] - 1e-9)
+    fps = meta.encoder["fps"]
+    stride = math.ceil(sim.hz / fps - 1e-9)
     if sim.name == "demo":
-        fits = meta["actions"] == POSE_DELTA and meta["state_dim"] == 7
+        fits = meta.actions == POSE_DELTA and meta.state_dim == 7
         want = "7-D pose-delta actions and 7-D states"
     else:
-        fits = meta["state_dim"] == 2 and ((meta["actions"] == STATE_DELTA and meta["action_dim"] == 2) or
-                                           (meta["actions"].startswith(COLUMN) and meta["action_dim"] == 2 * stride))
-        want = (f"2-D states and {2 * stride}-D column actions ({stride} targets of 2-D at {store['fps']:g} fps) "
+        fits = meta.state_dim == 2 and ((meta.actions == STATE_DELTA and meta.action_dim == 2) or
+                                        (meta.actions.startswith(COLUMN) and meta.action_dim == 2 * stride))
+        want = (f"2-D states and {2 * stride}-D column actions ({stride} targets of 2-D at {fps:g} fps) "
                 "or 2-D state-delta actions")
     if not fits:
-        raise UserError(f"this checkpoint's model takes {meta['action_dim']}-D {meta['actions']} actions and "
-                        f"{meta['state_dim']}-D states; --env {sim.name} needs {want}")
+        raise UserError(f"this checkpoint's model takes {meta.action_dim}-D {meta.actions} actions and "
+                        f"{meta.state_dim}-D states; --env {sim.name} needs {want}")
     return stride
 
 
@@ -137,24 +131,6 @@ def policy_names(cfg: SimEvalConfig) -> list[str]:
     return ["model"] + ["random", "hold"] * cfg.baselines + ["oracle"] * cfg.sim.oracle
 
 
-def summarize(outcomes: list[dict]) -> dict:
-    k, n = sum(o["success"] for o in outcomes), len(outcomes)
-    d = [o["distance"] for o in outcomes]
-    firsts = [o["first_success_step"] for o in outcomes if o["first_success_step"] is not None]
-    return {"success_rate": k / n, "successes": k, "episodes": n, "ci95": wilson(k, n),
-            "final_distance_mean": float(np.mean(d)), "final_distance_median": float(np.median(d)),
-            "steps_to_first_success_median": float(np.median(firsts)) if firsts else None,
-            "seconds_per_plan": float(np.median([o["seconds_per_plan"] for o in outcomes]))}
-
-
-def summary_cells(m: dict) -> list[str]:
-    """One policy's summary as table cells: successes, rate, 95% CI, median distance, steps, s per plan."""
-    return [f"{m['successes']}/{m['episodes']}", f"{m['success_rate']:.0%}", f"{m['ci95'][0]:.0%}..{m['ci95'][1]:.0%}",
-            f"{m['final_distance_median']:.3g}",
-            "-" if m["steps_to_first_success_median"] is None else f"{m['steps_to_first_success_median']:.0f}",
-            f"{m['seconds_per_plan']:.2f}"]
-
-
 @dataclass
 class SimEvalResult:
     report: dict  # what report.json holds
@@ -164,17 +140,17 @@ class SimEvalResult:
 def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | None = None) -> SimEvalResult:
     t = cfg.sim
     device = pick_device(t.device)
-    model, ckpt = load_trained(cfg.checkpoint)
-    meta, store = ckpt["model_meta"], ckpt.get("store")
-    if not store:
+    model, meta, ckpt = load_trained(cfg.checkpoint)
+    if not meta.encoder:
         raise UserError(f"{cfg.checkpoint} records no store (its encoder and frame rate); train it with this version")
+
     def new_sim():  # the store's camera, driven by the model's actions
-        return make_sim(t.env, camera=store["camera"], size=t.size, actions=meta["actions"])
+        return make_sim(t.env, camera=meta.encoder["camera"], size=t.size, actions=meta.actions)
 
     sim = new_sim()
-    stride = frame_skip(meta, store, sim)
+    stride = frame_skip(meta, sim)
     cem_cfg = replace(cfg.cem, state_from_action=sim.state_rule)
-    planner = Planner(model, meta, cem_cfg, device, encoder=store_encoder(store, t.encoder_checkpoint, ckpt))
+    planner = Planner(model, meta, cem_cfg, device, encoder=store_encoder(meta.encoder, t.encoder_checkpoint, ckpt))
     tasks = make_tasks(sim, t.task, t.episodes, t.task_seed)
     goals = []
     for _, goal in tasks:
@@ -217,39 +193,3 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
               "device": str(device), "policies": results}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return SimEvalResult(report, out)
-
-
-def _inset(frame: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """The frame with the goal image, a third of its size and framed in green, in its top-right corner."""
-    out = frame.copy()
-    h, w = frame.shape[0] // 3, frame.shape[1] // 3
-    rows = np.linspace(0, goal.shape[0] - 1, h).astype(int)
-    cols = np.linspace(0, goal.shape[1] - 1, w).astype(int)
-    out[:h + 2, -w - 2:] = (0, 200, 0)
-    out[1:h + 1, -w - 1:-1] = goal[rows][:, cols]
-    return out
-
-
-def write_video(path: Path, frames: list[np.ndarray], goal: np.ndarray) -> None:
-    even = [f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2] for f in frames]  # yuv420p needs even sizes
-    write_mp4(path, [_inset(f, goal[: f.shape[0], : f.shape[1]]) for f in even], fps=2)
-
-
-def write_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_rows: int = 8) -> None:
-    """start | goal | final of the model's first episodes, one row each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = rows[:max_rows]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.4 * len(rows)), squeeze=False)
-    for r, images in enumerate(rows):
-        for c, (image, title) in enumerate(zip(images, ("start", "goal", "final (model)"))):
-            axes[r, c].imshow(image)
-            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-            if r == 0:
-                axes[r, c].set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

@@ -14,8 +14,9 @@ from store import StoredEpisode, open_store, write_store
 from train.config import CEMConfig, PlanConfig
 from train.data import ClipDataset
 from train.evaluate import evaluate
-from train.checkpoint import RELEASED_META
-from train.plan import cem, run_plan, search_space
+from model.checkpoint import RELEASED_META
+from train.plan import cem, search_space
+from train.plan_report import run_plan
 from model.predictor import PREDICTOR_PRESETS, ACPredictor
 from tests.conftest import run_cli
 
@@ -174,12 +175,12 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
     assert result.plan.actions.shape == (1, 7) and result.true_actions is None and np.isfinite(result.plan.energy)
     # the same call as a robot loop makes it, from the images themselves
     from model.encoder import store_encoder
-    from train.checkpoint import load_trained
+    from model.checkpoint import load_trained
     from train.plan import Planner
 
-    model, ckpt = load_trained(run / "latest.pt")
-    planner = Planner(model, ckpt["model_meta"], CEMConfig(samples=64, iterations=3), torch.device("cpu"),
-                      encoder=store_encoder(ckpt["store"], None, ckpt))
+    model, meta, ckpt = load_trained(run / "latest.pt")
+    planner = Planner(model, meta, CEMConfig(samples=64, iterations=3), torch.device("cpu"),
+                      encoder=store_encoder(meta.encoder, None, ckpt))
     state = [float(f"{v:.5f}") for v in ep.state[0]]
     action = planner.act(np.asarray(Image.open(tmp_path / "0.png")), state, np.asarray(Image.open(tmp_path / "1.png")))
     assert np.allclose(action, result.plan.actions[0].numpy(), atol=1e-6)

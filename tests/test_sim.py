@@ -15,6 +15,7 @@ import torch
 
 from common.errors import UserError
 from extract.corpus import open_corpus
+from model.checkpoint import ModelMeta
 from sim.collect import rollout_episode, run_collect
 from sim.config import CollectConfig
 from sim.envs import make_sim
@@ -125,8 +126,8 @@ class Bowl(Planner):
     """A planner whose energy is a hand-made bowl with its minimum at `optimum` [H, A]."""
 
     def __init__(self, optimum: torch.Tensor, cfg: CEMConfig):
-        meta = {"actions": "state-delta", "action_dim": 2, "state_dim": 2,
-                "stats": {"action": {"p01": [-1.0, -1.0], "p99": [1.0, 1.0]}}}
+        meta = ModelMeta("ac_test", 8, (2, 2), 2, 2, "state-delta",
+                         stats={"action": {"p01": [-1.0, -1.0], "p99": [1.0, 1.0]}})
         super().__init__(torch.nn.Identity(), meta, cfg, torch.device("cpu"))
         self.optimum = optimum
 
@@ -194,7 +195,7 @@ def test_sim_errors(demo_run, tmp_path):
 
 @needs_pusht
 def test_a_model_of_other_dims_is_refused_by_pusht(demo_run):
-    ckpt = torch.load(demo_run[0] / "latest.pt", weights_only=True)
+    meta = ModelMeta.of_checkpoint(torch.load(demo_run[0] / "latest.pt", weights_only=True))
     with pytest.raises(UserError, match=r"--env pusht needs 2-D states and 6-D column actions \(3 targets of 2-D at "
                                         r"4 fps\) or 2-D state-delta actions"):
-        frame_skip(ckpt["model_meta"], ckpt["store"], make_sim("pusht", size=32))  # the demo model's dims
+        frame_skip(meta, make_sim("pusht", size=32))  # the demo model's dims

@@ -16,14 +16,14 @@ from scipy.spatial.transform import Rotation
 from torch.utils.checkpoint import checkpoint
 
 from common.errors import TrainingDiverged, UserError
-from extract.vit import apply_rope, attention, rope_slice, rope_tables
+from model.vit import apply_rope, attention, rope_slice, rope_tables
 from store import open_store
-from train.checkpoint import load_predictor_weights
+from model.checkpoint import load_predictor_weights
 from train.config import TrainConfig
 from store.actions import actions_from_states, apply_action
 from train.losses import training_losses
 from train.loop import lr_at, run_train
-from train.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask
+from model.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask
 from tests.conftest import DEMO_STEPS, ROOT
 from tests.fake_store import tiny_store
 

@@ -10,7 +10,7 @@ import torch
 from model.encoder import build_encoder
 from tests.conftest import assert_one_error_line, cli_main
 from tests.fake_store import tiny_store
-from train.checkpoint import load_predictor_weights, load_trained
+from model.checkpoint import load_predictor_weights, load_trained
 from train.config import ExportConfig, TrainConfig
 from train.export import run_export
 from train.loop import run_train
@@ -86,9 +86,9 @@ def test_safetensors_export_round_trips(trained, tmp_path):
     store, ckpt = trained
     result = run_export(ExportConfig(checkpoint=ckpt, out=tmp_path / "model"))
     assert result.path == tmp_path / "model.safetensors"
-    original, _ = load_trained(ckpt, open_store(store))
-    exported, meta = load_trained(result.path, open_store(store))
-    assert meta["model_meta"]["state_dim"] == 7 and meta["store"]["checkpoint_sha256"] == "random-init"
+    original, _, _ = load_trained(ckpt, open_store(store))
+    exported, meta, _ = load_trained(result.path, open_store(store))
+    assert meta.state_dim == 7 and meta.encoder["checkpoint_sha256"] == "random-init"
     g = torch.Generator().manual_seed(2)
     x = (torch.randn(2, 3, 4, 16, generator=g), torch.randn(2, 3, 7, generator=g), torch.randn(2, 3, 7, generator=g))
     with torch.no_grad():
@@ -111,3 +111,34 @@ def test_released_layout_export_loads_strictly(trained, tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in reference.items())
     code, _, err = cli_main("export", out, tmp_path / "again")
     assert_one_error_line(code, err, "is not one of our checkpoints")
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_checkpoint_from_before_model_meta_was_typed_still_loads_evaluates_and_resumes(tmp_path):
+    """ac_test-df4bea0.pt: 2 steps of `cli.py train --preset ac_test --frames 3 --batch-size 2` on
+    fake_store.complete_store, written by the code of commit df4bea0; its `eval --episodes all` report then."""
+    import json
+
+    from model.checkpoint import ModelMeta
+    from tests.fake_store import complete_store
+    from train.config import EvalConfig
+    from train.evaluate import run_eval
+
+    old = torch.load(DATA / "ac_test-df4bea0.pt", weights_only=True)
+    meta = ModelMeta.of_checkpoint(old)
+    assert meta.to_dict() == old["model_meta"] and meta.encoder == old["store"]
+    assert (meta.preset, meta.feature_dim, meta.grid, meta.actions) == ("ac_test", 32, (4, 4), "pose-delta")
+    store = complete_store(tmp_path / "store")
+    report = run_eval(EvalConfig(checkpoint=DATA / "ac_test-df4bea0.pt", store=str(store), episodes="all",
+                                 out=tmp_path / "eval", device="cpu")).metrics
+    expect = json.loads((DATA / "ac_test-df4bea0-eval.json").read_text())
+    for key in ("tf_l1", "rollout_l1", "copy_l1", "shuffled_over_true", "zero_over_true"):
+        assert torch.allclose(torch.tensor(report[key]), torch.tensor(expect[key]), rtol=1e-5), key
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "latest.pt").write_bytes((DATA / "ac_test-df4bea0.pt").read_bytes())
+    result = run_train(TrainConfig(store=str(store), out=run, preset="ac_test", steps=3, batch_size=2, frames=3,
+                                   workers=0, val_every=2, ckpt_every=2, resume=True, device="cpu"))
+    assert result.start_step == 2 and (run / "step_00000003.pt").exists()

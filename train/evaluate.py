@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from common.device import bf16_autocast, pick_device
 from common.errors import UserError
 from common.files import output_dir
+from model.checkpoint import load_trained
 from store import open_store
 
-from .checkpoint import episodes_of, load_trained
+from .checkpoint import episodes_of
 from .config import EvalConfig
 from .data import ClipDataset, evenly_spaced
 from .losses import normalize, predict, rollout
@@ -173,7 +174,7 @@ def run_eval(cfg: EvalConfig) -> EvalReport:
     """`cli.py eval`: metrics of a checkpoint on a store's held-out (or all) clips, with report and plot."""
     device = pick_device(cfg.device)
     store = open_store(cfg.store)
-    model, ckpt = load_trained(cfg.checkpoint, store)
+    model, _, ckpt = load_trained(cfg.checkpoint, store)
     frames = cfg.frames or ckpt.get("split", {}).get("frames", 8)
     clips = ClipDataset(store, episodes_of(ckpt, store, cfg.episodes), frames)
     if len(clips) == 0:

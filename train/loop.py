@@ -22,16 +22,17 @@ from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import TrainingDiverged, UserError
 from common.files import output_dir, remove_stale_temps
 from common.settings import as_dict
+from model.checkpoint import ModelMeta
+from model.predictor import ACPredictor, normalization_from_stats
 from model.weights import load_checkpoint
 from store import ChunkCache, Store, open_store
 from store.format import POSE_DELTA
 
-from .checkpoint import build_from_meta, check_fits, link_latest, model_meta, save_checkpoint, transfer_weights
+from .checkpoint import link_latest, save_checkpoint, transfer_weights
 from .config import TrainConfig
 from .data import ClipDataset, ShuffledStream, evenly_spaced, split_episodes
 from .evaluate import collect, summarize
 from .losses import normalize, training_losses
-from model.predictor import ACPredictor, normalization_from_stats
 
 RESUME_KEYS = ("preset", "normalization", "frames", "batch_size", "accum_steps", "seed", "val_fraction",
                "freeze_blocks")
@@ -175,15 +176,15 @@ def _setup(cfg: TrainConfig) -> _Run:
     out = output_dir(cfg.out, "--out")
     remove_stale_temps(out, "*.pt")  # of checkpoint writes that were killed
     latest = out / "latest.pt"
-    meta = model_meta(cfg.preset, store, _normalization(cfg, store))
+    meta = ModelMeta.of_store(cfg.preset, store, _normalization(cfg, store))
     torch.manual_seed(cfg.seed)
-    model = build_from_meta(meta, activation_checkpointing=cfg.activation_checkpointing, attention=cfg.attention)
+    model = meta.build(activation_checkpointing=cfg.activation_checkpointing, attention=cfg.attention)
     opt_state, start_step, reinitialised = None, 0, []
     if cfg.resume and latest.exists():
         ckpt = load_checkpoint(latest)
-        check_fits(ckpt["model_meta"], store, str(latest))
+        ModelMeta.of_checkpoint(ckpt).check_fits(store, str(latest))
         ran = {**ckpt["model_meta"], **ckpt["config"]}
-        now = {**meta, **as_dict(cfg)}
+        now = {**meta.to_dict(), **as_dict(cfg)}
         for key in RESUME_KEYS:  # what the data stream, the split and the optimiser state depend on
             if ran.get(key) != now[key]:
                 raise UserError(f"{latest} was trained with {key} {ran.get(key)}, this run has {now[key]}: "
@@ -209,7 +210,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     sampler = ShuffledStream(len(train_set), cfg.seed, rank, world, skip=start_step * cfg.batch_size * cfg.accum_steps)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                         pin_memory=device.type == "cuda", drop_last=True)
-    saved = {"model_meta": meta, "store": store.config.to_attrs(),
+    saved = {"model_meta": meta.to_dict(), "store": meta.encoder,
              "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "frames": cfg.frames},
              "config": as_dict(cfg)}
     lead = rank == 0

@@ -1,4 +1,5 @@
-"""Planning with a trained world model (SPEC §6): energies of action sequences and the cross-entropy method.
+"""Planning with a trained world model (SPEC §6): energies of action sequences, the cross-entropy method,
+and the Planner (train/plan_report.py runs the `plan` and `plan-eval` commands on them).
 
 Energy of an action sequence a_0..a_{H-1} from a start frame z (with its state s) = mean L1
 between the layer-normalised prediction after the last step and the goal features. States
@@ -12,55 +13,50 @@ each dim (the store's statistics, kept in the checkpoint).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from common.device import bf16_autocast, pick_device
+from common.device import bf16_autocast
 from common.errors import UserError
-from common.files import output_dir
-from common.settings import as_dict
-from store import Store, open_store
-from store.actions import clip_actions, next_state
-from store.format import POSE_DELTA, STATE_DELTA, action_names, state_names
+from model.checkpoint import ModelMeta
+from model.preprocess import preprocess
+from store.actions import next_state
+from store.format import POSE_DELTA, STATE_DELTA, action_names
 
-from .checkpoint import episodes_of, load_trained
-from .config import CEMConfig, PlanConfig, PlanEvalConfig
-from .data import evenly_spaced
+from .config import CEMConfig
 from .losses import normalize, rollout
 
 GRIPPER_INIT_STD = 1.0  # pose-delta: the gripper change is searched over its whole range [-1, 1] at first
 XYZG = [0, 1, 2, 6]  # pose-delta's dims searched by the reference: rotations stay 0
 
 
-def names_of(meta: dict) -> list[str]:
+def names_of(meta: ModelMeta) -> list[str]:
     """The model's action dim names."""
-    return action_names(meta.get("action_names"), meta["actions"], meta["action_dim"])
+    return action_names(meta.action_names, meta.actions, meta.action_dim)
 
 
-def searched_dims(spec: str | None, meta: dict) -> list[int]:
+def searched_dims(spec: str | None, meta: ModelMeta) -> list[int]:
     """--dims: xyzg, all, or indices and names separated by commas (default: xyzg for pose-delta, else all)."""
-    spec = spec or ("xyzg" if meta["actions"] == POSE_DELTA else "all")
+    spec = spec or ("xyzg" if meta.actions == POSE_DELTA else "all")
     if spec == "all":
-        return list(range(meta["action_dim"]))
+        return list(range(meta.action_dim))
     if spec == "xyzg":
-        if meta["actions"] != POSE_DELTA:
+        if meta.actions != POSE_DELTA:
             raise UserError("--dims xyzg is for pose-delta actions; give all, or indices or names")
         return XYZG
     names, dims = names_of(meta), []
     for item in spec.split(","):
         item = item.strip()
-        if item.isdigit() and int(item) < meta["action_dim"]:
+        if item.isdigit() and int(item) < meta.action_dim:
             dims.append(int(item))
         elif item in names:
             dims.append(names.index(item))
         else:
-            raise UserError(f"--dims {item!r} is not an action dim of this model; it has 0..{meta['action_dim'] - 1}: "
+            raise UserError(f"--dims {item!r} is not an action dim of this model; it has 0..{meta.action_dim - 1}: "
                             f"{', '.join(names)}")
     return sorted(set(dims))
 
@@ -80,13 +76,13 @@ class SearchSpace:
         return torch.maximum(torch.minimum(actions, self.high), self.low)
 
 
-def search_space(meta: dict, cfg: CEMConfig, state: torch.Tensor) -> SearchSpace:
+def search_space(meta: ModelMeta, cfg: CEMConfig, state: torch.Tensor) -> SearchSpace:
     """Each action dim within the data's p01..p99 (the store's statistics, when the model has them), and for
     pose-delta also within SPEC §6's box; starting from no move (0 for deltas, the current state for a
     target column, the box centre for other columns)."""
     dims = searched_dims(cfg.dims, meta)
-    stats = (meta.get("stats") or {}).get("action")
-    if meta["actions"] == POSE_DELTA:
+    stats = (meta.stats or {}).get("action")
+    if meta.actions == POSE_DELTA:
         limit = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [cfg.gripper_max])
         std = torch.tensor([cfg.maxnorm] * 3 + [cfg.rotation_max] * 3 + [GRIPPER_INIT_STD])
         low, high = -limit, limit
@@ -97,10 +93,10 @@ def search_space(meta: dict, cfg: CEMConfig, state: torch.Tensor) -> SearchSpace
         raise UserError("this model records no action statistics to bound the search (train it on a store "
                         "merged by this version)")
     low, high = torch.tensor(stats["p01"]), torch.tensor(stats["p99"])
-    if meta["actions"] == STATE_DELTA:
+    if meta.actions == STATE_DELTA:
         start = torch.zeros_like(low)
     elif cfg.state_from_action == "target":
-        start = state.cpu().float().repeat(meta["action_dim"] // len(state))
+        start = state.cpu().float().repeat(meta.action_dim // len(state))
     else:
         start = (low + high) / 2
     space = SearchSpace(low, high, start, ((high - low) / 2).clamp_min(1e-6), dims)
@@ -157,19 +153,19 @@ class Planner:
     `plan` searches actions from a start frame's features to a goal's; `act` does it from camera
     images, as a robot loop calls it: `action = planner.act(image, state, goal_image)`."""
 
-    def __init__(self, model, meta: dict, cfg: CEMConfig, device: torch.device, cached: bool = True,
+    def __init__(self, model, meta: ModelMeta, cfg: CEMConfig, device: torch.device, cached: bool = True,
                  encoder=None):
         self.model, self.meta, self.cfg, self.device = model.to(device).eval(), meta, cfg, device
         self.encoder = None if encoder is None else encoder.to(device)
         self.cached = cached  # incremental rollouts (losses.rollout); off only to measure what they save
         searched_dims(cfg.dims, meta)  # a bad --dims fails before any work
-        if cfg.state_from_action == "target" and meta["actions"].startswith("column:") and \
-                meta["action_dim"] % meta["state_dim"]:
+        if cfg.state_from_action == "target" and meta.actions.startswith("column:") and \
+                meta.action_dim % meta.state_dim:
             raise UserError(f"--state-from-action target needs actions made of state-sized targets; these are "
-                            f"{meta['action_dim']}-D for {meta['state_dim']}-D states")
+                            f"{meta.action_dim}-D for {meta.state_dim}-D states")
 
     def next_state(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return next_state(self.meta["actions"], self.cfg.state_from_action, state, action)
+        return next_state(self.meta.actions, self.cfg.state_from_action, state, action)
 
     @torch.no_grad()
     def energies(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor,
@@ -190,14 +186,12 @@ class Planner:
     @torch.inference_mode()
     def encode(self, images: list[np.ndarray]) -> torch.Tensor:
         """Normalised features [len(images), N, D] of uint8 RGB images [H, W, 3], preprocessed as the store's."""
-        from model.preprocess import preprocess
-
         x = torch.cat([preprocess(np.asarray(f)[None], self.encoder.preset.image_size) for f in images])
         with bf16_autocast(self.device):
             z = normalize(self.encoder(x.to(self.device))).float()
-        if z.shape[-1] != self.meta["feature_dim"]:
+        if z.shape[-1] != self.meta.feature_dim:
             raise UserError(f"the encoder gives {z.shape[-1]}-dim features, the predictor takes "
-                            f"{self.meta['feature_dim']}")
+                            f"{self.meta.feature_dim}")
         return z
 
     def act(self, image: np.ndarray, state, goal_image: np.ndarray, horizon: int = 1) -> np.ndarray:
@@ -225,166 +219,3 @@ class Planner:
         actions = space.mean.expand(points * points, 1, -1).clone()
         actions[:, 0, i], actions[:, 0, j] = gx.flatten(), gy.flatten()
         return [i, j], xs, ys, self.energies(z0, state, goal, actions).cpu().view(points, points)
-
-
-def plot_landscape(xs: torch.Tensor, ys: torch.Tensor, energy: torch.Tensor, labels: list[str],
-                   true_action: torch.Tensor | None, planned: torch.Tensor | None, path: Path) -> None:
-    """The energy over two action dims, with the minimum, the true action and the plan marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    extent = [float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1])]
-    im = ax.imshow(energy.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="auto")
-    fig.colorbar(im, ax=ax, label="energy (L1 to goal)")
-    i = int(energy.argmin())
-    ax.plot(xs[i % len(xs)], ys[i // len(xs)], "w*", markersize=14, label="minimum")
-    if true_action is not None:
-        ax.plot(true_action[0], true_action[1], "rx", markersize=12, mew=3, label="true action")
-    if planned is not None:
-        ax.plot(planned[0], planned[1], "o", mfc="none", mec="orange", markersize=12, mew=2, label="CEM plan")
-    ax.set_xlabel(labels[0])
-    ax.set_ylabel(labels[1])
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def store_pair(store: Store, episode: int, start: int, goal: int, device: torch.device):
-    """(z_start [N, D], state [S], z_goal [N, D], true actions [goal-start, A]) from a store episode."""
-    n = store.num_frames(episode)
-    if not 0 <= start < n:
-        raise UserError(f"--start {start} is outside episode {episode} (frames 0..{n - 1})")
-    if not start < goal < n:
-        raise UserError(f"--goal must be after --start and inside the episode (frames {start + 1}..{n - 1})")
-    feats, states, stored = store.read_window(episode, start, goal - start + 1)
-    z = normalize(feats.to(device))
-    return z[0], states[0].to(device), z[-1], clip_actions(store.config.actions, states, stored)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3] of an image file."""
-    from common.media import read_image as decode
-
-    try:
-        return decode(path)
-    except ValueError as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
-
-
-def parse_state(text: str, meta: dict, device: torch.device) -> torch.Tensor:
-    """'v0,v1,...' -> a state [S] of the model's state dims."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != meta["state_dim"]:
-        names = ",".join(state_names(meta.get("state_names"), meta["actions"], meta["state_dim"]))
-        raise UserError(f"--state must be {meta['state_dim']} comma-separated numbers ({names})")
-    return torch.tensor(values, device=device)
-
-
-@dataclass
-class PlanResult:
-    plan: Plan
-    names: list[str]  # of the action dims
-    true_actions: torch.Tensor | None  # [k, A] from the store episode, when planning between stored frames
-    notes: list[str] = field(default_factory=list)
-    landscape: Path | None = None
-    device: str = "cpu"
-
-
-def run_plan(cfg: PlanConfig) -> PlanResult:
-    """`cli.py plan`: CEM from a start to a goal, both from a store episode or from two images and a state."""
-    device = pick_device(cfg.device)
-    true, notes = None, []
-    if cfg.store is not None:
-        store = open_store(cfg.store)
-        model, ckpt = load_trained(cfg.checkpoint, store)
-        planner = Planner(model, ckpt["model_meta"], cfg.cem, device)
-        goal = cfg.start + cfg.horizon if cfg.goal is None else cfg.goal
-        z0, s0, zg, true = store_pair(store, cfg.episode, cfg.start, goal, device)
-        if len(true) != cfg.horizon:
-            notes.append(f"goal is {len(true)} frames after start, planning {cfg.horizon} action(s)")
-    else:
-        from model.encoder import store_encoder
-
-        model, ckpt = load_trained(cfg.checkpoint)
-        s0 = parse_state(cfg.state, ckpt["model_meta"], device)
-        encoder = store_encoder(ckpt.get("store"), cfg.encoder_checkpoint, ckpt)
-        planner = Planner(model, ckpt["model_meta"], cfg.cem, device, encoder=encoder)
-        z0, zg = planner.encode([read_image(cfg.image), read_image(cfg.goal_image)])
-    meta = ckpt["model_meta"]
-    plan = planner.plan(z0, s0, zg, cfg.horizon)
-    names = names_of(meta)
-    if cfg.landscape:
-        (i, j), xs, ys, energy = planner.landscape(z0, s0, zg)
-        plot_landscape(xs, ys, energy, [names[i], names[j]], None if true is None else true[0, [i, j]],
-                       plan.actions[0, [i, j]], cfg.landscape)
-    return PlanResult(plan, names, true, notes, cfg.landscape, str(device))
-
-
-@dataclass
-class PlanEvalResult:
-    pairs: int
-    k: int
-    names: list[str]  # of the action dims
-    mean: dict  # the per-pair values below, averaged (lists per action dim)
-    rows: list[dict]  # per pair: episode, start, action_error and noop_error per dim, seconds; pose-delta: xyz ...
-    out: Path | None = None  # folder of report.json
-
-
-def pose_metrics(planned: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
-    """pose-delta: the planned total displacement against the true one (m), its direction, the gripper."""
-    true_xyz, planned_xyz = true[:, :3].sum(0).double(), planned[:, :3].sum(0).double()
-    true_g, planned_g = float(true[:, 6].sum()), float(planned[:, 6].sum())
-    return {"xyz_error": float((planned_xyz - true_xyz).norm()), "zero_xyz_error": float(true_xyz.norm()),
-            "cosine": float(torch.nn.functional.cosine_similarity(planned_xyz, true_xyz, dim=0)),
-            "gripper_error": abs(planned_g - true_g), "zero_gripper_error": abs(true_g),
-            "true_move": float(true_xyz.norm())}
-
-
-def offline_planning(planner: Planner, store: Store, episodes: list[int], k: int, pairs: int,
-                     on_pair: Callable[[dict], None] | None = None) -> PlanEvalResult:
-    """Plan between held-out frames k apart and compare with the true actions.
-
-    Per pair and action dim, in the data's units: the mean |planned - true| over the k actions, next
-    to the no-move baseline (the search's start: zero for deltas, the current state for targets).
-    For pose-delta also the displacement metrics of pose_metrics.
-    """
-    candidates = [(e, s) for e in episodes for s in range(store.num_frames(e) - k)]
-    if not candidates:
-        raise UserError(f"no held-out episode has more than {k} frames")
-    rows = []
-    for i in evenly_spaced(len(candidates), pairs):
-        e, s = candidates[i]
-        z0, state, goal, true = store_pair(store, e, s, s + k, planner.device)
-        plan = planner.plan(z0, state, goal, k)
-        true = true.double()
-        noop = planner.space(state).mean.double()
-        row = {"episode": e, "start": s, "action_error": (plan.actions.double() - true).abs().mean(0).tolist(),
-               "noop_error": (noop - true).abs().mean(0).tolist(), "seconds": plan.seconds}
-        if planner.meta["actions"] == POSE_DELTA:
-            row.update(pose_metrics(plan.actions, true))
-        rows.append(row)
-        if on_pair:
-            on_pair(row)
-    mean = {key: np.mean([r[key] for r in rows], axis=0).tolist() for key in rows[0] if key not in ("episode", "start")}
-    return PlanEvalResult(len(rows), k, names_of(planner.meta), mean, rows)
-
-
-def run_plan_eval(cfg: PlanEvalConfig, on_pair: Callable[[dict], None] | None = None) -> PlanEvalResult:
-    """`cli.py plan-eval`: offline planning over held-out pairs, written to report.json."""
-    device = pick_device(cfg.device)
-    store = open_store(cfg.store)
-    model, ckpt = load_trained(cfg.checkpoint, store)
-    planner = Planner(model, ckpt["model_meta"], cfg.cem, device)
-    result = offline_planning(planner, store, episodes_of(ckpt, store, cfg.episodes), cfg.k, cfg.pairs, on_pair)
-    result = replace(result, out=output_dir(cfg.out or Path(cfg.checkpoint).parent / "plan-eval", "--out"))
-    report = {"pairs": result.pairs, "k": result.k, "names": result.names, "mean": result.mean, "rows": result.rows,
-              "cem": as_dict(cfg.cem)}
-    (result.out / "report.json").write_text(json.dumps(report, indent=1))
-    return result
