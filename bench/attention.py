@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from common.device import pick_device
-from model.vit import attention
 from model.predictor import block_causal_mask
+from model.vit import attention
 
 from .config import AttentionBench
 from .report import Section, median_time, table

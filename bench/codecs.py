@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 
 from extract.config import ExtractConfig
-from extract.corpus import DroidCorpus
-from sim.demo import make_demo_corpus
-from model.encoder import build_encoder
+from extract.corpora import DroidCorpus
 from extract.job import run_extract
-from model.preprocess import preprocess
-from store import codecs, open_store
-from store.inspect import dir_bytes
 from model.checkpoint import load_trained
+from model.encoder import build_encoder
+from model.preprocess import preprocess
+from sim.demo import make_demo_corpus
+from store import codecs, open_store
+from store.location import tree_bytes
 from train.config import TrainConfig
 from train.data import split_episodes
 from train.evaluate import collect, summarize
@@ -75,7 +75,7 @@ def run(cfg: CodecsBench) -> Section:
                 run_extract(ExtractConfig(corpus=corpus, out=root, preset=PRESET, camera="wrist", codec=codec,
                                           compression=compression, workers=1, episodes_per_unit=8))
             store = open_store(root)
-            size = sum(dir_bytes(p) for name in ("features", "scales") for p in root.glob(f"shards/*/{name}"))
+            size = sum(tree_bytes(p) for name in ("features", "scales") for p in root.glob(f"shards/*/{name}"))
             per_frame = size / store.total_frames
             speed = read_speed(root)
             results[f"{codec}/{compression}"] = {"bytes_per_frame": per_frame, "ratio": per_frame / raw16,

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from common.device import pick_device
-from extract.config import ExtractConfig
-from extract.corpus import open_corpus
 from common.media import Video, _Decord, _PyAV, write_mp4
-from sim.demo import WRIST_SERIAL, make_demo_corpus
-from model.encoder import build_encoder
+from extract.config import ExtractConfig
+from extract.corpora import open_corpus
 from extract.job import EpisodePieces, run_extract
+from model.encoder import build_encoder
+from sim.demo import WRIST_SERIAL, make_demo_corpus
 
 from .config import ExtractBench
 from .report import Section, table

@@ -12,17 +12,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.device import bf16_autocast, pick_device
 from extract.config import ExtractConfig
-from extract.corpus import DroidCorpus
-from sim.demo import make_demo_corpus
-from model.encoder import build_encoder
+from extract.corpora import DroidCorpus
 from extract.job import run_extract
-from model.preprocess import preprocess
-from store import open_store
-from train.data import ClipDataset, ShuffledStream
-from store.actions import actions_from_states
-from train.losses import normalize, training_losses
-from train.loop import param_groups
+from model.encoder import build_encoder
 from model.predictor import build_model
+from model.preprocess import preprocess
+from sim.demo import make_demo_corpus
+from store import open_store
+from store.actions import actions_from_states
+from train.data import ClipDataset, ShuffledStream
+from train.loop import param_groups
+from train.losses import normalize, training_losses
 
 from .config import OnlineBench
 from .report import Section, median_time, table

@@ -8,8 +8,8 @@ import torch
 
 from common.device import pick_device
 from model.checkpoint import RELEASED_META
-from train.plan import Planner
 from model.predictor import build_model
+from train.plan import Planner
 
 from .config import PlanBench
 from .report import Section, table

@@ -26,16 +26,23 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import SkipEpisode
-from store.location import RemotePath, where
-from store import (
-    EpisodeInfo, ShardWriter, StoreConfig, create_store, merge_manifest, plan_units, remove_unsealed, sealed_units,
-)
-
-from .config import ExtractConfig
-from .corpus import Corpus, open_corpus
 from model.encoder import build_encoder
 from model.preprocess import CROP_RULE, preprocess
 from model.vit import preset_name
+from store import (
+    EpisodeInfo,
+    ShardWriter,
+    StoreConfig,
+    create_store,
+    merge_manifest,
+    plan_units,
+    remove_unsealed,
+    sealed_units,
+)
+from store.location import RemotePath, where
+
+from .config import ExtractConfig
+from .corpora import Corpus, open_corpus
 
 WRITES_IN_FLIGHT = 4  # finished episodes queued for the writer thread before encoding waits
 PIECE_FRAMES = 32  # frames a decoding worker hands over at once (bounds its memory, keeps the encoder fed)

@@ -12,7 +12,12 @@ from common.files import sha256_file
 
 from .vit import ENCODER_PRESETS, LARGE_PRESETS, PATCH, TUBELET, EncoderPreset, VisionTransformer, encoder_preset
 from .weights import (
-    checkpoint_entry, is_transformers, load_checkpoint, load_strict, read_transformers, transformers_encoder_state,
+    checkpoint_entry,
+    is_transformers,
+    load_checkpoint,
+    load_strict,
+    read_transformers,
+    transformers_encoder_state,
 )
 
 ENCODER_ENTRIES = ("target_encoder", "encoder")

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from common.errors import UserError
-from . import demo
 from store.actions import apply_action
 from store.format import STATE_DELTA
+
+from . import demo
 
 PUSHT_CAMERAS = ("top", "agent")
 WORLD = 512  # PushT's world is 512 px square; gym-pusht draws it one px per unit

@@ -22,13 +22,26 @@ from common.errors import StoreError
 from common.files import fsync_dir, output_dir, remove_stale_temps, temp_name
 
 from . import codecs, manifest
-from .stats import robot_stats
 from .format import (
-    EPISODES_FILE, FORMAT_VERSION, MANIFEST_FILE, PLAN_FILE, SEAL_FILE, SHARDS_DIR, Location, StoreConfig,
-    file_digests, read_plan, read_root_attrs, sealed_units, shard_dir, shard_episodes, unsealed_units,
+    EPISODES_FILE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    PLAN_FILE,
+    SEAL_FILE,
+    SHARDS_DIR,
+    Location,
+    StoreConfig,
+    file_digests,
+    read_plan,
+    read_root_attrs,
+    sealed_units,
+    shard_dir,
+    shard_episodes,
+    unsealed_units,
     update_root_attrs,
 )
 from .location import RemotePath, list_files, remove_tree, sha256_of, upload, where, write_bytes
+from .stats import robot_stats
 
 ROW_CHUNK = 4096  # rows per chunk of the small per-row arrays
 

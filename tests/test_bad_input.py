@@ -107,3 +107,13 @@ def test_help_loads_nothing_heavy():
     assert r.returncode == 0, r.stderr
     assert "--batch-size" in r.stdout and "--episodes-per-unit" in r.stdout  # train's and extract's help
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_module_imports():
+    """No module refers to a name that moved or went (bench modules are imported only when run)."""
+    import importlib
+    import pkgutil
+
+    for package in ("common", "model", "store", "extract", "train", "sim", "bench"):
+        for info in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+            importlib.import_module(info.name)

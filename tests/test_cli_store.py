@@ -14,7 +14,15 @@ import torch
 from store.format import shard_dir
 from tests.conftest import run_cli
 from tests.fake_store import (
-    DIM, PER_UNIT, TOKENS, UNITS, complete_store, episode_data, is_skipped, make_store, write_unit,
+    DIM,
+    PER_UNIT,
+    TOKENS,
+    UNITS,
+    complete_store,
+    episode_data,
+    is_skipped,
+    make_store,
+    write_unit,
 )
 
 

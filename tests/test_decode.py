@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from extract.config import ExtractConfig
-from extract.corpus import open_corpus
 from common import media
 from common.media import Video, read_image
-from model.encoder import build_encoder
+from extract.config import ExtractConfig
+from extract.corpora import open_corpus
 from extract.job import run_extract
+from model.encoder import build_encoder
 from model.preprocess import preprocess
 from store import open_store, verify
 from tests import corpora
@@ -40,7 +40,7 @@ CASES = [(c, s) for c in CODECS for s in SIZES if not (s == (100, 75) and c in (
 @pytest.fixture(autouse=True)
 def fresh_decoders(monkeypatch):
     """Each test starts with no frame size known to fail in decord."""
-    monkeypatch.setattr(decode, "_DECORD_FAILED", {})
+    monkeypatch.setattr(media, "_DECORD_FAILED", {})
 
 
 def moving(first: int, n: int, width: int, height: int) -> list[np.ndarray]:

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from model.checkpoint import RELEASED_META
+from model.predictor import PREDICTOR_PRESETS, ACPredictor
 from store import StoredEpisode, open_store, write_store
+from tests.conftest import run_cli
 from train.config import CEMConfig, PlanConfig
 from train.data import ClipDataset
 from train.evaluate import evaluate
-from model.checkpoint import RELEASED_META
 from train.plan import cem, search_space
 from train.plan_report import run_plan
-from model.predictor import PREDICTOR_PRESETS, ACPredictor
-from tests.conftest import run_cli
 
 BASE = np.array([1.0, -1.0] * 4)  # zero mean, unit variance: layer norm leaves it (almost) as it is
 
@@ -159,7 +159,7 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
     """The robot-loop input: two camera images and a state, encoded with the run's (demo) encoder."""
     from PIL import Image
 
-    from extract.corpus import DroidCorpus
+    from extract.corpora import DroidCorpus
 
     corpus = DroidCorpus(demo_corpus, camera="wrist")
     ep = corpus.load(corpus.sources()[0], 4)
@@ -174,8 +174,8 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
                                  state=",".join(f"{v:.5f}" for v in ep.state[0]), cem=CEMConfig(samples=64, iterations=3)))
     assert result.plan.actions.shape == (1, 7) and result.true_actions is None and np.isfinite(result.plan.energy)
     # the same call as a robot loop makes it, from the images themselves
-    from model.encoder import store_encoder
     from model.checkpoint import load_trained
+    from model.encoder import store_encoder
     from train.plan import Planner
 
     model, meta, ckpt = load_trained(run / "latest.pt")

@@ -21,6 +21,7 @@ from store.format import SEAL_FILE
 from tests import corpora
 from tests.conftest import JOB_CONFIG, ROOT, assert_same_store, extract_args, run_cli
 
+
 def test_store_contents(reference, demo_corpus):
     store = open_store(reference)
     assert store.complete and verify(reference) == []
@@ -155,7 +156,7 @@ def test_episode_that_fails_after_its_first_piece_is_skipped(tmp_path, monkeypat
     episode is skipped with its reason, its queued frames dropped, the others extracted."""
     import extract.job
     from common.errors import SkipEpisode
-    from extract.corpus import DroidCorpus
+    from extract.corpora import DroidCorpus
 
     for name, steps in (("a", 20), ("b", 160), ("c", 20)):  # b: 40 stored frames, two pieces, listed first below
         corpora.droid_episode(tmp_path / "corpus", name, steps=steps)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common.errors import SkipEpisode, UserError
-from extract.corpus import DroidCorpus, LeRobotCorpus, WebDatasetCorpus, open_corpus
+from extract.corpora import DroidCorpus, LeRobotCorpus, WebDatasetCorpus, open_corpus
 from model.encoder import build_encoder
 from model.preprocess import crop_box, preprocess
 from tests import corpora

@@ -114,8 +114,8 @@ def test_7d_checkpoint_into_a_14d_store(tmp_path, caplog):
                                                                  torch.randn(12, 14, generator=g).numpy())
                                                    for _ in range(6)], codec="fp16")
     ckpt = torch.load(tmp_path / "run7" / "latest.pt", weights_only=True)["predictor"]
-    from train.checkpoint import transfer_weights
     from model.predictor import build_model
+    from train.checkpoint import transfer_weights
 
     model = build_model(16, (2, 2), "ac_test", state_dim=14, action_dim=14)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from extract.corpus import open_corpus
+from extract.corpora import open_corpus
 from model.checkpoint import ModelMeta
 from sim.collect import rollout_episode, run_collect
 from sim.config import CollectConfig

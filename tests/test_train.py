@@ -16,16 +16,16 @@ from scipy.spatial.transform import Rotation
 from torch.utils.checkpoint import checkpoint
 
 from common.errors import TrainingDiverged, UserError
+from model.checkpoint import load_predictor_weights
+from model.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask
 from model.vit import apply_rope, attention, rope_slice, rope_tables
 from store import open_store
-from model.checkpoint import load_predictor_weights
-from train.config import TrainConfig
 from store.actions import actions_from_states, apply_action
-from train.losses import training_losses
-from train.loop import lr_at, run_train
-from model.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask
 from tests.conftest import DEMO_STEPS, ROOT
 from tests.fake_store import tiny_store
+from train.config import TrainConfig
+from train.loop import lr_at, run_train
+from train.losses import training_losses
 
 
 def small_predictor(seed: int = 0, dim: int = 24, grid=(2, 3), attention: str = "per-step") -> ACPredictor:

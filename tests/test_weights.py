@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.checkpoint import load_predictor_weights, load_trained
 from model.encoder import build_encoder
+from model.predictor import PREDICTOR_PRESETS, ACPredictor
 from tests.conftest import assert_one_error_line, cli_main
 from tests.fake_store import tiny_store
-from model.checkpoint import load_predictor_weights, load_trained
 from train.config import ExportConfig, TrainConfig
 from train.export import run_export
 from train.loop import run_train
-from model.predictor import PREDICTOR_PRESETS, ACPredictor
 
 # a tiny V-JEPA 2 in transformers' own layout: 2 layers, 32 dims, 2 heads, MLP 64, 64 px (a 4 x 4 grid)
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2.0, crop_size=64, patch_size=16,

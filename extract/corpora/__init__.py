@@ -1,0 +1,37 @@
+"""Corpus readers: list a corpus's episodes (deterministically) and load one, sampled at a target fps.
+One module per source format behind the `Corpus` interface (base.py); sampling in sampling.py,
+decoding in common/media.py.
+
+Formats (SPEC §7): DROID raw 1.0.1 folders, LeRobot v2.1 / v3.0 datasets, WebDataset tar shards
+with `<key>.mp4` + `<key>.json` (per-frame `state`, optional action columns, `fps`, `task`, `success`).
+Each corpus also says which state and action space it gives the store (`Robot`, store.actions).
+
+A problem with one episode raises SkipEpisode (recorded in the manifest, the job goes on);
+a problem with the corpus as a whole raises UserError (the job stops).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.errors import UserError
+
+from ..config import FORMATS
+from .base import Corpus
+from .droid import DroidCorpus
+from .lerobot import LeRobotCorpus
+from .sampling import Episode, Robot, stride_for
+from .webdataset import WebDatasetCorpus
+
+__all__ = ["Corpus", "DroidCorpus", "Episode", "LeRobotCorpus", "Robot", "WebDatasetCorpus", "open_corpus", "stride_for"]
+
+
+def open_corpus(root: Path, fmt: str, camera: str = "left", video_key: str | None = None,
+                state_key: str = "observation.state", actions: str | None = None) -> Corpus:
+    if fmt == "droid":
+        return DroidCorpus(root, camera, actions)
+    if fmt == "lerobot":
+        return LeRobotCorpus(root, video_key, state_key, actions)
+    if fmt == "webdataset":
+        return WebDatasetCorpus(root, actions)
+    raise UserError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")
