@@ -117,3 +117,22 @@ def test_every_module_imports():
     for package in ("common", "model", "store", "extract", "train", "sim", "bench"):
         for info in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
             importlib.import_module(info.name)
+
+
+def test_dependencies_point_down():
+    """cli -> bench -> sim, extract, train -> model, store -> common: no package imports one above it or beside it
+    (train and sim never import extract: an encoder for a camera image is rebuilt from model/)."""
+    from tests.conftest import ROOT
+    import ast
+
+    above = {"common": {"model", "store", "extract", "train", "sim", "bench"}, "store": {"model", "extract", "train",
+             "sim", "bench"}, "model": {"extract", "train", "sim", "bench"}, "extract": {"train", "sim", "bench"},
+             "train": {"extract", "sim", "bench"}, "sim": {"extract", "bench"}}
+    wrong = []
+    for package, forbidden in above.items():
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+                wrong += [f"{path.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in forbidden]
+    assert wrong == []
