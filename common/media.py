@@ -15,8 +15,10 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
+import av
 import numpy as np
 
 from common.errors import SkipEpisode
@@ -71,49 +73,56 @@ class _Decord:
 class _PyAV:
     """Frame i = the i-th presentation timestamp among the stream's packets (as decord numbers them).
 
-    Opening reads the packets (not decoding them) for that index. A request seeks to the keyframe
-    before its first frame, unless the running decoder is already between the two.
+    The packets are read (not decoded) for that index when it is first needed. A request seeks to the
+    keyframe before its first frame, unless the running decoder is already between the two.
     """
 
     def __init__(self, source: Path | bytes):
         self.source = source
         self._open()
-        packets = [(p.pts, p.is_keyframe) for p in self.container.demux(self.stream) if p.pts is not None]
-        self.pts = np.array(sorted(p for p, _ in packets), np.int64)
-        self.keys = np.array(sorted(p for p, key in packets if key), np.int64)
         self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 0)
         self.size = (self.stream.width, self.stream.height)
-        self._decoded = None  # demuxing read to the end: the first request opens the file again
+        self.reorders = bool(self.stream.codec_context.has_b_frames)  # frames shown in another order than decoded
 
-    def _open(self) -> None:
-        import av
-
-        self.container = av.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else str(self.source))
-        if not self.container.streams.video:
+    def _open(self) -> av.container.InputContainer:
+        container = av.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else str(self.source))
+        if not container.streams.video:
             raise ValueError("no video stream")
-        self.stream = self.container.streams.video[0]
+        self.container, self.stream = container, container.streams.video[0]
         self.stream.thread_type = "AUTO"
         self.stream.codec_context.thread_count = _threads()
-        self._decoded, self._at = self.container.decode(self.stream), None  # _at: pts of the last frame decoded
+        self._decoded, self._at = container.decode(self.stream), None  # _at: pts of the last frame decoded
+        return container
+
+    @cached_property
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pts of every frame, pts of the keyframes), each sorted, from the packets of a second reader."""
+        with av.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else str(self.source)) as c:
+            packets = [(p.pts, p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.pts is not None]
+        return (np.array(sorted(p for p, _ in packets), np.int64),
+                np.array(sorted(p for p, key in packets if key), np.int64))
+
+    @property
+    def pts(self) -> np.ndarray:
+        return self._index[0]
 
     def __len__(self) -> int:
         return len(self.pts)
 
     def key_frames(self) -> list[int]:
         """Indices of the keyframes."""
-        return np.searchsorted(self.pts, self.keys).tolist()
+        return np.searchsorted(self.pts, self._index[1]).tolist()
 
     def frames(self, index: list[int]) -> np.ndarray:
         if min(index) < 0 or max(index) >= len(self.pts):
             raise IndexError(f"frame {max(index)} requested of {len(self.pts)}")
-        if self._decoded is None:
-            self._open()
         wanted: dict[int, list[int]] = {}
         for k, i in enumerate(index):
             wanted.setdefault(int(self.pts[i]), []).append(k)
         first, last = int(self.pts[min(index)]), int(self.pts[max(index)])
-        before = np.searchsorted(self.keys, first, side="right") - 1
-        key = int(self.keys[before]) if before >= 0 else int(self.pts[0])
+        keys = self._index[1]
+        before = np.searchsorted(keys, first, side="right") - 1
+        key = int(keys[before]) if before >= 0 else int(self.pts[0])
         if self._at is None or not key <= self._at < first:
             self.container.seek(key, stream=self.stream, backward=True)
             self._decoded, self._at = self.container.decode(self.stream), None
@@ -151,11 +160,12 @@ _DECORD_FAILED: dict[tuple[int, int], str] = {}
 class Video:
     """The frames of one video file (or its bytes) by index, decoded by decord or, where decord fails, PyAV.
 
-    PyAV reads the packets first (not decoding them): the frames' order, and the keyframes. decord
-    numbers keyframes in decoding order, so in a stream whose frames after a keyframe are shown
-    before it (open GOPs, as x265 writes) its seeks land frames late, silently: PyAV decodes such a
-    stream. `fallback` is None while decord serves, else why it does not ("decord: ..."). Raises
-    SkipEpisode, with both decoders' reasons, when neither can open or decode the file.
+    PyAV opens the file first (its header). decord numbers keyframes in decoding order, so in a stream
+    whose frames after a keyframe are shown before it (open GOPs, as x265 writes) its seeks land frames
+    late, silently: where a stream reorders frames, PyAV reads its packets to check decord's keyframe
+    positions, and decodes it if they are off. `fallback` is None while decord serves, else why it does
+    not ("decord: ..."). Raises SkipEpisode, with both decoders' reasons, when neither can open or
+    decode the file.
     """
 
     def __init__(self, source: Path | bytes):
@@ -177,9 +187,16 @@ class Video:
                                   f"PyAV: {self._pyav_error}") from None
             self._decoder = self._pyav
             return
-        if self._pyav is not None and self._pyav.key_frames() != list(self._decoder.reader.get_key_indices()):
+        if self._pyav is not None and self._pyav.reorders and self._keys_misplaced():
             self.fallback = "decord: keyframes indexed in decoding order, so its seeks would return later frames"
             self._decoder = self._pyav
+
+    def _keys_misplaced(self) -> bool:
+        """Whether decord's keyframe positions (decoding order) differ from their places in presentation order."""
+        try:
+            return self._pyav.key_frames() != list(self._decoder.reader.get_key_indices())
+        except Exception:  # noqa: BLE001 - PyAV cannot read the packets decord did: decord is all there is
+            return False
 
     def __len__(self) -> int:
         return len(self._decoder)
@@ -237,8 +254,6 @@ def write_mp4(path: Path, frames: list[np.ndarray], fps: float, codec: str = "li
 
     `faststart` puts the index (moov) before the frames, so a cut file still opens (with fewer frames).
     """
-    import av
-
     options = {"libx264": {"crf": "18", "preset": "ultrafast"}, "libx264rgb": {"crf": "0", "preset": "ultrafast"},
                "libsvtav1": {"crf": "30", "g": "2"}}[codec]
     with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:

@@ -8,12 +8,12 @@ import sys
 import tarfile
 from unittest import mock
 
-import decord
 import numpy as np
 import pytest
 import torch
 
 from common.errors import UserError
+from common.media import Video
 from extract.corpora import open_corpus
 from model.checkpoint import ModelMeta
 from sim.collect import rollout_episode, run_collect
@@ -50,7 +50,7 @@ def test_pusht_collect_is_deterministic_and_round_trips_through_extract(tmp_path
     video = tmp_path / "ep1.mp4"
     video.write_bytes(_samples(a.path)["ep000001.mp4"])
     rendered = rollout_episode(make_sim("pusht", size=64), np.random.default_rng([5, 1]), 26)["frames"]
-    assert np.array_equal(decord.VideoReader(str(video)).get_batch(list(range(26))).asnumpy(), np.stack(rendered))
+    assert np.array_equal(Video(video).frames(range(26)), np.stack(rendered))
 
     store = tmp_path / "store"
     run_cli("extract", "--format", "webdataset", "--corpus", tmp_path / "a", "--out", store, "--preset", "vit_test",
