@@ -40,8 +40,8 @@ DECODERS = {"decord alone (before)": _Decord, "decoding layer (after)": Video, "
 PIECE = 32  # frames per request, as the job's pieces
 
 
-def small_av1(videos: list[Path], folder: Path, size: int = 96) -> list[Path]:
-    """The videos resized to size x size AV1, as LeRobot's PushT (where decord2 fails), written once."""
+def resized(videos: list[Path], folder: Path, width: int, height: int, codec: str) -> list[Path]:
+    """The videos resized to width x height in `codec`, written once."""
     out = []
     folder.mkdir(parents=True, exist_ok=True)
     for i, video in enumerate(videos):
@@ -49,8 +49,8 @@ def small_av1(videos: list[Path], folder: Path, size: int = 96) -> list[Path]:
         if not path.exists():
             with av.open(str(video)) as c:
                 frames = torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]))
-            small = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(size, size), mode="area")
-            write_mp4(path, list(small.round().byte().permute(0, 2, 3, 1).numpy()), 15, codec="libsvtav1")
+            x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear")
+            write_mp4(path, list(x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()), 15, codec=codec)
         out.append(path)
     return out
 
@@ -111,8 +111,10 @@ def run(cfg: ExtractBench) -> Section:
     enc = encode_only(preset, batch, s.frames, dev)
     slower = min(dec, enc)
     wrist = sorted(corpus.rglob(f"recordings/MP4/{WRIST_SERIAL}.mp4"))[: cfg.videos]
-    sets = {"demo wrist, 320x180 H.264": wrist, "the same at 96x96 AV1 (LeRobot PushT's size)":
-            small_av1(wrist, directory / "av1-96")}
+    sets = {"demo wrist, 320x180 H.264": wrist,
+            "the same at 1280x720 H.264 (DROID's size)": resized(wrist[:4], directory / "h264-720p", 1280, 720,
+                                                                "libx264"),
+            "the same at 96x96 AV1 (LeRobot PushT's size)": resized(wrist, directory / "av1-96", 96, 96, "libsvtav1")}
     rates = decoder_rates(sets, stride=4, repeats=cfg.repeats)
     result = {"job_frames_s": job, "decode_frames_s": dec, "encode_frames_s": enc, "job_over_slower": job / slower,
               "decoders": rates}
@@ -122,7 +124,8 @@ def run(cfg: ExtractBench) -> Section:
                                             ["encode only (main process)", f"{enc:.0f}"],
                                             ["whole job (store written, shards sealed)", f"{job:.0f}"]])
             + f"\n\nJob / slower stage: **{job / slower:.0%}**.\n\n"
-            + f"Decoding alone, one process, every 4th frame of {cfg.videos} videos in requests of {PIECE} frames, "
+            + f"Decoding alone, one process, every 4th frame of {cfg.videos} videos (4 at 720p) in requests of {PIECE} "
+              "frames, "
               f"frames/s (median of {cfg.repeats}, decoders alternating):\n\n"
             + table(["videos", *DECODERS], [[name, *(f"{r:.0f}" if r else "fails" for r in per.values())]
                                             for name, per in rates.items()]))
