@@ -21,7 +21,7 @@ DEMO_CORPUS := $(DATA)/demo-corpus
 DEMO_STORE := $(DATA)/demo-store
 DEMO_RUN := $(DATA)/demo-run
 
-.PHONY: setup test extract train demo bench bench-s3 sim-bench clean-demo
+.PHONY: setup test docs extract train demo bench bench-s3 sim-bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+# the command reference tables in docs/, from the config dataclasses (tests/test_docs.py checks them)
+docs: setup
+	$(PY) docs/reference.py
 
 extract: setup
 ifeq ($(CORPUS),)

@@ -58,11 +58,42 @@ def _bar(label: str, fields: str = "", disable: bool = False) -> Iterator[Progre
         err.print(p.get_renderable())
 
 
+LOG_EVERY = 30  # seconds between progress lines where stderr is a log, not a terminal
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+@contextmanager
+def _steps(label: str) -> Iterator[Callable[[int, int], None]]:
+    """`update(done, total)` moves a progress bar with the time left; where stderr is a log, not a terminal, it
+    writes a line with the count and the time left at most every LOG_EVERY seconds (long jobs show progress)."""
+    start, logged = time.perf_counter(), [0.0]
+    with _bar(label) as p:
+        task = p.add_task("", total=None)
+
+        def update(done: int, total: int) -> None:
+            p.update(task, completed=done, total=total)
+            elapsed = time.perf_counter() - start
+            if not err.is_terminal and done and elapsed - logged[0] >= LOG_EVERY:
+                logged[0] = elapsed
+                err.print(f"{label}: {done}/{total} after {_clock(elapsed)}, about "
+                          f"{_clock(elapsed / done * (total - done))} left", highlight=False)
+
+        yield update
+
+
 def _counted(label: str, total: int, run: Callable[[Callable], T]) -> T:
     """`run(tick)` under a progress bar of `total` steps, each `tick(...)` call one step."""
-    with _bar(label) as p:
-        task = p.add_task("", total=total)
-        return run(lambda *_: p.advance(task))
+    done = [0]
+    with _steps(label) as update:
+        def tick(*_) -> None:
+            done[0] += 1
+            update(done[0], total)
+
+        return run(tick)
 
 
 def _table(title: str, header: list[str] | None, rows: list[list]) -> None:
@@ -361,7 +392,8 @@ def _bench(name: str) -> Callable:
     def run(cfg) -> None:
         from bench.report import run_bench
 
-        console.print(run_bench(name, cfg))
+        with _steps(f"bench {name}") as update:
+            console.print(run_bench(name, cfg, on_progress=update))
     return run
 
 
@@ -381,7 +413,7 @@ def main() -> None:
 
     # the library's notes (logging.info), e.g. which tensors --init-from re-initialised, as "note: ..." lines
     logging.basicConfig(level=logging.WARNING, format="note: %(message)s", stream=sys.stderr)
-    for package in ("common", "model", "store", "extract", "train", "sim"):
+    for package in ("common", "model", "store", "extract", "train", "sim", "bench"):
         logging.getLogger(package).setLevel(logging.INFO)
     try:
         code = app(standalone_mode=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import platform
 import re
@@ -77,10 +78,12 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_bench(command: str, cfg: BenchConfig) -> str:
-    """Run one benchmark; return its section (with the command line that ran it), written if cfg.write."""
+def run_bench(command: str, cfg: BenchConfig, on_progress: Callable[[int, int], None] | None = None) -> str:
+    """Run one benchmark; return its section (with the command line that ran it), written if cfg.write.
+    A long benchmark reports `on_progress(done, total)` where its run takes it."""
     module = importlib.import_module(f"bench.{BENCHES[command][0]}")
-    result: Section = module.run(cfg)
+    takes = on_progress is not None and "on_progress" in inspect.signature(module.run).parameters
+    result: Section = module.run(cfg, on_progress=on_progress) if takes else module.run(cfg)
     text = section(result.title, "python cli.py " + " ".join(sys.argv[1:]), result.body)
     if cfg.write:
         write_section(result.name, text)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from common.errors import UserError
 from sim.config import SimEvalConfig
-from sim.evaluate import run_sim_eval
+from sim.evaluate import policy_names, run_sim_eval
 from sim.report import summary_cells
 from train.config import CEMConfig
 
@@ -33,8 +34,9 @@ def _row(label: str, samples: str, m: dict) -> list:
     return [label, samples, cells[0], f"**{cells[1]}**", *cells[2:]]
 
 
-def run(bench: SimBench) -> Section:
-    """The largest sample count on every checkpoint (baselines with the last), then each count on the last."""
+def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) -> Section:
+    """The largest sample count on every checkpoint (baselines with the last), then each count on the last;
+    `on_progress(episodes done, episodes in all)` after each closed-loop episode."""
     if not Path(bench.run).is_dir():
         raise UserError(f"--run {bench.run} is not a training run folder")
     checkpoints = sorted(Path(bench.run).glob("step_*.pt"))
@@ -44,6 +46,14 @@ def run(bench: SimBench) -> Section:
     out = Path(bench.run) / f"sim-bench-{t.env}-{t.task}"
     runs = [(c, counts[-1]) for c in checkpoints] + [(checkpoints[-1], s) for s in counts[:-1]]
     rows, results, baselines = [], {}, []
+    policies = len(policy_names(SimEvalConfig(checkpoint=checkpoints[-1], sim=t)))  # beside the last: all of them
+    total, done = t.episodes * (len(runs) - 1 + policies), [0]
+
+    def tick(*_) -> None:
+        done[0] += 1
+        if on_progress:
+            on_progress(done[0], total)
+
     for i, (ckpt, samples) in enumerate(runs):
         last = ckpt == checkpoints[-1]
         cem = CEMConfig(samples=samples, iterations=bench.iterations, elites=min(10, samples))
@@ -51,7 +61,7 @@ def run(bench: SimBench) -> Section:
         cfg = SimEvalConfig(checkpoint=ckpt, out=out / f"{ckpt.stem}-s{samples}", videos=3 if last else 0,
                             baselines=beside, sim=t if beside else replace(t, oracle=False), cem=cem)
         log.info("sim eval %d/%d: %s, %d samples", i + 1, len(runs), ckpt.name, samples)
-        report = run_sim_eval(cfg).report
+        report = run_sim_eval(cfg, on_episode=tick).report
         step = int(ckpt.stem.split("_")[1])
         results[f"{ckpt.stem}_s{samples}"] = {k: v for k, v in report["policies"]["model"].items()
                                              if k != "per_episode"}

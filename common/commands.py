@@ -47,6 +47,7 @@ def command(group: typer.Typer, name: str, cls: type) -> Callable:
         run.__signature__ = inspect.Signature(params)
         run.__annotations__ = {p.name: p.annotation for p in params}
         run.__doc__ = fn.__doc__ or cls.__doc__
+        run.config = cls  # for the generated command reference (docs/reference.py)
         group.command(name)(run)
         return fn
     return register

@@ -187,3 +187,17 @@ def test_show_bad_episode(store):
     r = cli("store", "show", store, 99)
     assert r.returncode == 2 and "episode 99 is not in a sealed shard" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_long_jobs_show_progress_in_a_log(store, monkeypatch):
+    """Where stderr is a log, not a terminal, a counted job writes its count and the time left (here after
+    every shard: LOG_EVERY 0), and its summary goes to stdout as before."""
+    import cli
+    from tests.conftest import cli_main
+
+    monkeypatch.setattr(cli, "LOG_EVERY", 0)
+    code, out, err = cli_main("store", "verify", store)
+    lines = [line for line in err.splitlines() if line.startswith("verifying shards: ")]
+    assert code in (None, 0) and "ok" in out.lower()
+    assert [line.split(" after ")[0] for line in lines] == [f"verifying shards: {k}/3" for k in (1, 2, 3)]
+    assert all(line.endswith(" left") and "about 0:00" in line for line in lines)
