@@ -7,6 +7,7 @@ imported inside the commands, so `--help` never loads torch.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -429,6 +430,9 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         code = 130
+    # a failed command's traceback holds its objects in reference cycles; collected only at interpreter exit,
+    # after pyarrow's filesystems were finalized, their destructors abort the process (exit 134, not 2)
+    gc.collect()
     sys.exit(code or 0)
 
 
