@@ -229,6 +229,28 @@ class Video:
         return frames
 
 
+class Images:
+    """Frames stored as encoded images, one per step (RLDS), with a Video's interface: decoded on request."""
+
+    fallback = None
+
+    def __init__(self, images: list[bytes], fps: float):
+        self.images, self.fps = images, fps
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def frames(self, index: Sequence[int]) -> np.ndarray:
+        """uint8 [k, H, W, 3] RGB frames at `index`; SkipEpisode naming the step that does not decode."""
+        out = []
+        for i in index:
+            try:
+                out.append(read_image(self.images[int(i)]))
+            except ValueError as e:
+                raise SkipEpisode(f"the image of step {int(i)} does not decode: {e}") from None
+        return np.stack(out) if out else np.empty((0, 0, 0, 3), np.uint8)
+
+
 def read_image(source: Path | bytes) -> np.ndarray:
     """uint8 RGB [H, W, 3] of an image file or its bytes (PNG, JPEG, ...): PIL, else PyAV.
 

@@ -8,24 +8,30 @@ from pathlib import Path
 from common.settings import check, device_setting, setting
 from store.format import CODECS, COMPRESSIONS, check_source
 
-FORMATS = ("droid", "lerobot", "webdataset")
+FORMATS = ("droid", "lerobot", "webdataset", "rlds")
 DROID_CAMERAS = ("left", "right", "wrist")
 
 
 @dataclass
 class ExtractConfig:
-    corpus: Path = setting(help="Corpus root: DROID folders (or a list file), a LeRobot dataset, or .tar shards.")
+    corpus: Path = setting(help="Corpus root: DROID folders (or a list file), a LeRobot dataset, .tar shards, or an "
+                                "RLDS dataset's version folder (features.json and .tfrecord shards).")
     out: str = setting(help="Store to create or resume: a folder, or an fsspec URL (s3://bucket/prefix, gs://...).")
     format: str = setting("droid", "Corpus format.", choices=FORMATS)
     camera: str = setting("left", "DROID camera.", choices=DROID_CAMERAS)
-    video_key: str | None = setting(None, "LeRobot video key (camera), e.g. observation.images.front.")
-    state_key: str = setting("observation.state", "LeRobot column with the robot's per-frame state (any dims).")
+    video_key: str | None = setting(None, "LeRobot video key (camera), e.g. observation.images.front; RLDS image "
+                                          "key under steps/, dotted, e.g. observation.exterior_image_1_left.")
+    state_key: str = setting("observation.state", "LeRobot column with the robot's per-frame state (any dims); RLDS: "
+                                                  "step keys, dotted, comma-separated to concatenate (e.g. "
+                                                  "observation.cartesian_position,observation.gripper_position).")
     actions: str | None = setting(None, "How the action between stored frames is defined: pose-delta (DROID's 7-D "
                                         "end-effector rule), state-delta (s_t+1 - s_t), or column:KEY (the dataset's "
                                         "own column; the native rows between two stored frames concatenated). "
                                         "Default: pose-delta for DROID; column:action for LeRobot and WebDataset "
                                         "when there is one, else state-delta.")
     fps: float = setting(4.0, "Stored frames per second; stride = ceil(native fps / fps).", gt=0, max=1000)
+    native_fps: float | None = setting(None, "The source's frames per second, for --format rlds (RLDS records "
+                                             "none; DROID's RLDS release: 15).", gt=0, max=10000)
     preset: str = setting("auto", "Encoder: vit_large | vit_huge | vit_giant (256 px) | vit_giant_384; small: "
                                   "vit_g_mini, vit_demo, vit_test; auto: the dims of a transformers checkpoint's "
                                   "config.json, else vit_giant.")

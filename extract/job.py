@@ -140,7 +140,8 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     """
     rank, world = rank_world(cfg.rank, cfg.world_size)
     device = pick_device(cfg.device)  # a bad --device stops here, before any work
-    corpus = open_corpus(cfg.corpus, cfg.format, cfg.camera, cfg.video_key, cfg.state_key, cfg.actions)
+    corpus = open_corpus(cfg.corpus, cfg.format, cfg.camera, cfg.video_key, cfg.state_key, cfg.actions,
+                         cfg.native_fps)
     robot = corpus.robot(cfg.fps)
     sources = corpus.sources()[: cfg.limit]
     units = plan_units(sources, cfg.episodes_per_unit)

@@ -177,8 +177,8 @@ def test_corpus_config_errors(tmp_path):
         open_corpus(tmp_path, "lerobot")
     with pytest.raises(UserError, match="no .tar shards"):
         open_corpus(tmp_path, "webdataset")
-    with pytest.raises(UserError, match="unknown corpus format 'rlds'"):
-        open_corpus(tmp_path, "rlds")
+    with pytest.raises(UserError, match="unknown corpus format 'tfds'"):
+        open_corpus(tmp_path, "tfds")
     with pytest.raises(UserError, match="unknown DROID camera"):
         open_corpus(tmp_path, "droid", camera="top")
 

@@ -3,7 +3,8 @@ One module per source format behind the `Corpus` interface (base.py); sampling i
 decoding in common/media.py.
 
 Formats (SPEC §7): DROID raw 1.0.1 folders, LeRobot v2.1 / v3.0 datasets, WebDataset tar shards
-with `<key>.mp4` + `<key>.json` (per-frame `state`, optional action columns, `fps`, `task`, `success`).
+with `<key>.mp4` + `<key>.json` (per-frame `state`, optional action columns, `fps`, `task`, `success`),
+and TFDS-built RLDS datasets (Open X-Embodiment) read without TensorFlow.
 Each corpus also says which state and action space it gives the store (`Robot`, store.actions).
 
 A problem with one episode raises SkipEpisode (recorded in the manifest, the job goes on);
@@ -20,18 +21,25 @@ from ..config import FORMATS
 from .base import Corpus
 from .droid import DroidCorpus
 from .lerobot import LeRobotCorpus
+from .rlds import RLDSCorpus
 from .sampling import Episode, Robot, stride_for
 from .webdataset import WebDatasetCorpus
 
-__all__ = ["Corpus", "DroidCorpus", "Episode", "LeRobotCorpus", "Robot", "WebDatasetCorpus", "open_corpus", "stride_for"]
+__all__ = ["Corpus", "DroidCorpus", "Episode", "LeRobotCorpus", "RLDSCorpus", "Robot", "WebDatasetCorpus",
+           "open_corpus", "stride_for"]
 
 
 def open_corpus(root: Path, fmt: str, camera: str = "left", video_key: str | None = None,
-                state_key: str = "observation.state", actions: str | None = None) -> Corpus:
+                state_key: str = "observation.state", actions: str | None = None,
+                native_fps: float | None = None) -> Corpus:
+    if native_fps is not None and fmt != "rlds":
+        raise UserError(f"--native-fps is for --format rlds; a {fmt} corpus records its own frame rate")
     if fmt == "droid":
         return DroidCorpus(root, camera, actions)
     if fmt == "lerobot":
         return LeRobotCorpus(root, video_key, state_key, actions)
     if fmt == "webdataset":
         return WebDatasetCorpus(root, actions)
+    if fmt == "rlds":
+        return RLDSCorpus(root, video_key, state_key, actions, native_fps)
     raise UserError(f"unknown corpus format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import SkipEpisode, UserError
-from common.media import Video
+from common.media import Images, Video
 from store.actions import column_rows, looks_like_quaternion
 from store.format import POSE_DELTA, column_key
 from store.manifest import EpisodeInfo
@@ -30,7 +30,7 @@ class Episode:
     frame_index: np.ndarray  # [n] index of each sampled frame in the episode's source frames
     timestamp: np.ndarray  # [n] seconds from the episode start
     decode_index: np.ndarray  # [n] frame index in the video file (differs in LeRobot v3 files)
-    video: Video
+    video: Video | Images
     info: EpisodeInfo  # camera, task, success, native fps, stride, note (id and source: the job's)
     action: np.ndarray | None = None  # [n, A] for column actions (the last row NaN), else None
 
@@ -60,7 +60,7 @@ def _nonfinite(rows: np.ndarray) -> np.ndarray:
 
 
 def sampled_episode(state: np.ndarray, frame_index: np.ndarray, timestamp: np.ndarray,
-                    decode_index: np.ndarray, video: Video, native_fps: float, target_fps: float, robot: Robot,
+                    decode_index: np.ndarray, video: Video | Images, native_fps: float, target_fps: float, robot: Robot,
                     camera: str, notes: list[str], task: str = "", success: bool | None = None,
                     shared_video: bool = False, native_actions: np.ndarray | None = None) -> Episode:
     """Keep the rows whose frame the video really holds, then every stride-th of them.
