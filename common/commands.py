@@ -12,22 +12,19 @@ from collections.abc import Callable
 
 import typer
 
-from .settings import limits_text
+from .settings import leaf_fields, limits_text
 
 
 def _params(cls: type) -> list[inspect.Parameter]:
     """Typer parameters from a config dataclass's fields (nested settings dataclasses flattened)."""
-    hints, out = typing.get_type_hints(cls), []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            out += _params(hints[f.name])
-            continue
+    out = []
+    for f, kind in leaf_fields(cls):
         m = f.metadata
         text = m["help"] + (f" [{limits_text(f)}]" if limits_text(f) else "")
         text += f" [one of: {', '.join(m['choices'])}]" if m["choices"] else ""
         default = ... if f.default is dataclasses.MISSING else f.default
         info = typer.Argument(default, help=text) if m["arg"] else typer.Option(default, help=text)
-        out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=hints[f.name]))
+        out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
     return out
 
 

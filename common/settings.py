@@ -8,6 +8,7 @@ one-line errors as a CLI user.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ def setting(default: Any = MISSING, help: str = "", *, min: float | None = None,
 def device_setting() -> Any:
     """The --device option of every command that runs a model (see common.device.pick_device)."""
     return setting(None, "Torch device (default: cuda:$LOCAL_RANK if available, else cpu).")
+
+
+def leaf_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, its resolved type) of each setting of a config dataclass, nested settings dataclasses' in place."""
+    hints = typing.get_type_hints(cls)
+    return [leaf for f in fields(cls)
+            for leaf in (leaf_fields(hints[f.name]) if is_dataclass(hints[f.name]) else [(f, hints[f.name])])]
 
 
 def cli_name(f: dataclasses.Field) -> str:

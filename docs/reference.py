@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.settings import cli_name, limits_text  # noqa: E402
+from common.settings import cli_name, leaf_fields, limits_text  # noqa: E402
 
 DOCS = ROOT / "docs"
 
@@ -33,11 +32,8 @@ def config_commands() -> dict[str, type]:
 
 
 def _rows(cls: type) -> list[list[str]]:
-    hints, rows = typing.get_type_hints(cls), []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows += _rows(hints[f.name])
-            continue
+    rows = []
+    for f, _ in leaf_fields(cls):
         m = f.metadata
         default = "required" if f.default is dataclasses.MISSING else "" if f.default is None else f"`{f.default}`"
         allowed = ", ".join(f"`{c}`" for c in m["choices"]) if m["choices"] else limits_text(f)

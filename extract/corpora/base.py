@@ -67,3 +67,14 @@ def require_dir(root: Path, what: str) -> Path:
     if not root.is_dir():
         raise UserError(f"corpus {root} is not a directory ({what} expected)")
     return root
+
+
+def pick_camera(given: str | None, available: list[str], root: Path, what: str) -> str:
+    """--video-key: the one given (it must be among `available`), or the only one there is."""
+    if given is None:
+        if len(available) != 1:
+            raise UserError(f"{root} has {what} {available}; choose one with --video-key")
+        return available[0]
+    if given not in available:
+        raise UserError(f"no {what[:-1]} {given!r} in {root}; it has {available}")
+    return given

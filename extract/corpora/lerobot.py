@@ -14,7 +14,7 @@ from common.errors import SkipEpisode, UserError
 from common.media import Video
 from store.format import STATE_DELTA, check_source, column_key
 
-from .base import Corpus, require_dir
+from .base import Corpus, pick_camera, require_dir
 from .sampling import Episode, sampled_episode
 
 
@@ -51,12 +51,7 @@ class LeRobotCorpus(Corpus):
         self.v3 = version == "v3.0"
         features = info["features"]
         videos = [k for k, f in features.items() if f.get("dtype") == "video"]
-        if video_key is None:
-            if len(videos) != 1:
-                raise UserError(f"{self.root} has video keys {videos}; choose one with --video-key")
-            video_key = videos[0]
-        if video_key not in videos:
-            raise UserError(f"no video key {video_key!r} in {self.root}; it has {videos}")
+        video_key = pick_camera(video_key, videos, self.root, "video keys")
         if state_key not in features:
             raise UserError(f"no state key {state_key!r} in {self.root}; it has {sorted(features)}")
         self.actions = actions or ("column:action" if "action" in features else STATE_DELTA)

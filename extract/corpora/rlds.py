@@ -18,7 +18,7 @@ from common.errors import SkipEpisode, UserError
 from common.media import Images
 from store.format import STATE_DELTA, check_source, column_key
 
-from .base import Corpus, require_dir
+from .base import Corpus, pick_camera, require_dir
 from .sampling import Episode, sampled_episode
 from .tfrecord import CorruptRecord, parse_example, read_record, record_offsets
 
@@ -73,12 +73,7 @@ class RLDSCorpus(Corpus):
         if not self.shards:
             raise UserError(f"no .tfrecord shards in {self.root}")
         images = [_dotted(k) for k, v in self.leaves.items() if k.startswith("steps/") and v["kind"] == "image"]
-        if video_key is None:
-            if len(images) != 1:
-                raise UserError(f"{self.root} has image keys {images}; choose one with --video-key")
-            video_key = images[0]
-        if video_key not in images:
-            raise UserError(f"no image key {video_key!r} in {self.root}; it has {images}")
+        video_key = pick_camera(video_key, images, self.root, "image keys")
         self.video_key, self.camera = _step_key(video_key), video_key
         self.state_keys = [k.strip() for k in state_key.split(",")]
         for key in self.state_keys:
