@@ -74,13 +74,15 @@ bench: setup
 	$(PY) cli.py bench codecs
 	$(PY) cli.py bench loader
 
-# bench loader from an S3-compatible server on loopback (moto, from the test extra), stopped afterwards
+# bench loader and extraction from an S3-compatible server on loopback (moto, from the test extra), stopped afterwards
 S3_BENCH_ENV := AWS_ENDPOINT_URL=http://127.0.0.1:5555 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench \
 	AWS_DEFAULT_REGION=us-east-1
 bench-s3: setup
 	$(VENV)/bin/moto_server -H 127.0.0.1 -p 5555 >/dev/null 2>&1 & server=$$!; trap "kill $$server" EXIT; sleep 3; \
 	$(S3_BENCH_ENV) $(PY) -c "import boto3; boto3.client('s3').create_bucket(Bucket='bench')" && \
-	$(S3_BENCH_ENV) $(PY) cli.py bench loader --store-url s3://bench/loader --frames 1320 $(BENCH_ARGS)
+	$(S3_BENCH_ENV) $(PY) cli.py bench loader --store-url s3://bench/loader --frames 1320 $(BENCH_ARGS) && \
+	$(S3_BENCH_ENV) $(PY) cli.py bench extract --corpus-url s3://bench/corpus --preset vit_g_mini --batch 32 \
+		--repeats 3 $(BENCH_ARGS)
 
 # closed loop (~1.5 h on 2 CPU cores): reach in the demo world on the demo run's checkpoints; then gym-pusht
 # filmed by its agent camera, collected, extracted (random-weight vit_demo, 128 px, 10 fps: 2-D state-delta

@@ -64,7 +64,11 @@ class ExtractBench(DirBench):
     workers: int = setting(1, "Decoding workers.", min=0)
     episodes: int = setting(32, "Demo corpus episodes.", min=1)
     videos: int = setting(16, "Videos in the decoder comparison.", min=1)
-    repeats: int = setting(5, "Runs per decoder, alternating (the median is reported).", min=1)
+    repeats: int = setting(5, "Runs per decoder (or per corpus location), alternating (the median is reported).",
+                           min=1)
+    corpus_url: str | None = setting(None, "Instead: the whole job on the demo corpus copied to this fsspec URL "
+                                           "(s3://...) next to its local copy (`make bench-s3` runs it against a "
+                                           "loopback S3 server).")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from extract.corpora import open_corpus
 from extract.job import EpisodePieces, run_extract
 from model.encoder import build_encoder
 from sim.demo import WRIST_SERIAL, make_demo_corpus
+from store.location import list_files, upload, where
 
 from .config import ExtractBench
 from .report import Section, table
@@ -95,12 +96,40 @@ def encode_only(preset: str, batch: int, frames: int, device: torch.device) -> f
     return max(1, frames // batch) * batch / (time.perf_counter() - start)
 
 
+def from_url(cfg: ExtractBench, corpus: Path, dev: torch.device) -> Section:
+    """The whole job on the corpus in the bucket at --corpus-url next to its local copy, runs alternating."""
+    remote = where(cfg.corpus_url)
+    if not remote.exists():
+        upload({rel: corpus / rel for rel in list_files(corpus)}, remote)
+    rates: dict[str, list[float]] = {"local disk": [], cfg.corpus_url: []}
+    for _ in range(cfg.repeats):
+        for label, source in (("local disk", corpus), (cfg.corpus_url, cfg.corpus_url)):
+            out = cfg.directory / "job-from-url"
+            shutil.rmtree(out, ignore_errors=True)
+            s = run_extract(ExtractConfig(corpus=source, out=str(out), preset=cfg.preset, camera="wrist",
+                                          workers=cfg.workers, batch_size=cfg.batch, episodes_per_unit=8,
+                                          random_init=True, device=str(dev)))
+            rates[label].append(s.frames / s.seconds)
+    local, far = (statistics.median(r) for r in rates.values())
+    body = (f"{s.frames} frames ({cfg.episodes} demo episodes, wrist camera), preset {cfg.preset}, encoder batch "
+            f"{cfg.batch}, {cfg.workers} decoding workers, {dev}; the corpus read where it lies (each episode's "
+            f"objects fetched by the worker that decodes it) next to its local copy, median of {cfg.repeats} "
+            "alternating runs.\n\n"
+            + table(["corpus", "whole job, frames/s"], [["local disk", f"{local:.0f}"],
+                                                         [cfg.corpus_url, f"{far:.0f}"]])
+            + f"\n\nFrom the bucket / from local disk: **{far / local:.0%}**.")
+    return Section(f"extract-url-{cfg.preset}", f"Extraction from an object store ({cfg.preset})", body,
+                   {"local_frames_s": local, "url_frames_s": far, "ratio": far / local})
+
+
 def run(cfg: ExtractBench) -> Section:
     directory, preset, batch, workers, episodes = cfg.directory, cfg.preset, cfg.batch, cfg.workers, cfg.episodes
     dev = pick_device()
     corpus = directory / "corpus"
     if not corpus.exists():
         make_demo_corpus(corpus, episodes=episodes)
+    if cfg.corpus_url:
+        return from_url(cfg, corpus, dev)
     out = directory / f"job-{preset}"
     shutil.rmtree(out, ignore_errors=True)
     s = run_extract(ExtractConfig(corpus=corpus, out=out, preset=preset, camera="wrist", workers=workers,

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -52,6 +53,14 @@ def _no_stderr() -> Iterator[None]:
         os.close(null)
 
 
+def _readable(source: Path | bytes | Any):
+    """What av.open takes: a local path, the bytes as a file, or an object in a bucket (anything with an
+    `open`, as store.location.RemotePath) as a file read in ranges."""
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    return str(source) if isinstance(source, (str, Path)) else source.open("rb")
+
+
 class _Decord:
     def __init__(self, source: Path | bytes):
         import decord
@@ -77,7 +86,7 @@ class _PyAV:
     keyframe before its first frame, unless the running decoder is already between the two.
     """
 
-    def __init__(self, source: Path | bytes):
+    def __init__(self, source: Path | bytes | Any):
         self.source = source
         self._open()
         self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 0)
@@ -85,7 +94,7 @@ class _PyAV:
         self.reorders = bool(self.stream.codec_context.has_b_frames)  # frames shown in another order than decoded
 
     def _open(self) -> av.container.InputContainer:
-        container = av.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else str(self.source))
+        container = av.open(_readable(self.source))
         if not container.streams.video:
             raise ValueError("no video stream")
         self.container, self.stream = container, container.streams.video[0]
@@ -96,8 +105,13 @@ class _PyAV:
 
     @cached_property
     def _index(self) -> tuple[np.ndarray, np.ndarray]:
-        """(pts of every frame, pts of the keyframes), each sorted, from the packets of a second reader."""
-        with av.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else str(self.source)) as c:
+        """(pts of every frame, pts of the keyframes), each sorted. From the container's own index where it is
+        whole and frames are not reordered (MP4: no data read), else from the packets of a second reader."""
+        entries = self.stream.index_entries
+        if not self.reorders and 0 < len(entries) == self.stream.frames:
+            pts = np.array([e.timestamp for e in entries], np.int64)
+            return np.sort(pts), np.sort(pts[[e.is_keyframe for e in entries]])
+        with av.open(_readable(self.source)) as c:
             packets = [(p.pts, p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.pts is not None]
         return (np.array(sorted(p for p, _ in packets), np.int64),
                 np.array(sorted(p for p, key in packets if key), np.int64))
@@ -168,13 +182,20 @@ class Video:
     decode the file.
     """
 
-    def __init__(self, source: Path | bytes):
+    def __init__(self, source: Path | bytes | Any):
+        """`source`: a local file, its bytes, or an object in a bucket (a store.location.RemotePath), which PyAV
+        reads in ranges (decord reads whole files only)."""
         self.fallback: str | None = None
         try:
             self._pyav: _PyAV | None = _PyAV(source)
             self._pyav_error = ""
         except Exception as e:  # noqa: BLE001 - PyAV's errors (av.error.*, ValueError) carry ffmpeg's words
             self._pyav, self._pyav_error = None, _words(e)
+        if not isinstance(source, (bytes, str, Path)):
+            if self._pyav is None:
+                raise SkipEpisode(f"unreadable video (damaged, truncated, or not a video): PyAV: {self._pyav_error}")
+            self.fallback, self._decoder = "decord: reads whole files only; this one is read in ranges", self._pyav
+            return
         if self._pyav is not None and self._pyav.size in _DECORD_FAILED:
             self.fallback, self._decoder = _DECORD_FAILED[self._pyav.size], self._pyav
             return

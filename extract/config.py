@@ -14,8 +14,9 @@ DROID_CAMERAS = ("left", "right", "wrist")
 
 @dataclass
 class ExtractConfig:
-    corpus: Path = setting(help="Corpus root: DROID folders (or a list file), a LeRobot dataset, .tar shards, or an "
-                                "RLDS dataset's version folder (features.json and .tfrecord shards).")
+    corpus: str = setting(help="Corpus root: DROID folders (or a list file), a LeRobot dataset, .tar shards, or an "
+                               "RLDS dataset's version folder (features.json and .tfrecord shards); a folder or an "
+                               "fsspec URL (s3://bucket/prefix, gs://...: read where it lies).")
     out: str = setting(help="Store to create or resume: a folder, or an fsspec URL (s3://bucket/prefix, gs://...).")
     format: str = setting("droid", "Corpus format.", choices=FORMATS)
     camera: str = setting("left", "DROID camera.", choices=DROID_CAMERAS)

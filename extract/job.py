@@ -92,6 +92,8 @@ class EpisodePieces(IterableDataset):
                 yield piece
         except SkipEpisode as e:
             yield Piece(order, True, skip=str(e))
+        except OSError as e:  # a read that failed (a file or object gone, a connection lost): this episode only
+            yield Piece(order, True, skip=f"reading it failed: {type(e).__name__}: {e}")
 
 
 @dataclass

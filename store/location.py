@@ -1,8 +1,8 @@
 """Where a store lives: a local folder (a `Path`) or a prefix in an object store (`RemotePath`).
 
-`where("s3://bucket/prefix")` gives a RemotePath with the few pathlib methods the store code uses
-(`/`, name, exists, is_dir, is_file, iterdir, read_bytes); local paths and file:// URLs stay plain
-Paths, so a local store behaves exactly as before. The few operations that differ between the two
+`where("s3://bucket/prefix")` gives a RemotePath with the few pathlib methods the store code and the
+corpus readers use (`/`, name, exists, is_dir, is_file, iterdir, read_bytes, open, glob, ...); local
+paths and file:// URLs stay plain Paths, so a local store behaves exactly as before. The few operations that differ between the two
 (durable writes, removing a tree, listing files, a zarr store over a folder) are functions here.
 
 Remote I/O goes through fsspec (s3fs for s3://, gcsfs for gs://). Credentials and the endpoint come
@@ -15,12 +15,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 
 from common.errors import StoreError, UserError
 from common.files import atomic_write_bytes, sha256_file
 
 EXTRAS = {"s3": "pip install -e '.[s3]' (s3fs)"}  # the project's extra for a scheme, where it has one
+READ_BLOCK = 4 * 2**20  # bytes per ranged read of an object (s3fs's default, 50 MiB, would fetch far more than an
+# episode needs of a shared video)
 
 
 def is_url(where: str | Path) -> bool:
@@ -121,6 +125,42 @@ class RemotePath:
 
     def read_bytes(self) -> bytes:
         return self.call("cat_file", self.key)
+
+    # what the corpus readers use besides: an object read in ranges, listing by pattern
+    @property
+    def parent(self) -> RemotePath:
+        return RemotePath(f"{self.protocol}://{self.key.rpartition('/')[0]}")
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.key).suffix
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.key).stem
+
+    def open(self, mode: str = "rb"):
+        """A seekable file over the object: each read fetches the range it needs, in blocks of READ_BLOCK."""
+        return self.call("open", self.key, mode, block_size=READ_BLOCK)
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def stat(self) -> SimpleNamespace:
+        return SimpleNamespace(st_size=self.call("size", self.key))
+
+    def glob(self, pattern: str) -> list[RemotePath]:
+        return [RemotePath(f"{self.protocol}://{k}") for k in sorted(self.call("glob", f"{self.key}/{pattern}"))]
+
+    def rglob(self, pattern: str) -> list[RemotePath]:
+        """Objects below this prefix whose name matches `pattern`."""
+        keys = self.call("find", self.key)
+        return [RemotePath(f"{self.protocol}://{k}") for k in sorted(keys) if fnmatch(k.rpartition("/")[2], pattern)]
+
+    def relative_to(self, other: RemotePath) -> PurePosixPath:
+        if not self.key.startswith(other.key + "/"):
+            raise ValueError(f"{self} is not under {other}")
+        return PurePosixPath(self.key[len(other.key) + 1:])
 
     def bucket_exists(self) -> bool:
         return self.call("exists", self.key.partition("/")[0])

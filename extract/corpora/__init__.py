@@ -29,7 +29,7 @@ __all__ = ["Corpus", "DroidCorpus", "Episode", "LeRobotCorpus", "RLDSCorpus", "R
            "open_corpus", "stride_for"]
 
 
-def open_corpus(root: Path, fmt: str, camera: str = "left", video_key: str | None = None,
+def open_corpus(root: str | Path, fmt: str, camera: str = "left", video_key: str | None = None,
                 state_key: str = "observation.state", actions: str | None = None,
                 native_fps: float | None = None) -> Corpus:
     if native_fps is not None and fmt != "rlds":

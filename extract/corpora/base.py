@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from common.errors import UserError
+from common.media import Video
 from store.format import POSE_DELTA, column_key
+from store.location import RemotePath, where
 
 from .sampling import Episode, Robot, stride_for
 
@@ -60,13 +65,29 @@ class Corpus:
         return Robot(self.actions, state_dim, stride * native_dim, state_names, names, stride)
 
 
-def require_dir(root: Path, what: str) -> Path:
-    root = Path(root)
+def require_dir(root: str | Path, what: str) -> Path | RemotePath:
+    """The corpus folder: local, or a prefix in an object store (s3://, gs://: read where it lies)."""
+    root = where(root)
     if not root.exists():
         raise UserError(f"corpus {root} does not exist")
     if not root.is_dir():
         raise UserError(f"corpus {root} is not a directory ({what} expected)")
     return root
+
+
+@contextmanager
+def opened(path: Path | RemotePath) -> Iterator[str | BinaryIO]:
+    """A file as h5py and pyarrow take it: a local path, or an object read in ranges."""
+    if isinstance(path, RemotePath):
+        with path.open("rb") as f:
+            yield f
+    else:
+        yield str(path)
+
+
+def open_video(path: Path | RemotePath, shared: bool = False) -> Video:
+    """An episode's video: an object in a bucket is fetched whole, or read in ranges if other episodes share it."""
+    return Video(path.read_bytes() if isinstance(path, RemotePath) and not shared else path)
 
 
 def pick_camera(given: str | None, available: list[str], root: Path, what: str) -> str:

@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 
 from common.errors import SkipEpisode, UserError
-from common.media import Video
 from store.format import POSE_DELTA, POSE_STATE_NAMES, check_source, column_key
+from store.location import where
 
 from ..config import DROID_CAMERAS
-from .base import Corpus, require_dir
+from .base import Corpus, open_video, opened, require_dir
 from .sampling import Episode, sampled_episode
 
 DROID_HZ = 15.0
@@ -26,8 +26,8 @@ class DroidCorpus(Corpus):
 
     format = "droid"
 
-    def __init__(self, root: Path, camera: str = "left", actions: str | None = None):
-        root = Path(root)
+    def __init__(self, root: str | Path, camera: str = "left", actions: str | None = None):
+        root = where(root)
         if camera not in DROID_CAMERAS:
             raise UserError(f"unknown DROID camera {camera!r}; choose one of {', '.join(DROID_CAMERAS)}")
         self.camera = camera
@@ -57,7 +57,7 @@ class DroidCorpus(Corpus):
         with_h5 = [s for s in self._sources if (self.base / s / "trajectory.h5").is_file()]
         path = self.base / (with_h5 or self._sources)[0] / "trajectory.h5"
         try:
-            with h5py.File(path, "r") as f:
+            with opened(path) as source, h5py.File(source, "r") as f:
                 shape = f[key].shape
         except (OSError, KeyError):
             raise UserError(f"--actions column:{key}: no dataset {key!r} in {path} (give an HDF5 path such as "
@@ -83,7 +83,7 @@ class DroidCorpus(Corpus):
         mp4 = folder / "recordings" / "MP4" / str(meta[key]).split("recordings/MP4/")[-1]
         key = column_key(self.actions)
         try:
-            with h5py.File(folder / "trajectory.h5", "r") as f:
+            with opened(folder / "trajectory.h5") as source, h5py.File(source, "r") as f:
                 cartesian = f["observation/robot_state/cartesian_position"][:]
                 gripper = f["observation/robot_state/gripper_position"][:]
                 native_actions = None if key is None else f[key][:]
@@ -99,7 +99,7 @@ class DroidCorpus(Corpus):
         state = np.concatenate([cartesian, gripper.reshape(-1, 1)], axis=1)
         if not mp4.is_file():
             raise SkipEpisode(f"missing video {mp4.relative_to(self.base)}")
-        video = Video(mp4)
+        video = open_video(mp4)
         notes = []
         container_fps = video.fps
         if abs(container_fps - DROID_HZ) > 0.01:

@@ -11,10 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from common.errors import SkipEpisode, UserError
-from common.media import Video
 from store.format import STATE_DELTA, check_source, column_key
 
-from .base import Corpus, pick_camera, require_dir
+from .base import Corpus, open_video, opened, pick_camera, require_dir
 from .sampling import Episode, sampled_episode
 
 
@@ -32,7 +31,7 @@ class LeRobotCorpus(Corpus):
 
     format = "lerobot"
 
-    def __init__(self, root: Path, video_key: str | None = None, state_key: str = "observation.state",
+    def __init__(self, root: str | Path, video_key: str | None = None, state_key: str = "observation.state",
                  actions: str | None = None):
         self.root = require_dir(root, "a LeRobot dataset")
         info_path = self.root / "meta" / "info.json"
@@ -65,7 +64,10 @@ class LeRobotCorpus(Corpus):
             files = sorted((self.root / "meta" / "episodes").glob("*/*.parquet"))
             if not files:
                 raise UserError(f"{self.root}: no meta/episodes/*/*.parquet")
-            rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+            rows = []
+            for f in files:
+                with opened(f) as source:
+                    rows += pq.read_table(source).to_pylist()
         else:
             path = self.root / "meta" / "episodes.jsonl"
             if not path.is_file():
@@ -111,7 +113,8 @@ class LeRobotCorpus(Corpus):
         key = column_key(self.actions)
         columns = [self.state_key, "timestamp", "frame_index", "episode_index"] + ([key] if key else [])
         try:
-            table = pq.read_table(data, columns=columns)
+            with opened(data) as source:
+                table = pq.read_table(source, columns=columns)
         except (OSError, ValueError) as e:  # missing file or column, bad parquet
             raise SkipEpisode(f"unreadable {data.relative_to(self.root)}: {e}") from None
         table = table.filter(pc.equal(table["episode_index"], i)).sort_by("frame_index")
@@ -121,7 +124,7 @@ class LeRobotCorpus(Corpus):
         timestamp = table["timestamp"].to_numpy().astype(np.float64)
         if not video_path.is_file():
             raise SkipEpisode(f"missing video {video_path.relative_to(self.root)}")
-        video = Video(video_path)
+        video = open_video(video_path, shared=self.v3)
         container = video.fps
         decode_index = np.round((offset + timestamp) * container).astype(np.int64)
         notes = []

@@ -56,7 +56,7 @@ class RLDSCorpus(Corpus):
 
     format = "rlds"
 
-    def __init__(self, root: Path, video_key: str | None = None, state_key: str = "observation.state",
+    def __init__(self, root: str | Path, video_key: str | None = None, state_key: str = "observation.state",
                  actions: str | None = None, native_fps: float | None = None):
         self.root = require_dir(root, "an RLDS dataset version folder (features.json and .tfrecord shards)")
         if native_fps is None:

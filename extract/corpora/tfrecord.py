@@ -14,6 +14,8 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
+from store.location import RemotePath
+
 MASK_DELTA = 0xA282EAD8
 
 
@@ -32,11 +34,11 @@ def frame(data: bytes) -> bytes:
     return length + struct.pack("<I", masked_crc(length)) + data + struct.pack("<I", masked_crc(data))
 
 
-def record_offsets(path: Path) -> tuple[list[int], str | None]:
+def record_offsets(path: Path | RemotePath) -> tuple[list[int], str | None]:
     """Byte offsets of a file's records, from their length headers (checked; the data is skipped), and why
     the file ends before its last record (a header that fails its CRC, a cut), or None."""
     size, offsets = path.stat().st_size, []
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while (offset := f.tell()) < size:
             header = f.read(12)
             if len(header) < 12 or struct.unpack("<I", header[8:])[0] != masked_crc(header[:8]):
@@ -49,9 +51,9 @@ def record_offsets(path: Path) -> tuple[list[int], str | None]:
     return offsets, None
 
 
-def read_record(path: Path, offset: int) -> bytes:
+def read_record(path: Path | RemotePath, offset: int) -> bytes:
     """The data of the record at `offset`, its CRC checked."""
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         f.seek(offset)
         length = struct.unpack("<Q", f.read(12)[:8])[0]
         data, crc = f.read(length), f.read(4)

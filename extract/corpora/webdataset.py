@@ -12,6 +12,7 @@ import numpy as np
 from common.errors import SkipEpisode, UserError
 from common.media import Video
 from store.format import STATE_DELTA, check_source, column_key
+from store.location import where
 
 from .base import Corpus, require_dir
 from .sampling import Episode, sampled_episode
@@ -31,8 +32,8 @@ class WebDatasetCorpus(Corpus):
 
     format = "webdataset"
 
-    def __init__(self, root: Path, actions: str | None = None):
-        root = Path(root)
+    def __init__(self, root: str | Path, actions: str | None = None):
+        root = where(root)
         if root.is_file() and root.suffix == ".tar":
             self.base, self.tars = root.parent, [root.name]
         else:
@@ -54,7 +55,7 @@ class WebDatasetCorpus(Corpus):
         if tar not in self._members:
             samples: dict[str, dict[str, tuple[int, int]]] = {}
             try:
-                with tarfile.open(self.base / tar) as tf:
+                with (self.base / tar).open("rb") as f, tarfile.open(fileobj=f) as tf:
                     for m in tf:
                         key, ext = _split_key(m.name) if m.isfile() else (None, None)
                         if key is not None:
@@ -68,7 +69,7 @@ class WebDatasetCorpus(Corpus):
         return [f"{tar}#{key}" for tar in self.tars for key in self._index(tar)]
 
     def _read(self, tar: str, where: tuple[int, int]) -> bytes:
-        with open(self.base / tar, "rb") as f:
+        with (self.base / tar).open("rb") as f:
             f.seek(where[0])
             return f.read(where[1])
 
