@@ -2,8 +2,9 @@
 
 `where("s3://bucket/prefix")` gives a RemotePath with the few pathlib methods the store code and the
 corpus readers use (`/`, name, exists, is_dir, is_file, iterdir, read_bytes, open, glob, ...); local
-paths and file:// URLs stay plain Paths, so a local store behaves exactly as before. The few operations that differ between the two
-(durable writes, removing a tree, listing files, a zarr store over a folder) are functions here.
+paths and file:// URLs stay plain Paths, so a local store behaves exactly as before. The few
+operations that differ between the two (durable writes, removing a tree, listing files, a zarr
+store over a folder) are functions here.
 
 Remote I/O goes through fsspec (s3fs for s3://, gcsfs for gs://). Credentials and the endpoint come
 from the standard environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...); no
