@@ -198,7 +198,7 @@ def test_all_episodes_skipped_is_an_error(tmp_path):
     (["--preset", "vit_tiny"], "unknown encoder preset 'vit_tiny'"),
     (["--preset", "vit_giant"], "preset vit_giant needs --checkpoint"),
     (["--checkpoint", "/nonexistent.pt"], "checkpoint /nonexistent.pt not found"),
-    (["--format", "rlds"], "--format 'rlds' is not one of: droid, lerobot, webdataset"),
+    (["--format", "tfds"], "--format 'tfds' is not one of: droid, lerobot, webdataset, rlds"),
     (["--codec", "fp8"], "--codec 'fp8' is not one of: bf16, fp16, int8"),
 ])
 def test_configuration_errors_stop_at_once(demo_corpus, tmp_path, args, message):
