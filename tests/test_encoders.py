@@ -117,8 +117,8 @@ def test_stores_of_other_encoders_train_evaluate_and_plan(backbones, corpus, tmp
     frames = c.load(c.sources()[0], 4).frames(slice(0, 2))
     for i, f in enumerate(frames):
         Image.fromarray(f).save(tmp_path / f"{i}.png")
-    plan = ["plan", "--checkpoint", run / "latest.pt", "--image", tmp_path / "0.png", "--goal-image", tmp_path / "1.png",
-            "--state", "0,0,0,0,0,0,0", "--samples", 16, "--iterations", 2]
+    plan = ["plan", "--checkpoint", run / "latest.pt", "--image", tmp_path / "0.png", "--goal-image",
+            tmp_path / "1.png", "--state", "0,0,0,0,0,0,0", "--samples", 16, "--iterations", 2]
     code, stdout, err = cli_main(*plan, "--encoder-checkpoint", backbones["dino"])
     assert code in (None, 0) and "energy" in stdout, err
     assert_one_error_line(*cli_main(*plan, "--encoder-checkpoint", backbones["siglip"])[::2],
