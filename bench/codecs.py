@@ -12,8 +12,7 @@ from extract.config import ExtractConfig
 from extract.corpora import DroidCorpus
 from extract.job import run_extract
 from model.checkpoint import load_trained
-from model.encoder import build_encoder
-from model.preprocess import preprocess
+from model.encoders import build_encoder
 from sim.demo import make_demo_corpus
 from store import codecs, open_store
 from store.location import tree_bytes
@@ -37,7 +36,7 @@ def encoder_features(corpus: Path, frames: int = 256) -> torch.Tensor:
     for source in c.sources():
         ep = c.load(source, 4.0)
         with torch.inference_mode():
-            out.append(encoder(preprocess(ep.frames(slice(0, len(ep))), encoder.preset.image_size)))
+            out.append(encoder(encoder.input.apply(ep.frames(slice(0, len(ep))))))
         if sum(len(o) for o in out) >= frames:
             break
     return torch.cat(out)[:frames]

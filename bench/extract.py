@@ -19,7 +19,8 @@ from common.media import Video, _Decord, _PyAV, write_mp4
 from extract.config import ExtractConfig
 from extract.corpora import open_corpus
 from extract.job import EpisodePieces, run_extract
-from model.encoder import build_encoder
+from model.encoders import build_encoder
+from model.preprocess import InputSpec
 from sim.demo import WRIST_SERIAL, make_demo_corpus
 from store.location import list_files, upload, where
 
@@ -27,10 +28,10 @@ from .config import ExtractBench
 from .report import Section, table
 
 
-def decode_only(corpus: Path, image_size: int, workers: int) -> float:
+def decode_only(corpus: Path, spec: InputSpec, workers: int) -> float:
     """Frames/s of the job's DataLoader alone (decode + crop + resize + normalise)."""
     c = open_corpus(corpus, "droid", camera="wrist")
-    loader = DataLoader(EpisodePieces(c, c.sources(), 4.0, image_size), batch_size=None, num_workers=workers)
+    loader = DataLoader(EpisodePieces(c, c.sources(), 4.0, spec), batch_size=None, num_workers=workers)
     start, n = time.perf_counter(), 0
     for piece in loader:
         n += 0 if piece.frames is None else len(piece.frames)
@@ -85,7 +86,7 @@ def encode_only(preset: str, batch: int, frames: int, device: torch.device) -> f
     """Frames/s of the encoder alone on preprocessed frames, as the job calls it."""
     encoder, _ = build_encoder(preset, random_init=True)
     encoder.to(device)
-    size = encoder.preset.image_size
+    size = encoder.input.size
     x = torch.randn(batch, 3, size, size, pin_memory=device.type == "cuda")
     amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     with torch.inference_mode(), torch.autocast(**amp):
@@ -135,8 +136,7 @@ def run(cfg: ExtractBench) -> Section:
     s = run_extract(ExtractConfig(corpus=corpus, out=out, preset=preset, camera="wrist", workers=workers,
                                   batch_size=batch, episodes_per_unit=8, random_init=True, device=str(dev)))
     job = s.frames / s.seconds
-    image_size = build_encoder(preset, random_init=True)[0].preset.image_size
-    dec = decode_only(corpus, image_size, workers)
+    dec = decode_only(corpus, build_encoder(preset, random_init=True)[0].input, workers)
     enc = encode_only(preset, batch, s.frames, dev)
     slower = min(dec, enc)
     wrist = sorted(corpus.rglob(f"recordings/MP4/{WRIST_SERIAL}.mp4"))[: cfg.videos]

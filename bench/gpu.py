@@ -6,7 +6,7 @@ import torch
 
 from common.device import bf16_autocast
 from common.errors import UserError
-from model.encoder import build_encoder
+from model.encoders import build_encoder
 from model.predictor import build_model
 from train.loop import param_groups
 from train.losses import training_losses

@@ -14,7 +14,7 @@ from common.device import bf16_autocast, pick_device
 from extract.config import ExtractConfig
 from extract.corpora import DroidCorpus
 from extract.job import run_extract
-from model.encoder import build_encoder
+from model.encoders import build_encoder
 from model.predictor import build_model
 from model.preprocess import preprocess
 from sim.demo import make_demo_corpus

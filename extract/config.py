@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.settings import check, device_setting, setting
+from model import ENCODER_FAMILIES
 from store.format import CODECS, COMPRESSIONS, check_source
 
 FORMATS = ("droid", "lerobot", "webdataset", "rlds")
@@ -33,6 +34,13 @@ class ExtractConfig:
     fps: float = setting(4.0, "Stored frames per second; stride = ceil(native fps / fps).", gt=0, max=1000)
     native_fps: float | None = setting(None, "The source's frames per second, for --format rlds (RLDS records "
                                              "none; DROID's RLDS release: 15).", gt=0, max=10000)
+    encoder: str = setting("vjepa2", "Encoder family: vjepa2 (V-JEPA 2 ViT: --preset, --checkpoint); hf (a "
+                                     "transformers vision backbone folder as --checkpoint: DINOv2, SigLIP, CLIP; the "
+                                     "[hf] extra; a --checkpoint folder of another model than V-JEPA 2 picks it by "
+                                     "itself); efficientnet-lite0 (ImageNet weights from the [pretrained] extra).",
+                           choices=ENCODER_FAMILIES)
+    feature_stride: int = setting(16, "efficientnet-lite0: the feature map taken as tokens, at stride 16 (14x14) or "
+                                      "32 (7x7).", min=1)
     preset: str = setting("auto", "Encoder: vit_large | vit_huge | vit_giant (256 px) | vit_giant_384; small: "
                                   "vit_g_mini, vit_demo, vit_test; auto: the dims of a transformers checkpoint's "
                                   "config.json, else vit_giant.")

@@ -1,4 +1,4 @@
-"""The extraction job: corpus -> frozen V-JEPA 2 encoder -> sharded feature store, once.
+"""The extraction job: corpus -> frozen frame encoder (V-JEPA 2 by default) -> sharded feature store, once.
 
 Data flow (one rank):
 
@@ -26,9 +26,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import SkipEpisode
-from model.encoder import build_encoder
-from model.preprocess import CROP_RULE, preprocess
-from model.vit import preset_name
+from model.encoders import build_encoder
+from model.preprocess import InputSpec
 from store import (
     EpisodeInfo,
     ShardWriter,
@@ -68,8 +67,8 @@ class Piece:
 class EpisodePieces(IterableDataset):
     """Worker w of n loads episodes w, w+n, ...; the loader interleaves workers round-robin."""
 
-    def __init__(self, corpus: Corpus, sources: list[str], fps: float, size: int):
-        self.corpus, self.sources, self.fps, self.size = corpus, sources, fps, size
+    def __init__(self, corpus: Corpus, sources: list[str], fps: float, spec: InputSpec):
+        self.corpus, self.sources, self.fps, self.spec = corpus, sources, fps, spec
 
     def __iter__(self) -> Iterator[Piece]:
         info = get_worker_info()
@@ -84,7 +83,7 @@ class EpisodePieces(IterableDataset):
                 why = f" ({ep.info.note})" if ep.info.note else ""
                 raise SkipEpisode(f"only {len(ep)} frames at {self.fps:g} fps, {MIN_FRAMES} needed{why}")
             for start in range(0, len(ep), PIECE_FRAMES):
-                frames = preprocess(ep.frames(slice(start, start + PIECE_FRAMES)), self.size)
+                frames = self.spec.apply(ep.frames(slice(start, start + PIECE_FRAMES)))
                 piece = Piece(order, start + PIECE_FRAMES >= len(ep), frames, fallback=ep.video.fallback)
                 if start == 0:
                     piece.info, piece.state, piece.action, piece.frame_index, piece.timestamp = (
@@ -147,11 +146,11 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     robot = corpus.robot(cfg.fps)
     sources = corpus.sources()[: cfg.limit]
     units = plan_units(sources, cfg.episodes_per_unit)
-    encoder, weights_id = build_encoder(cfg.preset, cfg.checkpoint, cfg.random_init)
-    preset = encoder.preset
+    encoder, weights_id = build_encoder(cfg.preset, cfg.checkpoint, cfg.random_init, family=cfg.encoder,
+                                        feature_stride=cfg.feature_stride)
     config = StoreConfig(
-        encoder="vjepa2-vit", preset=preset_name(preset), checkpoint_sha256=weights_id, feature_dim=preset.dim,
-        grid=preset.grid, image_size=preset.image_size, fps=float(cfg.fps), crop=CROP_RULE,
+        encoder=encoder.family, preset=encoder.name, checkpoint_sha256=weights_id, feature_dim=encoder.dim,
+        grid=tuple(encoder.grid), image_size=encoder.input.size, fps=float(cfg.fps), crop=encoder.input.describe(),
         camera=corpus.camera, codec=cfg.codec, compression=cfg.compression,
         chunk_frames=cfg.chunk_frames, source_format=corpus.format, state_dim=robot.state_dim,
         action_dim=robot.action_dim, actions=robot.actions, state_names=robot.state_names,
@@ -172,7 +171,7 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     if work:
         encoder.to(device)
         start = time.perf_counter()
-        _Pipeline(cfg, encoder, device, work, summary, on_episode).run(corpus, preset.image_size)
+        _Pipeline(cfg, encoder, device, work, summary, on_episode).run(corpus, encoder.input)
         summary.seconds = time.perf_counter() - start
     if set(sealed_units(cfg.out)) == set(range(len(units))):
         merge_manifest(cfg.out)  # every rank that finds all units sealed merges; the result is the same
@@ -196,9 +195,9 @@ class _Pipeline:
         self.writes = ThreadPoolExecutor(max_workers=1)
         self.pending: deque[Future] = deque()
 
-    def run(self, corpus: Corpus, image_size: int) -> None:
+    def run(self, corpus: Corpus, spec: InputSpec) -> None:
         cfg = self.cfg
-        dataset = EpisodePieces(corpus, [w[2] for w in self.work], cfg.fps, image_size)
+        dataset = EpisodePieces(corpus, [w[2] for w in self.work], cfg.fps, spec)
         loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
                             pin_memory=self.device.type == "cuda")
         try:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .preprocess import InputSpec
+
 PATCH = 16
 TUBELET = 2
 LN_EPS = 1e-6
@@ -207,11 +209,17 @@ def encoder_preset(name: str) -> EncoderPreset | None:
 
 
 class VisionTransformer(nn.Module):
-    """The V-JEPA 2 encoder applied to single frames: [B, 3, S, S] -> [B, (S/16)^2, D]."""
+    """The V-JEPA 2 encoder applied to single frames: [B, 3, S, S] -> [B, (S/16)^2, D].
+
+    As every frame encoder (model.encoders): `family`, `name`, `input` (an InputSpec), `dim`, `grid`."""
+
+    family = "vjepa2-vit"
 
     def __init__(self, preset: EncoderPreset):
         super().__init__()
         self.preset = preset
+        self.name, self.input, self.dim, self.grid = preset_name(preset), InputSpec(preset.image_size), preset.dim, \
+            preset.grid
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(3, preset.dim, kernel_size=(TUBELET, PATCH, PATCH),
                                           stride=(TUBELET, PATCH, PATCH))

@@ -23,7 +23,7 @@ from common.device import pick_device
 from common.errors import UserError
 from common.files import output_dir
 from model.checkpoint import ModelMeta, load_trained
-from model.encoder import store_encoder
+from model.encoders import store_encoder
 from store.format import COLUMN, POSE_DELTA, STATE_DELTA
 from train.plan import Planner, cem
 

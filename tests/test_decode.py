@@ -16,8 +16,7 @@ from common.media import Video, read_image
 from extract.config import ExtractConfig
 from extract.corpora import open_corpus
 from extract.job import run_extract
-from model.encoder import build_encoder
-from model.preprocess import preprocess
+from model.encoders import build_encoder
 from store import open_store, verify
 from tests import corpora
 from tests.conftest import cli_main
@@ -132,7 +131,7 @@ def test_a_96px_av1_lerobot_v3_dataset_extracts_completely(tmp_path):
     ref = pyav_decode(corpus / "videos" / corpora.VIDEO_KEY / "chunk-000" / "file-000.mp4")
     encoder, _ = build_encoder("vit_test", random_init=True)
     with torch.inference_mode():
-        expect = encoder(preprocess(ref[20 + np.arange(0, 30, 2)], encoder.preset.image_size))
+        expect = encoder(encoder.input.apply(ref[20 + np.arange(0, 30, 2)]))
     stored = store.read_episode(1)["features"].float()
     assert torch.allclose(stored, expect.to(torch.bfloat16).float())
     assert verify(out) == []

@@ -175,7 +175,7 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
     assert result.plan.actions.shape == (1, 7) and result.true_actions is None and np.isfinite(result.plan.energy)
     # the same call as a robot loop makes it, from the images themselves
     from model.checkpoint import load_trained
-    from model.encoder import store_encoder
+    from model.encoders import store_encoder
     from train.plan import Planner
 
     model, meta, ckpt = load_trained(run / "latest.pt")

@@ -8,7 +8,7 @@ import torch
 
 from common.errors import SkipEpisode, UserError
 from extract.corpora import DroidCorpus, LeRobotCorpus, WebDatasetCorpus, open_corpus
-from model.encoder import build_encoder
+from model.encoders import build_encoder
 from model.preprocess import crop_box, preprocess
 from tests import corpora
 from tests.corpora import decode_code

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.checkpoint import load_predictor_weights, load_trained
-from model.encoder import build_encoder
+from model.encoders import build_encoder
 from model.predictor import PREDICTOR_PRESETS, ACPredictor
 from tests.conftest import assert_one_error_line, cli_main
 from tests.fake_store import tiny_store

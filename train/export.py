@@ -27,7 +27,7 @@ class ExportResult:
 def run_export(cfg: ExportConfig) -> ExportResult:
     """`cli.py export`: the checkpoint's predictor under the released key names, as safetensors (with the
     model metadata, the store's encoder identity and the split as JSON metadata) or as a released-layout .pt."""
-    from model.encoder import store_encoder
+    from model.encoders import store_encoder
 
     ckpt = load_checkpoint(cfg.checkpoint)
     if "model_meta" not in ckpt:

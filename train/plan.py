@@ -23,7 +23,6 @@ import torch
 from common.device import bf16_autocast
 from common.errors import UserError
 from model.checkpoint import ModelMeta
-from model.preprocess import preprocess
 from store.actions import next_state
 from store.format import POSE_DELTA, STATE_DELTA, action_names
 
@@ -186,7 +185,7 @@ class Planner:
     @torch.inference_mode()
     def encode(self, images: list[np.ndarray]) -> torch.Tensor:
         """Normalised features [len(images), N, D] of uint8 RGB images [H, W, 3], preprocessed as the store's."""
-        x = torch.cat([preprocess(np.asarray(f)[None], self.encoder.preset.image_size) for f in images])
+        x = torch.cat([self.encoder.input.apply(np.asarray(f)[None]) for f in images])
         with bf16_autocast(self.device):
             z = normalize(self.encoder(x.to(self.device))).float()
         if z.shape[-1] != self.meta.feature_dim:

@@ -17,7 +17,7 @@ from common.files import output_dir
 from common.media import read_image as decode_image
 from common.settings import as_dict
 from model.checkpoint import ModelMeta, load_trained
-from model.encoder import store_encoder
+from model.encoders import store_encoder
 from store import Store, open_store
 from store.actions import clip_actions
 from store.format import POSE_DELTA, state_names

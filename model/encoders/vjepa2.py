@@ -1,5 +1,5 @@
-"""Building the frozen frame encoder: from a preset and, for real runs, a released `.pt` checkpoint or a
-transformers V-JEPA 2 model (local folder or safetensors file)."""
+"""The V-JEPA 2 ViT family: from a preset and, for real runs, a released `.pt` checkpoint or a transformers
+V-JEPA 2 model (local folder or safetensors file)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from common.errors import UserError
 from common.files import sha256_file
 
-from .vit import ENCODER_PRESETS, LARGE_PRESETS, PATCH, TUBELET, EncoderPreset, VisionTransformer, encoder_preset
-from .weights import (
+from ..vit import ENCODER_PRESETS, LARGE_PRESETS, PATCH, TUBELET, EncoderPreset, VisionTransformer, encoder_preset
+from ..weights import (
     checkpoint_entry,
     is_transformers,
     load_checkpoint,
@@ -65,7 +65,7 @@ def _from_state(preset: EncoderPreset, name: str, state: dict, where: str) -> Vi
     return _frozen(model)
 
 
-def build_encoder(preset: str, checkpoint: Path | None = None, random_init: bool = False,
+def build(preset: str, checkpoint: Path | None = None, random_init: bool = False,
                   seed: int = 0) -> tuple[VisionTransformer, str]:
     """The encoder in eval mode without gradients, and the id of its weights for the store.
 
@@ -92,7 +92,7 @@ def build_encoder(preset: str, checkpoint: Path | None = None, random_init: bool
     return _frozen(model), f"{RANDOM_INIT}{seed}"
 
 
-def store_encoder(store_attrs: dict | None, encoder_checkpoint: Path | None, ckpt: dict) -> VisionTransformer:
+def rebuild(store_attrs: dict | None, encoder_checkpoint: Path | None, ckpt: dict) -> VisionTransformer:
     """The encoder a store's features were made with, to encode new images the same way.
 
     A random encoder is rebuilt from its seed; real weights come from `encoder_checkpoint` (checked
@@ -102,9 +102,9 @@ def store_encoder(store_attrs: dict | None, encoder_checkpoint: Path | None, ckp
     attrs = store_attrs or {"preset": "vit_giant", "checkpoint_sha256": None}
     weights = attrs["checkpoint_sha256"]
     if weights and weights.startswith(RANDOM_INIT):
-        return build_encoder(attrs["preset"], random_init=True, seed=int(weights.removeprefix(RANDOM_INIT)))[0]
+        return build(attrs["preset"], random_init=True, seed=int(weights.removeprefix(RANDOM_INIT)))[0]
     if encoder_checkpoint is not None:
-        encoder, got = build_encoder(attrs["preset"], checkpoint=encoder_checkpoint)
+        encoder, got = build(attrs["preset"], checkpoint=encoder_checkpoint)
         if weights and got != weights:
             raise UserError(f"{encoder_checkpoint} is not the encoder the features were made with "
                             f"(sha256 {got[:12]}... vs {weights[:12]}...)")
