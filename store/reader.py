@@ -9,7 +9,6 @@ fsspec URL (store.location); with a `ChunkCache`, objects once read come from lo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 
 import numpy as np
@@ -25,6 +24,7 @@ from common.errors import StoreError
 
 from . import codecs, manifest
 from .cache import ChunkCache
+from .digest import digest_bytes
 from .format import (
     MANIFEST_FILE, ROW_ARRAYS, Location, StoreConfig, read_checked, read_plan, read_root_attrs, read_seal,
     sealed_units, shard_dir, shard_episodes,
@@ -35,39 +35,41 @@ from .location import remote_errors, where, zarr_store
 class VerifiedChunks(WrapperStore):
     """A read-only zarr store over one sealed shard that checks each file it serves against the seal.
 
-    A file the seal lists must exist and hash to its recorded SHA-256; zarr would otherwise read a
-    missing chunk as fill values and a damaged one as noise. The cost: one SHA-256 per chunk read
-    (BENCHMARKS.md, checked-reads). With a cache, a verified copy is served from local disk.
+    A file the seal lists must exist and hash to its recorded digest (the seal names the algorithm);
+    zarr would otherwise read a missing chunk as fill values and a damaged one as noise. The cost: one
+    digest per chunk read (BENCHMARKS.md, checked-reads). With a cache, a verified copy is served from
+    local disk.
     """
 
-    def __init__(self, store: ZarrStore, digests: dict[str, str], unit: int, cache: ChunkCache | None = None):
+    def __init__(self, store: ZarrStore, seal: dict, unit: int, cache: ChunkCache | None = None):
         super().__init__(store)
-        self.digests, self.unit, self.cache = digests, unit, cache
+        self.seal, self.unit, self.cache = seal, unit, cache
+        self.digests, self.algorithm = seal["files"], seal["digest"]
 
     def _with_store(self, store: ZarrStore) -> "VerifiedChunks":
-        return type(self)(store, self.digests, self.unit, self.cache)
+        return type(self)(store, self.seal, self.unit, self.cache)
 
     async def get(self, key, prototype, byte_range=None):
         want = self.digests.get(key)
         if want is None:  # not part of the shard (zarr probing for optional keys)
             return await self._store.get(key, prototype, byte_range)
         buf = None
-        if self.cache is not None and (data := self.cache.get(want)) is not None:
-            if hashlib.sha256(data).hexdigest() == want:
+        if self.cache is not None and (data := self.cache.get(self.algorithm, want)) is not None:
+            if digest_bytes(data, self.algorithm) == want:
                 buf = prototype.buffer.from_bytes(data)
             else:
-                self.cache.drop(want)  # a damaged copy: fetch the object again
+                self.cache.drop(self.algorithm, want)  # a damaged copy: fetch the object again
         if buf is None:
             buf = await self._store.get(key, prototype, None)
             if buf is None:
                 raise StoreError(f"shard {self.unit:05d}: {key} is missing (deleted after sealing); the store is "
                                  "damaged: run `cli.py store verify`")
             data = buf.to_bytes()
-            if hashlib.sha256(data).hexdigest() != want:
+            if digest_bytes(data, self.algorithm) != want:
                 raise StoreError(f"shard {self.unit:05d}: {key} does not match its checksum (damaged or changed "
                                  "after sealing); run `cli.py store verify`")
             if self.cache is not None:
-                self.cache.put(want, data)
+                self.cache.put(self.algorithm, want, data)
         if byte_range is not None:  # (zarr asks for ranges only of sharded arrays; the whole object was checked)
             buf = prototype.buffer.from_bytes(buf.to_bytes()[_slice(byte_range)])
         return buf
@@ -87,7 +89,7 @@ def shard_arrays(root: Location, unit: int, config: StoreConfig, seal: dict | No
     folder = shard_dir(root, unit)
     store = zarr_store(folder, read_only=True)
     if verify:
-        store = VerifiedChunks(store, seal["files"], unit, cache)
+        store = VerifiedChunks(store, seal, unit, cache)
     absent = {"scales": config.codec != "int8", "action": not config.stored_actions}
     names = [n for n in ROW_ARRAYS if not absent.get(n)]
     try:
@@ -116,7 +118,7 @@ class Store:
 
     def __init__(self, root: Location | str, verify: bool = True, cache: ChunkCache | None = None):
         if cache is not None and not verify:
-            raise StoreError("a chunk cache needs verified reads (its copies are named by the seals' checksums)")
+            raise StoreError("a chunk cache needs verified reads (its copies are named by the seals' digests)")
         self.root, self.verify, self.cache = where(root), verify, cache
         self.attrs = read_root_attrs(self.root)
         self.config = StoreConfig.from_attrs(self.attrs)
