@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from store import ChunkCache, StoredEpisode, open_store, write_store
 from store.location import list_files, upload, where
-from train.data import ClipDataset, ShuffledStream
+from train.data import ClipDataset, ShuffledStream, collate
 
 from .config import LoaderBench
 from .report import Section, table
@@ -90,7 +90,8 @@ def loader_rate(root: Path | str, workers: int, clips: int, batch: int = 8, veri
     store = open_store(root, verify, cache)
     data = ClipDataset(store, store.ok_episodes, 8)
     loader = DataLoader(data, batch_size=batch, sampler=ShuffledStream(len(data), seed=1), num_workers=workers,
-                        drop_last=True, persistent_workers=False, prefetch_factor=4 if workers else None)
+                        drop_last=True, persistent_workers=False, prefetch_factor=4 if workers else None,
+                        collate_fn=collate)
     it = iter(loader)
     next(it)  # workers started
     start, n = time.perf_counter(), 0

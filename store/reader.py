@@ -17,6 +17,7 @@ import torch
 import zarr
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.abc.store import Store as ZarrStore
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
@@ -198,13 +199,14 @@ class Store:
         """Per-dim statistics of states and actions (store.stats), written by the merge; None before it."""
         return self.attrs.get("stats") or None
 
-    def read_window(self, episode_id: int, start: int,
-                    length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def read_window(self, episode_id: int, start: int, length: int,
+                    out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Frames [start, start + length) of an episode: (features [L, tokens, D], state [L, S], and the
         stored actions [L, A] of a store of column actions, else None).
 
         Features come back in the stored precision (bf16, or float16 for fp16/int8), raw
-        encoder output: layer-normalise them before use.
+        encoder output: layer-normalise them before use. With `out` (that shape and dtype), they are
+        written into it, for bf16 and fp16 straight from the chunks (ClipDataset reads a batch so).
         """
         unit, first, n = self._locate(episode_id)
         if start < 0 or length < 1 or start + length > n:
@@ -215,9 +217,15 @@ class Store:
             small = [k for k in ("state", "action") if k in a]
             self._rows[unit] = dict(zip(small, read_rows([a[k] for k in small], slice(None))))
         small = {k: torch.from_numpy(v[rows].copy()) for k, v in self._rows[unit].items()}  # callers may write
+        view = None if out is None else codecs.stored_view(out, self.config.codec)
+        if view is not None:
+            a["features"].get_basic_selection(rows, out=default_buffer_prototype().nd_buffer.from_numpy_array(view))
+            return out, small["state"], small.get("action")
         names = [k for k in ("features", "scales") if k in a]
         got = dict(zip(names, read_rows([a[k] for k in names], rows)))  # the chunks of both at once
         features = codecs.decode(got["features"], got.get("scales"), self.config.codec)
+        if out is not None:
+            features = out.copy_(features)
         return features, small["state"], small.get("action")
 
     def read_episode(self, episode_id: int) -> dict[str, np.ndarray | torch.Tensor]:
