@@ -41,7 +41,7 @@ class ChunkCache:
     def drop(self, algorithm: str, digest: str) -> None:
         self._path(algorithm, digest).unlink(missing_ok=True)
 
-    def put(self, algorithm: str, digest: str, data: bytes) -> None:
+    def put(self, algorithm: str, digest: str, data: bytes | memoryview) -> None:
         if len(data) > self.max_bytes * (1 - TRIM_TO):
             return  # an object this large would evict most of the cache
         path = self._path(algorithm, digest)

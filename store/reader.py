@@ -69,7 +69,7 @@ class VerifiedChunks(WrapperStore):
             if buf is None:
                 raise StoreError(f"shard {self.unit:05d}: {key} is missing (deleted after sealing); the store is "
                                  "damaged: run `cli.py store verify`")
-            data = buf.as_numpy_array()  # the bytes read, not a copy
+            data = memoryview(buf.as_numpy_array())  # the bytes read, not a copy
             if not await self._matches(data, want):
                 raise StoreError(f"shard {self.unit:05d}: {key} does not match its checksum (damaged or changed "
                                  "after sealing); run `cli.py store verify`")
