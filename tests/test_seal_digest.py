@@ -91,6 +91,8 @@ def test_migrate_refuses_damage_instead_of_sealing_it(format2):
     code, _, err = cli_main("store", "migrate", format2)
     assert_one_error_line(code, err, "features/c/0/0/0: does not match its recorded checksum")
     assert "digest" not in seals(format2)[1]  # that shard's seal is left as it was
+    code, _, err = cli_main("store", "migrate", format2.parent / "no-store")
+    assert_one_error_line(code, err, "no-store: no such file or directory")
 
 
 def test_a_seal_naming_an_unknown_digest_is_one_line(tmp_path):
