@@ -50,7 +50,7 @@ class VerifiedChunks(WrapperStore):
     def _with_store(self, store: ZarrStore) -> "VerifiedChunks":
         return type(self)(store, self.seal, self.unit, self.cache)
 
-    async def _matches(self, data, want: str) -> bool:
+    async def _matches(self, data: bytes | memoryview, want: str) -> bool:
         # on a thread (both digests release the GIL), so a window's chunks are read and checked at once
         return await asyncio.to_thread(digest_bytes, data, self.algorithm) == want
 

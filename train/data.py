@@ -76,7 +76,7 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return empty.new(empty._typed_storage()._new_shared(math.prod(shape))).resize_(shape)  # as default_collate
 
 
-def collate(batch):
+def collate(batch: dict | list):
     """The DataLoader collate_fn for a ClipDataset (its batches come whole) and for any other dataset."""
     return batch if isinstance(batch, dict) else default_collate(batch)
 
