@@ -32,7 +32,7 @@ from train.config import EvalConfig, ExportConfig, PlanConfig, PlanEvalConfig, T
 
 app = typer.Typer(help="Train V-JEPA 2-AC world models from cached V-JEPA 2 features.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-store_app = typer.Typer(help="Inspect, verify and merge feature stores.", no_args_is_help=True)
+store_app = typer.Typer(help="Inspect, verify, merge and migrate feature stores.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: each prints its results and writes its section of BENCHMARKS.md.",
                         no_args_is_help=True)
 sim_app = typer.Typer(help="Closed loop in a simulator (gym-pusht with the [sim] extra, or the demo world): "
@@ -328,6 +328,17 @@ def store_verify(path: str = StorePath) -> None:
         console.print(f"[red]{len(problems)} problem(s) in {path}[/red]")
         raise typer.Exit(1)
     console.print(f"[green]OK[/green] {path}: every unit sealed, checksums and manifest consistent")
+
+
+@store_app.command("migrate")
+def store_migrate(path: str = StorePath) -> None:
+    """Reseal every shard with BLAKE3 digests (store format 3), each file checked against its old seal first.
+    Safe to kill: run it again to finish."""
+    from store import reseal, sealed_units
+    from store.digest import SEAL_DIGEST
+
+    changed = _counted("resealing shards", len(sealed_units(path)), lambda tick: reseal(path, on_shard=tick))
+    console.print(f"{path}: {changed} shard(s) resealed with {SEAL_DIGEST}, the others already were")
 
 
 @store_app.command("stats")

@@ -20,7 +20,7 @@ from model.preprocess import preprocess
 from sim.demo import make_demo_corpus
 from store import open_store
 from store.actions import actions_from_states
-from train.data import ClipDataset, ShuffledStream
+from train.data import ClipDataset, ShuffledStream, collate
 from train.loop import param_groups
 from train.losses import normalize, training_losses
 
@@ -104,7 +104,8 @@ def compare(corpus: Path, store_dir: Path, encoder_preset: str, predictor_preset
 
     def loader(data):
         return DataLoader(data, batch_size=batch, sampler=ShuffledStream(len(data), seed=0), num_workers=workers,
-                          pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0)
+                          pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
+                          collate_fn=collate)
 
     decoded = DecodedClips(clips, DroidCorpus(corpus, "wrist"), store.config.fps, store.config.image_size)
     # the two paths see the same clips and the same features (up to the store's bf16 rounding)

@@ -12,7 +12,7 @@ _HOMES = {
     "sealed_units": "format", "unsealed_units": "format", "EpisodeInfo": "manifest", "Store": "reader",
     "open_store": "reader", "verify": "integrity", "ShardWriter": "writer", "StoredEpisode": "writer",
     "create_store": "writer", "merge_manifest": "writer", "plan_units": "writer", "remove_unsealed": "writer",
-    "write_store": "writer", "ChunkCache": "cache",
+    "write_store": "writer", "reseal": "writer", "ChunkCache": "cache",
 }
 __all__ = list(_HOMES)
 

@@ -1,8 +1,9 @@
 """A local, bounded, content-addressed copy of shard objects read from a remote store (`--cache DIR`).
 
-Every object a sealed shard holds has its SHA-256 in the seal, so the cache keys each copy by that
-digest: `DIR/ab/abcdef...`. A copy is trusted only after its bytes hash to its name (the reader
-checks; a damaged copy is dropped and fetched again). Writes go to a temporary name and are renamed
+Every object a sealed shard holds has its digest in the seal, so the cache keys each copy by the
+seal's algorithm and that digest: `DIR/ab/blake3-abcdef...` (a format-2 store's: `sha256-...`). A copy
+is trusted only after its bytes hash to its name (the reader checks; a damaged copy is dropped and
+fetched again). Writes go to a temporary name and are renamed
 into place, so any number of DataLoader workers and runs may share one folder. The size is bounded:
 a process that has added an eighth of the bound since it last looked removes the least recently
 used copies until the folder holds 90% of the bound (so it may overshoot by an eighth per worker).
@@ -25,11 +26,11 @@ class ChunkCache:
         self.added = 0
         self.trim()
 
-    def _path(self, digest: str) -> Path:
-        return self.dir / digest[:2] / digest
+    def _path(self, algorithm: str, digest: str) -> Path:
+        return self.dir / digest[:2] / f"{algorithm}-{digest}"
 
-    def get(self, digest: str) -> bytes | None:
-        path = self._path(digest)
+    def get(self, algorithm: str, digest: str) -> bytes | None:
+        path = self._path(algorithm, digest)
         try:
             data = path.read_bytes()
             os.utime(path)  # recently used
@@ -37,13 +38,13 @@ class ChunkCache:
         except FileNotFoundError:
             return None
 
-    def drop(self, digest: str) -> None:
-        self._path(digest).unlink(missing_ok=True)
+    def drop(self, algorithm: str, digest: str) -> None:
+        self._path(algorithm, digest).unlink(missing_ok=True)
 
-    def put(self, digest: str, data: bytes) -> None:
+    def put(self, algorithm: str, digest: str, data: bytes | memoryview) -> None:
         if len(data) > self.max_bytes * (1 - TRIM_TO):
             return  # an object this large would evict most of the cache
-        path = self._path(digest)
+        path = self._path(algorithm, digest)
         path.parent.mkdir(exist_ok=True)
         tmp = temp_name(path)
         tmp.write_bytes(data)

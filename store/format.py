@@ -7,7 +7,6 @@ module holds its constants, the root metadata, the plan, and the paths of a stor
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,12 +14,13 @@ from typing import TYPE_CHECKING
 
 from common.errors import StoreError
 
-from .location import RemotePath, list_files, sha256_of, where, write_bytes
+from .digest import LEGACY_DIGEST, check_digest, digest_bytes, digest_file
+from .location import RemotePath, list_files, where, write_bytes
 
 if TYPE_CHECKING:  # pyarrow (store.manifest) is imported where a table is read: the settings modules import this
     import pyarrow as pa  # module for its names, and `--help` must not load pyarrow and numpy
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 PLAN_FILE = "plan.parquet"
 MANIFEST_FILE = "manifest.parquet"
 SHARDS_DIR = "shards"
@@ -163,15 +163,15 @@ def update_root_attrs(root: Location, **values) -> None:
     write_bytes(meta, json.dumps(doc, indent=2).encode())
 
 
-def read_checked(path: Location, digest: str | None) -> bytes:
-    """A file's bytes, refused unless they match `digest` (when one is recorded)."""
+def read_checked(path: Location, digest: str | None, algorithm: str = "sha256") -> bytes:
+    """A file's bytes, refused unless they match `digest` (when one is recorded) under `algorithm`."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise StoreError(f"{path}: missing") from None
     except OSError as e:
         raise StoreError(f"{path}: unreadable ({e.strerror})") from None
-    if digest and hashlib.sha256(data).hexdigest() != digest:
+    if digest and digest_bytes(data, algorithm) != digest:
         raise StoreError(f"{path}: does not match its recorded checksum (damaged, or changed after it was written)")
     return data
 
@@ -206,14 +206,17 @@ def unsealed_units(root: Location) -> list[int]:
 
 
 def read_seal(root: Location, unit: int) -> dict:
-    """A sealed shard's seal: unit, rows, episodes and the SHA-256 of every other file of the shard."""
+    """A sealed shard's seal: unit, rows, episodes, `digest` (the algorithm; SHA-256 where a format-2 seal
+    names none) and the digest of every other file of the shard."""
     path = shard_dir(root, unit) / SEAL_FILE
     try:
         seal = json.loads(path.read_bytes())
         if not (isinstance(seal["files"], dict) and isinstance(seal["rows"], int) and isinstance(seal["episodes"], int)):
             raise TypeError("wrong field types")
+        seal.setdefault("digest", LEGACY_DIGEST)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StoreError(f"shard {unit:05d}: unreadable seal ({type(e).__name__}: {e})") from None
+    check_digest(seal["digest"], f"shard {unit:05d}: its seal")
     return seal
 
 
@@ -223,10 +226,10 @@ def shard_episodes(root: Location, unit: int, seal: dict | None = None) -> pa.Ta
 
     seal = seal or read_seal(root, unit)
     path = shard_dir(root, unit) / EPISODES_FILE
-    return parse_table(read_checked(path, seal["files"].get(EPISODES_FILE)), SCHEMA, path)
+    return parse_table(read_checked(path, seal["files"].get(EPISODES_FILE), seal["digest"]), SCHEMA, path)
 
 
-def file_digests(directory: Location, fsync: bool = False) -> dict[str, str]:
-    """SHA-256 of every file under a shard directory except the seal itself (and its temporaries)."""
-    return {rel: sha256_of(directory / rel, fsync=fsync) for rel in list_files(directory)
+def file_digests(directory: Location, algorithm: str, fsync: bool = False) -> dict[str, str]:
+    """The digest of every file under a shard directory except the seal itself (and its temporaries)."""
+    return {rel: digest_file(directory / rel, algorithm, fsync=fsync) for rel in list_files(directory)
             if rel != SEAL_FILE and not rel.startswith(f".{SEAL_FILE}")}

@@ -67,7 +67,7 @@ def _verify_shard(root: Location, unit: int, config: StoreConfig, planned: list[
         seal = read_seal(root, unit)
     except StoreError as e:
         return [str(e)], None
-    expected, actual = seal["files"], file_digests(d)
+    expected, actual = seal["files"], file_digests(d, seal["digest"])
     bad = [f"{name}: checksum mismatch in {f}" for f in sorted(expected) if f in actual and actual[f] != expected[f]]
     bad += [f"{name}: missing file {f}" for f in sorted(set(expected) - set(actual))]
     bad += [f"{name}: unexpected file {f}" for f in sorted(set(actual) - set(expected))]

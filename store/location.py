@@ -13,7 +13,6 @@ client is ever pickled or shared across a fork: `fs` asks fsspec, whose instance
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatch
@@ -21,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
 from common.errors import StoreError, UserError
-from common.files import atomic_write_bytes, sha256_file
+from common.files import atomic_write_bytes
 
 EXTRAS = {"s3": "pip install -e '.[s3]' (s3fs)"}  # the project's extra for a scheme, where it has one
 READ_BLOCK = 4 * 2**20  # bytes per ranged read of an object (s3fs's default, 50 MiB, would fetch far more than an
@@ -196,12 +195,6 @@ def list_files(folder: Path | RemotePath) -> list[str]:
     if isinstance(folder, RemotePath):
         return sorted(p[len(folder.key) + 1:] for p in folder.call("find", folder.key))
     return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
-
-
-def sha256_of(path: Path | RemotePath, fsync: bool = False) -> str:
-    if isinstance(path, RemotePath):
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    return sha256_file(path, fsync=fsync)
 
 
 def tree_bytes(folder: Path | RemotePath) -> int:

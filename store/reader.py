@@ -9,7 +9,6 @@ fsspec URL (store.location); with a `ChunkCache`, objects once read come from lo
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 import zarr
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.abc.store import Store as ZarrStore
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import WrapperStore
 
@@ -25,6 +25,7 @@ from common.errors import StoreError
 
 from . import codecs, manifest
 from .cache import ChunkCache
+from .digest import digest_bytes
 from .format import (
     MANIFEST_FILE, ROW_ARRAYS, Location, StoreConfig, read_checked, read_plan, read_root_attrs, read_seal,
     sealed_units, shard_dir, shard_episodes,
@@ -35,39 +36,45 @@ from .location import remote_errors, where, zarr_store
 class VerifiedChunks(WrapperStore):
     """A read-only zarr store over one sealed shard that checks each file it serves against the seal.
 
-    A file the seal lists must exist and hash to its recorded SHA-256; zarr would otherwise read a
-    missing chunk as fill values and a damaged one as noise. The cost: one SHA-256 per chunk read
-    (BENCHMARKS.md, checked-reads). With a cache, a verified copy is served from local disk.
+    A file the seal lists must exist and hash to its recorded digest (the seal names the algorithm);
+    zarr would otherwise read a missing chunk as fill values and a damaged one as noise. The cost: one
+    digest per chunk read (BENCHMARKS.md, checked-reads). With a cache, a verified copy is served from
+    local disk.
     """
 
-    def __init__(self, store: ZarrStore, digests: dict[str, str], unit: int, cache: ChunkCache | None = None):
+    def __init__(self, store: ZarrStore, seal: dict, unit: int, cache: ChunkCache | None = None):
         super().__init__(store)
-        self.digests, self.unit, self.cache = digests, unit, cache
+        self.seal, self.unit, self.cache = seal, unit, cache
+        self.digests, self.algorithm = seal["files"], seal["digest"]
 
     def _with_store(self, store: ZarrStore) -> "VerifiedChunks":
-        return type(self)(store, self.digests, self.unit, self.cache)
+        return type(self)(store, self.seal, self.unit, self.cache)
+
+    async def _matches(self, data: bytes | memoryview, want: str) -> bool:
+        # on a thread (both digests release the GIL), so a window's chunks are read and checked at once
+        return await asyncio.to_thread(digest_bytes, data, self.algorithm) == want
 
     async def get(self, key, prototype, byte_range=None):
         want = self.digests.get(key)
         if want is None:  # not part of the shard (zarr probing for optional keys)
             return await self._store.get(key, prototype, byte_range)
         buf = None
-        if self.cache is not None and (data := self.cache.get(want)) is not None:
-            if hashlib.sha256(data).hexdigest() == want:
+        if self.cache is not None and (data := self.cache.get(self.algorithm, want)) is not None:
+            if await self._matches(data, want):
                 buf = prototype.buffer.from_bytes(data)
             else:
-                self.cache.drop(want)  # a damaged copy: fetch the object again
+                self.cache.drop(self.algorithm, want)  # a damaged copy: fetch the object again
         if buf is None:
             buf = await self._store.get(key, prototype, None)
             if buf is None:
                 raise StoreError(f"shard {self.unit:05d}: {key} is missing (deleted after sealing); the store is "
                                  "damaged: run `cli.py store verify`")
-            data = buf.to_bytes()
-            if hashlib.sha256(data).hexdigest() != want:
+            data = memoryview(buf.as_numpy_array())  # the bytes read, not a copy
+            if not await self._matches(data, want):
                 raise StoreError(f"shard {self.unit:05d}: {key} does not match its checksum (damaged or changed "
                                  "after sealing); run `cli.py store verify`")
             if self.cache is not None:
-                self.cache.put(want, data)
+                self.cache.put(self.algorithm, want, data)
         if byte_range is not None:  # (zarr asks for ranges only of sharded arrays; the whole object was checked)
             buf = prototype.buffer.from_bytes(buf.to_bytes()[_slice(byte_range)])
         return buf
@@ -87,7 +94,7 @@ def shard_arrays(root: Location, unit: int, config: StoreConfig, seal: dict | No
     folder = shard_dir(root, unit)
     store = zarr_store(folder, read_only=True)
     if verify:
-        store = VerifiedChunks(store, seal["files"], unit, cache)
+        store = VerifiedChunks(store, seal, unit, cache)
     absent = {"scales": config.codec != "int8", "action": not config.stored_actions}
     names = [n for n in ROW_ARRAYS if not absent.get(n)]
     try:
@@ -116,7 +123,7 @@ class Store:
 
     def __init__(self, root: Location | str, verify: bool = True, cache: ChunkCache | None = None):
         if cache is not None and not verify:
-            raise StoreError("a chunk cache needs verified reads (its copies are named by the seals' checksums)")
+            raise StoreError("a chunk cache needs verified reads (its copies are named by the seals' digests)")
         self.root, self.verify, self.cache = where(root), verify, cache
         self.attrs = read_root_attrs(self.root)
         self.config = StoreConfig.from_attrs(self.attrs)
@@ -192,13 +199,14 @@ class Store:
         """Per-dim statistics of states and actions (store.stats), written by the merge; None before it."""
         return self.attrs.get("stats") or None
 
-    def read_window(self, episode_id: int, start: int,
-                    length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def read_window(self, episode_id: int, start: int, length: int,
+                    out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Frames [start, start + length) of an episode: (features [L, tokens, D], state [L, S], and the
         stored actions [L, A] of a store of column actions, else None).
 
         Features come back in the stored precision (bf16, or float16 for fp16/int8), raw
-        encoder output: layer-normalise them before use.
+        encoder output: layer-normalise them before use. With `out` (that shape and dtype), they are
+        written into it, for bf16 and fp16 straight from the chunks (ClipDataset reads a batch so).
         """
         unit, first, n = self._locate(episode_id)
         if start < 0 or length < 1 or start + length > n:
@@ -209,9 +217,15 @@ class Store:
             small = [k for k in ("state", "action") if k in a]
             self._rows[unit] = dict(zip(small, read_rows([a[k] for k in small], slice(None))))
         small = {k: torch.from_numpy(v[rows].copy()) for k, v in self._rows[unit].items()}  # callers may write
+        view = None if out is None else codecs.stored_view(out, self.config.codec)
+        if view is not None:
+            a["features"].get_basic_selection(rows, out=default_buffer_prototype().nd_buffer.from_numpy_array(view))
+            return out, small["state"], small.get("action")
         names = [k for k in ("features", "scales") if k in a]
         got = dict(zip(names, read_rows([a[k] for k in names], rows)))  # the chunks of both at once
         features = codecs.decode(got["features"], got.get("scales"), self.config.codec)
+        if out is not None:
+            features = out.copy_(features)
         return features, small["state"], small.get("action")
 
     def read_episode(self, episode_id: int) -> dict[str, np.ndarray | torch.Tensor]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -32,15 +31,18 @@ from .format import (
     Location,
     StoreConfig,
     file_digests,
+    read_checked,
     read_plan,
     read_root_attrs,
+    read_seal,
     sealed_units,
     shard_dir,
     shard_episodes,
     unsealed_units,
     update_root_attrs,
 )
-from .location import RemotePath, list_files, remove_tree, sha256_of, upload, where, write_bytes
+from .digest import SEAL_DIGEST, digest_bytes, digest_file
+from .location import RemotePath, list_files, remove_tree, upload, where, write_bytes
 from .stats import robot_stats
 
 ROW_CHUNK = 4096  # rows per chunk of the small per-row arrays
@@ -92,7 +94,7 @@ def create_store(root: Location | str, config: StoreConfig, units: list[list[str
         shutil.rmtree(tmp, ignore_errors=True)
     plan_bytes = manifest.table_bytes(plan)
     attrs = {"format_version": FORMAT_VERSION, "num_units": len(units), **config.to_attrs(),
-             "plan_sha256": hashlib.sha256(plan_bytes).hexdigest()}
+             "plan_sha256": digest_bytes(plan_bytes, "sha256")}
     zarr.open_group(tmp, mode="w", attributes=attrs).create_group(SHARDS_DIR)
     (tmp / PLAN_FILE).write_bytes(plan_bytes)
     if remote:
@@ -239,13 +241,46 @@ class ShardWriter:
             "unit": self.unit,
             "rows": self.rows,
             "episodes": len(self.records),
-            "files": file_digests(self.dir, fsync=not remote),
+            "digest": SEAL_DIGEST,
+            "files": file_digests(self.dir, SEAL_DIGEST, fsync=not remote),
         }
-        seal_bytes = json.dumps(seal, indent=1).encode()
         if remote:
             upload({rel: self.dir / rel for rel in seal["files"]}, self.target)
             shutil.rmtree(self.dir, ignore_errors=True)
-        write_bytes(self.target / SEAL_FILE, seal_bytes)
+        write_seal(self.target, seal)
+
+
+def write_seal(directory: Location, seal: dict) -> None:
+    """Replace a shard's seal whole (an atomic rename, or one PUT)."""
+    write_bytes(directory / SEAL_FILE, json.dumps(seal, indent=1).encode())
+
+
+def reseal(root: Location | str, algorithm: str = SEAL_DIGEST, on_shard: Callable[[int], None] | None = None) -> int:
+    """Rewrite every sealed shard's seal with `algorithm`'s digests (`store migrate`); returns how many changed.
+
+    Each file is checked against its old digest as it is read for the new one, so damage is refused,
+    never sealed anew. The store is marked format 3 first (older code refuses it in one line) and each
+    seal is replaced atomically, so a killed run leaves a readable store with seals of both digests,
+    which the next run finishes. Call it where no writer is sealing shards.
+    """
+    root = where(root)
+    attrs = read_root_attrs(root)
+    if attrs["format_version"] < FORMAT_VERSION:  # version 1 gets its implicit robot attributes written out
+        update_root_attrs(root, **StoreConfig.from_attrs(attrs).to_attrs(), format_version=FORMAT_VERSION)
+    changed = 0
+    for unit in sealed_units(root):
+        seal, folder = read_seal(root, unit), shard_dir(root, unit)
+        if isinstance(folder, Path):
+            remove_stale_temps(folder, SEAL_FILE)  # of a run that was killed while replacing this seal
+        if seal["digest"] != algorithm:
+            files = {}
+            for rel, want in seal["files"].items():
+                files[rel] = digest_bytes(read_checked(folder / rel, want, seal["digest"]), algorithm)
+            write_seal(folder, {**seal, "digest": algorithm, "files": files})
+            changed += 1
+        if on_shard:
+            on_shard(unit)
+    return changed
 
 
 def remove_unsealed(root: Location | str, units: list[int] | None = None) -> list[int]:
@@ -274,9 +309,9 @@ def merge_manifest(root: Location | str) -> pa.Table:
     if isinstance(root, Path):
         remove_stale_temps(root, MANIFEST_FILE)  # of a merge that was killed
     data = manifest.table_bytes(table)
-    digest = hashlib.sha256(data).hexdigest()
+    digest = digest_bytes(data, "sha256")
     path = root / MANIFEST_FILE
-    if attrs.get("manifest_sha256") != digest or not path.is_file() or sha256_of(path) != digest \
+    if attrs.get("manifest_sha256") != digest or not path.is_file() or digest_file(path, "sha256") != digest \
             or "stats" not in attrs:  # (an identical merge, as every finishing rank does, writes nothing)
         write_bytes(path, data)
         update_root_attrs(root, manifest_sha256=digest,

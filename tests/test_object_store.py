@@ -270,8 +270,8 @@ def test_chunk_cache_is_bounded_and_drops_damaged_copies(tmp_path):
     cache = ChunkCache(tmp_path / "c", max_bytes=10_000)
     blobs = {f"{i:064x}": bytes([i]) * 900 for i in range(30)}
     for digest, data in blobs.items():
-        cache.put(digest, data)
+        cache.put("blake3", digest, data)
         time.sleep(0.002)  # distinct modification times: the oldest go first
     held = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in held) <= 10_000 + 10_000 // 8
-    assert cache.get(f"{29:064x}") == blobs[f"{29:064x}"] and cache.get(f"{0:064x}") is None
+    assert cache.get("blake3", f"{29:064x}") == blobs[f"{29:064x}"] and cache.get("blake3", f"{0:064x}") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 from torch.utils.checkpoint import checkpoint
+from torch.utils.data import DataLoader, default_collate
 
 from common.errors import TrainingDiverged, UserError
 from model.checkpoint import load_predictor_weights
@@ -22,8 +24,9 @@ from model.vit import apply_rope, attention, rope_slice, rope_tables
 from store import open_store
 from store.actions import actions_from_states, apply_action
 from tests.conftest import DEMO_STEPS, ROOT
-from tests.fake_store import tiny_store
+from tests.fake_store import complete_store, tiny_store
 from train.config import TrainConfig
+from train.data import ClipDataset, ShuffledStream, collate
 from train.loop import lr_at, run_train
 from train.losses import training_losses
 
@@ -170,6 +173,21 @@ def test_schedule_phases():
     assert lrs[99] == pytest.approx(0.0) and lrs[89] == pytest.approx(0.5)
     default = TrainConfig(store=Path("."), out=Path("."), steps=94500)
     assert default.phases() == (4500, 4500)
+
+
+@pytest.mark.parametrize("codec", ["bf16", "fp16", "int8"])
+def test_batches_read_whole_hold_the_bits_of_collated_clips(codec, tmp_path):
+    store = open_store(complete_store(tmp_path / "s", codec))
+    clips = ClipDataset(store, store.ok_episodes, 4)
+    order = list(itertools.islice(ShuffledStream(len(clips), seed=1), 9))
+    for workers in (0, 2):
+        loader = DataLoader(clips, batch_size=3, sampler=order, num_workers=workers, collate_fn=collate)
+        for k, batch in enumerate(loader):
+            expect = default_collate([clips[i] for i in order[3 * k:3 * k + 3]])
+            for key, value in expect.items():
+                assert batch[key].dtype == value.dtype
+                assert batch[key].view(torch.int16).equal(value.view(torch.int16)) if value.dtype == torch.bfloat16 \
+                    else batch[key].equal(value)
 
 
 def read_losses(run: Path) -> list[tuple]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
 from common.errors import UserError
 from store import Store
 from store.actions import clip_actions
+from store.codecs import FEATURE_DTYPE
 
 EPOCH_SEED_STRIDE = 100_003  # epoch e of run seed s shuffles with seed s * 100003 + e: a prime, so no two
 # (seed, epoch) pairs of a practical run collide
@@ -36,6 +38,9 @@ class ClipDataset(Dataset):
     """Every window of `frames` consecutive stored frames inside one episode.
 
     An item: features [F, N, D] (stored precision, raw), states [F, S], actions [F-1, A] (store.actions).
+    A DataLoader fetches a batch whole (`__getitems__`, with `collate_fn=collate`): each window's features
+    are read from the chunks straight into the batch tensor, which inside a worker is made in shared memory
+    as default_collate makes it; so no clip is copied after it is read.
     """
 
     def __init__(self, store: Store, episodes: list[int], frames: int):
@@ -50,6 +55,30 @@ class ClipDataset(Dataset):
         features, states, stored = self.store.read_window(episode, start, self.frames)
         return {"features": features, "states": states,
                 "actions": clip_actions(self.store.config.actions, states, stored)}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        c = self.store.config
+        features = _batch_tensor((len(indices), self.frames, c.tokens, c.feature_dim), FEATURE_DTYPE[c.codec])
+        states, actions = [], []
+        for b, i in enumerate(indices):
+            episode, start = self.windows[i]
+            _, s, stored = self.store.read_window(episode, start, self.frames, out=features[b])
+            states.append(s)
+            actions.append(clip_actions(c.actions, s, stored))
+        return {"features": features, "states": torch.stack(states), "actions": torch.stack(actions)}
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor; inside a DataLoader worker in shared memory, so it reaches the trainer uncopied."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    empty = torch.tensor([], dtype=dtype)
+    return empty.new(empty._typed_storage()._new_shared(math.prod(shape))).resize_(shape)  # as default_collate
+
+
+def collate(batch: dict | list):
+    """The DataLoader collate_fn for a ClipDataset (its batches come whole) and for any other dataset."""
+    return batch if isinstance(batch, dict) else default_collate(batch)
 
 
 class ShuffledStream(Sampler[int]):

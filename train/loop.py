@@ -30,7 +30,7 @@ from store.format import POSE_DELTA
 
 from .checkpoint import link_latest, save_checkpoint, transfer_weights
 from .config import TrainConfig
-from .data import ClipDataset, ShuffledStream, evenly_spaced, split_episodes
+from .data import ClipDataset, ShuffledStream, collate, evenly_spaced, split_episodes
 from .evaluate import collect, summarize
 from .losses import normalize, training_losses
 
@@ -119,7 +119,8 @@ def validation_loader(store: Store, episodes: list[int], frames: int, batch_size
     data = ClipDataset(store, episodes, frames)
     if len(data) == 0:
         return None
-    return DataLoader(Subset(data, evenly_spaced(len(data), max_clips)), batch_size=batch_size, num_workers=0)
+    return DataLoader(Subset(data, evenly_spaced(len(data), max_clips)), batch_size=batch_size, num_workers=0,
+                      collate_fn=collate)
 
 
 @dataclass
@@ -209,7 +210,7 @@ def _setup(cfg: TrainConfig) -> _Run:
         opt.load_state_dict(opt_state)
     sampler = ShuffledStream(len(train_set), cfg.seed, rank, world, skip=start_step * cfg.batch_size * cfg.accum_steps)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=device.type == "cuda", drop_last=True)
+                        pin_memory=device.type == "cuda", drop_last=True, collate_fn=collate)
     saved = {"model_meta": meta.to_dict(), "store": meta.encoder,
              "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "frames": cfg.frames},
              "config": as_dict(cfg)}

@@ -1,0 +1,49 @@
+"""The digests a seal may name (docs/store-format.md, "Seals"): the one place that hashes a store's bytes.
+
+New seals use BLAKE3 (format 3): cryptographic like SHA-256 and ~4.7x faster per core here
+(BENCHMARKS.md, checked-reads). Seals without a `digest` field (format 2) are SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import blake3
+
+from common.errors import StoreError
+
+from .location import RemotePath
+
+SEAL_DIGEST = "blake3"  # what new seals use
+LEGACY_DIGEST = "sha256"  # a seal that names none (format 2)
+_HASHERS: dict[str, Callable] = {"sha256": hashlib.sha256, "blake3": blake3.blake3}
+BLOCK = 1 << 22
+
+
+def check_digest(name: str, where: str) -> str:
+    """`name` if this code knows it, else a one-line StoreError that names `where` it was found."""
+    if not isinstance(name, str) or name not in _HASHERS:
+        raise StoreError(f"{where} names an unknown digest {name!r} (this code knows {', '.join(_HASHERS)}); "
+                         "upgrade the package")
+    return name
+
+
+def digest_bytes(data: bytes | memoryview, name: str) -> str:
+    """Hex digest of some bytes."""
+    return _HASHERS[name](data).hexdigest()
+
+
+def digest_file(path: Path | RemotePath, name: str, fsync: bool = False) -> str:
+    """Hex digest of a file's bytes (a local one optionally flushed to disk while it is open)."""
+    if isinstance(path, RemotePath):
+        return digest_bytes(path.read_bytes(), name)
+    h = _HASHERS[name]()
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            h.update(block)
+        if fsync:
+            os.fsync(f.fileno())
+    return h.hexdigest()
