@@ -23,8 +23,8 @@ from rich.table import Table
 
 from bench.config import BENCHES
 from common.commands import command
-from common.errors import TrainingDiverged, UserError
-from common.files import output_file
+from common.errors import PREEMPTED_EXIT, Preempted, TrainingDiverged, UserError
+from common.files import human_bytes, output_file
 from extract.config import ExtractConfig
 from sim.config import CollectConfig, DemoCorpusConfig, SimEvalConfig
 from train.config import EvalConfig, ExportConfig, PlanConfig, PlanEvalConfig, TrainConfig
@@ -72,14 +72,6 @@ def _table(title: str, header: list[str] | None, rows: list[list]) -> None:
     for row in rows:
         t.add_row(*map(str, row))
     console.print(t)
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 # ---------------------------------------------------------------- extract and train
@@ -238,7 +230,7 @@ def store_ls(path: str = StorePath) -> None:
     _table(f"{path} ({len(rows)} of {read_root_attrs(path)['num_units']} units present)",
            ["shard", "state", "episodes", "frames", "size", "codec"],
            [[f"{r.unit:05d}", "sealed" if r.sealed else "[red]unsealed", "-" if r.episodes is None else r.episodes,
-             "-" if r.frames is None else r.frames, _human_bytes(r.bytes), r.codec] for r in rows])
+             "-" if r.frames is None else r.frames, human_bytes(r.bytes), r.codec] for r in rows])
 
 
 @store_app.command("info")
@@ -251,7 +243,7 @@ def store_info(path: str = StorePath) -> None:
     _table(str(path), None, [[k, v] for k, v in s.attrs.items()] + [
         ["units sealed", f"{s.units_sealed}/{s.num_units}"], ["episodes ok", s.episodes_ok],
         ["episodes skipped", s.episodes_skipped], ["frames", s.frames], ["hours", f"{s.hours:.3f}"],
-        ["size", _human_bytes(s.bytes)]])
+        ["size", human_bytes(s.bytes)]])
 
 
 @store_app.command("show")
@@ -394,6 +386,9 @@ def main() -> None:
     except (UserError, TrainingDiverged) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)  # never wrapped
         code = 2 if isinstance(e, UserError) else 1
+    except Preempted as e:  # stopped by SIGTERM/SIGUSR1 with its work saved
+        print(f"preempted: {e}", file=sys.stderr)
+        code = PREEMPTED_EXIT
     except KeyboardInterrupt:
         err.print("interrupted")
         code = 130

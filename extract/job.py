@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.device import bf16_autocast, pick_device, rank_world
-from common.errors import SkipEpisode
+from common.errors import Preempted, SkipEpisode
+from common.stop import StopRequest, stop_signals
 from model.encoder import build_encoder
 from model.preprocess import CROP_RULE, preprocess
 from model.vit import preset_name
@@ -169,7 +170,8 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     if work:
         encoder.to(device)
         start = time.perf_counter()
-        _Pipeline(cfg, encoder, device, work, summary, on_episode).run(corpus, preset.image_size)
+        with stop_signals() as stop:
+            _Pipeline(cfg, encoder, device, work, summary, on_episode, stop).run(corpus, preset.image_size)
         summary.seconds = time.perf_counter() - start
     if set(sealed_units(cfg.out)) == set(range(len(units))):
         merge_manifest(cfg.out)  # every rank that finds all units sealed merges; the result is the same
@@ -179,9 +181,9 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
 
 class _Pipeline:
     def __init__(self, cfg: ExtractConfig, encoder: torch.nn.Module, device: torch.device,
-                 work: list[tuple[int, int, str]], summary: ExtractSummary, on_episode):
+                 work: list[tuple[int, int, str]], summary: ExtractSummary, on_episode, stop: StopRequest):
         self.cfg, self.encoder, self.device, self.work = cfg, encoder, device, work
-        self.summary, self.on_episode = summary, on_episode
+        self.summary, self.on_episode, self.stop = summary, on_episode, stop
         self.unit_end = {i for i in range(len(work)) if i + 1 == len(work) or work[i + 1][1] != work[i][1]}
         self.waiting: dict[int, deque[Piece]] = defaultdict(deque)
         self.episodes: dict[int, _Episode] = {}
@@ -189,7 +191,8 @@ class _Pipeline:
         self.queued = 0
         self.next_release = 0
         self.next_write = 0
-        self.writer: ShardWriter | None = None  # used by the writer thread only
+        self.writer: ShardWriter | None = None  # used by the writer thread only (until it is shut down)
+        self.sealed = 0
         self.writes = ThreadPoolExecutor(max_workers=1)
         self.pending: deque[Future] = deque()
 
@@ -200,11 +203,18 @@ class _Pipeline:
                             pin_memory=self.device.type == "cuda")
         try:
             for piece in loader:
+                if self.stop.requested:
+                    break
                 self.waiting[piece.order].append(piece)
                 self._release()
+            self._drain()  # episodes already encoded are written (and their unit sealed if they end it)
         finally:
-            self._drain()
-            self.writes.shutdown()
+            self.writes.shutdown(cancel_futures=True)  # after a failure: the first error stands, later writes go
+            if self.writer is not None:  # a unit begun and not sealed: a stop or a failure
+                self.writer.discard()
+        if self.stop.requested and self.next_write < len(self.work):
+            raise Preempted(f"{self.stop.name}: {self.sealed} of this run's units sealed, the unit in progress "
+                            "removed; run the same command again to resume")
         if self.next_write != len(self.work):
             raise RuntimeError(f"pipeline ended with {len(self.work) - self.next_write} episodes unwritten")
 
@@ -296,5 +306,6 @@ class _Pipeline:
         if order in self.unit_end:
             self.writer.seal()
             self.writer = None
+            self.sealed += 1
         if self.on_episode:
             self.on_episode(0 if ep.skip else ep.frames)

@@ -25,7 +25,21 @@ ADAPTERS = ("action_encoder.", "state_encoder.", "predictor_embed.", "predictor_
 
 
 def save_checkpoint(path: Path, obj: dict) -> None:
-    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError (ENOSPC), not torch's own error
+            torch.save(obj, f)
+
+    atomic_write(Path(path), write, _tensor_bytes(obj))
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def link_latest(out: Path, step_file: Path, keep_last: int) -> None:
