@@ -17,9 +17,9 @@ import torch
 from extract.config import ExtractConfig
 from extract.job import run_extract
 from store import open_store, verify
-from store.format import SEAL_FILE
+from store.format import SEAL_FILE, unsealed_units
 from tests import corpora
-from tests.conftest import JOB_CONFIG, ROOT, assert_same_store, extract_args, run_cli
+from tests.conftest import JOB_CONFIG, ROOT, assert_same_store, extract_args, run_cli, signalled
 
 
 def test_store_contents(reference, demo_corpus):
@@ -82,6 +82,19 @@ def test_sigkill_then_rerun_gives_the_same_store(reference, demo_corpus, tmp_pat
         a, b = store.read_episode(e), ref.read_episode(e)
         assert torch.equal(a["features"], b["features"])
         assert np.array_equal(a["state"], b["state"])
+
+
+def test_sigterm_stops_cleanly_and_a_rerun_resumes(reference, demo_corpus, tmp_path):
+    """SIGTERM after the third episode (unit 1 of 4 in flight): the writes in flight end, the unit that is not
+    sealed by then is removed, the exit code is 3; a rerun gives the uninterrupted run's store."""
+    out = tmp_path / "store"
+    r = signalled("SIGTERM", 3, 0, *extract_args(demo_corpus, out, "--workers", 0))
+    assert r.returncode == 3 and "preempted: SIGTERM: " in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert open_store(out).sealed in ([0], [0, 1]) and unsealed_units(out) == []
+    assert not (out / "manifest.parquet").exists()
+    summary = run_extract(ExtractConfig(corpus=demo_corpus, out=out, workers=0, **JOB_CONFIG))
+    assert summary.units_skipped in (1, 2) and summary.merged
+    assert_same_store(out, reference)
 
 
 def test_rerun_of_a_complete_store_writes_nothing(reference, demo_corpus, tmp_path):

@@ -22,7 +22,7 @@ from model.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask
 from model.vit import apply_rope, attention, rope_slice, rope_tables
 from store import open_store
 from store.actions import actions_from_states, apply_action
-from tests.conftest import DEMO_STEPS, ROOT
+from tests.conftest import DEMO_STEPS, ROOT, signalled
 from tests.fake_store import tiny_store
 from train.config import TrainConfig
 from train.loop import lr_at, run_train
@@ -176,15 +176,6 @@ def test_schedule_phases():
 def read_losses(run: Path) -> list[tuple]:
     with open(run / "metrics.csv") as f:
         return [(int(r["step"]), r["loss"], r["tf_loss"], r["rollout_loss"], r["grad_norm"]) for r in csv.DictReader(f)]
-
-
-def signalled(sig: str, count: int, rank: int, *args, torchrun: bool = False) -> subprocess.CompletedProcess:
-    """`cli.py ARGS` in a subprocess (under torchrun with 2 ranks) that gets a real signal part-way
-    (tests/signal_at.py: after step `count` of rank `rank`)."""
-    launch = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"] if torchrun \
-        else [sys.executable]
-    return subprocess.run([*launch, str(ROOT / "tests" / "signal_at.py"), sig, str(count), str(rank), *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_preempted_run_resumes_with_the_same_losses(tmp_path):

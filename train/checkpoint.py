@@ -24,10 +24,38 @@ log = logging.getLogger(__name__)
 ADAPTERS = ("action_encoder.", "state_encoder.", "predictor_embed.", "predictor_proj.")  # --init-from may re-init
 
 
+class _WholeWrites:
+    """A file for torch.save that writes everything or raises, and keeps the error. torch's own writer takes a
+    short write (a full disk) for success, and its closing replaces our OSError with one of its own."""
+
+    def __init__(self, fd: int):
+        self.fd, self.error = fd, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def save_checkpoint(path: Path, obj: dict) -> None:
     def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError (ENOSPC), not torch's own error
-            torch.save(obj, f)
+        out = _WholeWrites(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error:  # (ENOSPC: common.files names the path and the space needed)
+                raise out.error from None
+            raise
+        finally:
+            os.close(out.fd)
 
     atomic_write(Path(path), write, _tensor_bytes(obj))
 
