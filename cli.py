@@ -106,6 +106,7 @@ def extract(cfg: ExtractConfig) -> None:
         s = run_extract(cfg, on_start=lambda n: p.update(task, total=n), on_episode=on_episode)
     _table(f"extraction, rank {s.rank} of {s.world_size}", None, [
         ["store", s.store], ["actions", s.actions], ["units written", s.units], ["units already sealed", s.units_skipped],
+        ["units another process was writing", s.units_held],
         ["episodes ok", s.episodes_ok], ["episodes skipped", len(s.skipped)],
         ["episodes decoded by PyAV", len(s.fallback)], ["frames", s.frames],
         ["seconds", f"{s.seconds:.1f}"], ["frames/s", f"{s.frames / max(s.seconds, 1e-9):.1f}"],

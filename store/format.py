@@ -226,7 +226,11 @@ def shard_episodes(root: Location, unit: int, seal: dict | None = None) -> pa.Ta
     return parse_table(read_checked(path, seal["files"].get(EPISODES_FILE)), SCHEMA, path)
 
 
+def shard_files(directory: Location) -> list[str]:
+    """Every file under a shard directory except the seal itself (and its temporaries), sorted."""
+    return [rel for rel in list_files(directory) if rel != SEAL_FILE and not rel.startswith(f".{SEAL_FILE}")]
+
+
 def file_digests(directory: Location, fsync: bool = False) -> dict[str, str]:
-    """SHA-256 of every file under a shard directory except the seal itself (and its temporaries)."""
-    return {rel: sha256_of(directory / rel, fsync=fsync) for rel in list_files(directory)
-            if rel != SEAL_FILE and not rel.startswith(f".{SEAL_FILE}")}
+    """SHA-256 of every file of a shard but its seal."""
+    return {rel: sha256_of(directory / rel, fsync=fsync) for rel in shard_files(directory)}

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import errno
+import json
+import logging
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from extract.config import ExtractConfig
+from extract.job import run_extract
 from store import verify
 from store.cache import ChunkCache
-from store.format import unsealed_units
-from tests.conftest import ROOT, assert_one_error_line, extract_args
+from store.format import SEAL_FILE, file_digests, unsealed_units
+from tests.conftest import JOB_CONFIG, ROOT, assert_one_error_line, assert_same_store, extract_args
 from tests.fake_store import tiny_store
 
 
@@ -60,3 +66,48 @@ def test_a_cache_on_a_full_disk_warns_once_and_reads_through(tmp_path, monkeypat
     assert [r.getMessage() for r in caplog.records] == [
         f"--cache {tmp_path / 'cache'}: cannot write to it (No space left on device); reading through without caching"]
     assert cache.get(f"{0:064x}") is None and not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_a_rerun_repairs_what_two_writers_left_and_skips_a_unit_another_process_holds(
+        reference, demo_corpus, tmp_path, caplog):
+    """The state two concurrent writers left before units were locked: a sealed shard whose arrays were recreated
+    empty by the second writer before the first sealed (its seal matches its files), a sealed shard whose
+    features the second writer removed, and an unsealed partial one. A rerun redoes those and only those, except
+    the one another live process holds, which it leaves with one line; once that process is killed, the next
+    rerun takes the unit over."""
+    out = tmp_path / "store"
+    shutil.copytree(reference, out)
+    (out / "manifest.parquet").unlink()
+    shards = out / "shards"
+    meta = shards / "00001" / "features" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["shape"][0] = 0
+    meta.write_text(json.dumps(doc))
+    seal = json.loads((shards / "00001" / SEAL_FILE).read_text())
+    (shards / "00001" / SEAL_FILE).write_text(json.dumps({**seal, "files": file_digests(shards / "00001")}))
+    shutil.rmtree(shards / "00002" / "features")
+    (shards / "00003" / SEAL_FILE).unlink()
+    shutil.rmtree(shards / "00003" / "features")
+    good = {p: p.stat().st_mtime_ns for p in (shards / "00000").rglob("*")}
+    assert len(verify(out)) >= 3
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]); "
+                               "from store.lease import UnitLocks; assert UnitLocks(sys.argv[1]).take(3) is None; "
+                               "print('READY', flush=True); time.sleep(300)", str(out), str(ROOT)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "READY"
+        with caplog.at_level(logging.INFO, logger="extract"):
+            summary = run_extract(ExtractConfig(corpus=demo_corpus, out=out, workers=0, **JOB_CONFIG))
+        assert (summary.units, summary.units_skipped, summary.units_held, summary.merged) == (2, 1, 1, False)
+        notes = [r.getMessage() for r in caplog.records]
+        assert f"unit 3: {socket.gethostname()} pid {holder.pid} is writing it; skipped here" in notes, notes
+        assert any(n.startswith("shard 00001: array features is") for n in notes), notes
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = run_extract(ExtractConfig(corpus=demo_corpus, out=out, workers=0, **JOB_CONFIG))
+    assert (summary.units, summary.units_skipped, summary.merged) == (1, 3, True)
+    assert verify(out) == [] and not list(shards.glob("*.lock"))
+    assert_same_store(out, reference)
+    assert good == {p: p.stat().st_mtime_ns for p in (shards / "00000").rglob("*")}
