@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from common.errors import StoreError
@@ -24,7 +24,7 @@ from common.errors import StoreError
 from .format import SHARDS_DIR, Location
 from .location import RemotePath, where
 
-LEASE_SECONDS = float(os.environ.get("VJEPA_LEASE_SECONDS", 300))  # an object-store lease's life unless renewed
+LEASE_SECONDS = float(os.environ.get("VJEPA_LEASE_SECONDS", "300"))  # an object-store lease's life unless renewed
 
 
 def _owner() -> str:
@@ -87,7 +87,7 @@ class UnitLocks:
                     held, info = json.loads(path.read_bytes()), path.call("info", path.key)
                 except FileNotFoundError:  # released meanwhile
                     continue
-                age = (datetime.now(timezone.utc) - info["LastModified"]).total_seconds()
+                age = (datetime.now(UTC) - info["LastModified"]).total_seconds()
                 if age <= held["seconds"]:
                     return held["owner"]
                 path.call("rm", path.key)  # stale: its writer stopped renewing it

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -235,3 +236,24 @@ def test_chunk_cache_is_bounded_and_drops_damaged_copies(tmp_path):
     held = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in held) <= 10_000 + 10_000 // 8
     assert cache.get(f"{29:064x}") == blobs[f"{29:064x}"] and cache.get(f"{0:064x}") is None
+
+
+def test_unit_leases_on_s3(s3):
+    """A unit's lease is created only where absent (If-None-Match): a second writer is told who holds it; a lease
+    its writer stopped renewing (killed) is taken over once its life has passed."""
+    from store.lease import UnitLocks
+
+    root = where(f"s3://{BUCKET}/leases")
+    first, second = UnitLocks(root), UnitLocks(root)
+    assert first.take(0) is None
+    assert second.take(0) == f"{socket.gethostname()} pid {os.getpid()}"
+    first.release(0)
+    assert second.take(0) is None
+    second.close()
+    lease = root / "shards" / "00000.lease"
+    assert not lease.exists()
+    lease.call("pipe_file", lease.key, json.dumps({"owner": "node7 pid 1", "token": "t", "seconds": 1}).encode())
+    assert first.take(0) == "node7 pid 1"
+    time.sleep(2.5)  # (object times have whole seconds)
+    assert first.take(0) is None and json.loads(lease.read_bytes())["token"] != "t"
+    first.close()
