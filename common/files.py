@@ -114,7 +114,7 @@ def remove_stale_temps(directory: Path, pattern: str = "*") -> list[Path]:
     host = socket.gethostname()
     for p in Path(directory).glob(f".{pattern}{TMP_MARK}*"):
         owner, _, pid = p.name.rpartition(TMP_MARK)[2].rpartition("-")
-        if owner == host and pid.isdigit() and not _alive(int(pid)):
+        if owner == host and pid.isdigit() and not pid_alive(int(pid)):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
@@ -123,7 +123,7 @@ def remove_stale_temps(directory: Path, pattern: str = "*") -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

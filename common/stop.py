@@ -47,3 +47,10 @@ def stop_signals() -> Iterator[StopRequest]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader workers' `worker_init_fn`: a signal sent to the whole process group (SLURM, a terminal) is for
+    the main process, which stops its workers itself (torch's workers would die of it and fail the main one)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

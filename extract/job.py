@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import Preempted, SkipEpisode
-from common.stop import StopRequest, stop_signals
+from common.stop import StopRequest, ignore_stop_signals, stop_signals
 from model.encoder import build_encoder
 from model.preprocess import CROP_RULE, preprocess
 from model.vit import preset_name
@@ -233,7 +233,7 @@ class _Pipeline:
         cfg = self.cfg
         dataset = EpisodePieces(corpus, [w[2] for w in self.work], cfg.fps, image_size)
         loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals)
         try:
             for piece in loader:
                 if self.stop.requested:

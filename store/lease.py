@@ -5,7 +5,8 @@ A local store locks `shards/NNNNN.lock` with flock: the kernel releases the lock
 it ends (on NFS, the server does after its lease time). An object store has no locks: there the lock is a lease
 object `shards/NNNNN.lease`, created only where absent (a conditional PUT, If-None-Match) and read back (for
 servers that ignore the condition), renewed while its unit is written and deleted after the seal. A lease not
-renewed for its `seconds` (its writer was killed) is stale and taken over. Readers never look at either file.
+renewed for its `seconds` (its writer was killed), or one of a process of this host that has ended, is stale and
+taken over. Readers never look at either file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common.errors import StoreError
+from common.files import pid_alive
 
 from .format import SHARDS_DIR, Location
 from .location import RemotePath, where
@@ -29,6 +31,12 @@ LEASE_SECONDS = float(os.environ.get("VJEPA_LEASE_SECONDS", "300"))  # an object
 
 def _owner() -> str:
     return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+def _stale(lease: dict, age: float) -> bool:
+    """Not renewed for its life, or its process (on this host) is gone."""
+    host, _, pid = lease["owner"].rpartition(" pid ")
+    return age > lease["seconds"] or (host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)))
 
 
 class UnitLocks:
@@ -87,10 +95,9 @@ class UnitLocks:
                     held, info = json.loads(path.read_bytes()), path.call("info", path.key)
                 except FileNotFoundError:  # released meanwhile
                     continue
-                age = (datetime.now(UTC) - info["LastModified"]).total_seconds()
-                if age <= held["seconds"]:
+                if not _stale(held, (datetime.now(UTC) - info["LastModified"]).total_seconds()):
                     return held["owner"]
-                path.call("rm", path.key)  # stale: its writer stopped renewing it
+                path.call("rm", path.key)
                 continue
             if json.loads(path.read_bytes())["token"] != token:  # (a server that ignored If-None-Match)
                 return "another writer"

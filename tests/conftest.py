@@ -29,7 +29,7 @@ def signalled(sig: str, count: int, rank: int, *args, torchrun: bool = False) ->
     launch = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"] if torchrun \
         else [sys.executable]
     return subprocess.run([*launch, str(ROOT / "tests" / "signal_at.py"), sig, str(count), str(rank), *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, start_new_session=True)
 
 
 def cli_main(*args) -> tuple[int, str, str]:

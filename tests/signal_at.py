@@ -3,7 +3,8 @@
     python tests/signal_at.py SIGNAL COUNT RANK ARGS...
 
 train: after optimiser step COUNT on rank RANK; extract: after the COUNT-th episode written. SIGNAL is a
-name (SIGTERM, SIGUSR1) or TWICE: two SIGTERMs back to back.
+name (SIGTERM, SIGUSR1), group:NAME (to this process's group, DataLoader workers included, as SLURM does; start
+it in a session of its own) or TWICE: two SIGTERMs back to back.
 """
 
 import os
@@ -21,6 +22,9 @@ name, count, rank, args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.a
 
 
 def fire() -> None:
+    if name.startswith("group:"):
+        os.killpg(0, signal.Signals[name.removeprefix("group:")])
+        return
     for s in [signal.SIGTERM] * 2 if name == "TWICE" else [signal.Signals[name]]:
         os.kill(os.getpid(), s)
 

@@ -85,10 +85,11 @@ def test_sigkill_then_rerun_gives_the_same_store(reference, demo_corpus, tmp_pat
 
 
 def test_sigterm_stops_cleanly_and_a_rerun_resumes(reference, demo_corpus, tmp_path):
-    """SIGTERM after the third episode (unit 1 of 4 in flight): the writes in flight end, the unit that is not
-    sealed by then is removed, the exit code is 3; a rerun gives the uninterrupted run's store."""
+    """SIGTERM to the process group (a decoding worker's too, as SLURM sends it) after the third episode (unit 1
+    of 4 in flight): the writes in flight end, the unit that is not sealed by then is removed, the exit code is 3;
+    a rerun gives the uninterrupted run's store."""
     out = tmp_path / "store"
-    r = signalled("SIGTERM", 3, 0, *extract_args(demo_corpus, out, "--workers", 0))
+    r = signalled("group:SIGTERM", 3, 0, *extract_args(demo_corpus, out, "--workers", 1))
     assert r.returncode == 3 and "preempted: SIGTERM: " in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert open_store(out).sealed in ([0], [0, 1]) and unsealed_units(out) == []
     assert not (out / "manifest.parquet").exists()

@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Subset
 
 from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import Preempted, TrainingDiverged, UserError
-from common.files import output_dir, remove_stale_temps
+from common.files import disk_full, output_dir, remove_stale_temps
 from common.settings import as_dict
-from common.stop import StopRequest, stop_signals
+from common.stop import StopRequest, ignore_stop_signals, stop_signals
 from model.checkpoint import ModelMeta
 from model.predictor import ACPredictor, normalization_from_stats
 from model.weights import load_checkpoint
@@ -89,8 +89,9 @@ class MetricsLog:
         self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
 
     def step(self, row: dict) -> None:
-        self.csv.writerow({k: row[k] for k in STEP_FIELDS})
-        self.file.flush()
+        with disk_full(self.path):
+            self.csv.writerow({k: row[k] for k in STEP_FIELDS})
+            self.file.flush()
         for k in STEP_FIELDS[1:]:
             self.tb.add_scalar(f"train/{k}", row[k], row["step"])
 
@@ -102,7 +103,7 @@ class MetricsLog:
             self.tb.add_scalar(f"val/copy_last_l1/h{h}", c, step)
         self.tb.add_scalar("val/tf_l1", v["tf_l1"], step)
         new = not self.val_path.exists()
-        with open(self.val_path, "a", newline="") as f:
+        with disk_full(self.val_path), open(self.val_path, "a", newline="") as f:
             w = csv.DictWriter(f, list(row))
             if new:
                 w.writeheader()
@@ -210,7 +211,7 @@ def _setup(cfg: TrainConfig) -> _Run:
         opt.load_state_dict(opt_state)
     sampler = ShuffledStream(len(train_set), cfg.seed, rank, world, skip=start_step * cfg.batch_size * cfg.accum_steps)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=device.type == "cuda", drop_last=True)
+                        pin_memory=device.type == "cuda", drop_last=True, worker_init_fn=ignore_stop_signals)
     saved = {"model_meta": meta.to_dict(), "store": meta.encoder,
              "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "frames": cfg.frames},
              "config": as_dict(cfg)}
@@ -326,7 +327,7 @@ def run_train(cfg: TrainConfig, on_start: Callable[[int, int], None] | None = No
     """Train (or resume); DDP when WORLD_SIZE > 1. `on_start(total, start_step)`, `on_step(row, validation)`.
 
     SIGTERM or SIGUSR1 (on any rank) ends the run after the step in progress, checkpointed: raises Preempted."""
-    with stop_signals() as stop:  # before the DataLoader forks its workers, which then ignore a first signal too
+    with stop_signals() as stop:
         run = _setup(cfg)
         if on_start:
             on_start(cfg.steps, run.start_step)
