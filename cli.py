@@ -376,6 +376,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="note: %(message)s", stream=sys.stderr)
     for package in ("common", "model", "store", "extract", "train", "sim"):
         logging.getLogger(package).setLevel(logging.INFO)
+    # aiohttp leaves tasks with unread errors behind when an object store's connection drops; the failure itself
+    # is retried, or reported in one line
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         code = app(standalone_mode=False)
     except NoArgsIsHelpError as e:  # a group called without a command: its help

@@ -8,11 +8,14 @@ Paths, so a local store behaves exactly as before. The few operations that diffe
 Remote I/O goes through fsspec (s3fs for s3://, gcsfs for gs://). Credentials and the endpoint come
 from the standard environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...); no
 client is ever pickled or shared across a fork: `fs` asks fsspec, whose instance cache is per process.
+Transient failures (connection errors, timeouts, 5xx, SlowDown) are retried with exponential backoff and
+jitter (botocore's standard mode), VJEPA_S3_ATTEMPTS times per request; after that, one line.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +24,27 @@ from common.errors import StoreError, UserError
 from common.files import atomic_write_bytes, sha256_file
 
 EXTRAS = {"s3": "pip install -e '.[s3]' (s3fs)"}  # the project's extra for a scheme, where it has one
+ATTEMPTS = int(os.environ.get("VJEPA_S3_ATTEMPTS", "10"))  # per request, the first included (~1 min of backoff)
+TIMEOUT = float(os.environ.get("VJEPA_S3_TIMEOUT", "30"))  # seconds to connect, and to wait for the next bytes
+TRANSIENT = {"ConnectionError", "HTTPClientError", "TimeoutError", "ClientPayloadError"}  # (class names: their
+# modules are optional) and 5xx, SlowDown
+
+
+def client_options(protocol: str) -> dict:
+    """fsspec options of our clients: bounded retries with backoff and jitter on transient errors (for s3)."""
+    if protocol != "s3":
+        return {}
+    return {"config_kwargs": {"retries": {"max_attempts": ATTEMPTS, "mode": "standard"},
+                              "connect_timeout": TIMEOUT, "read_timeout": TIMEOUT}}
+
+
+def unreachable(e: BaseException, what: str) -> StoreError | None:
+    """The one-line error for a transient failure that outlasted the retries, else None."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if not (names & TRANSIENT or any(code in str(e) for code in ("SlowDown", "ServiceUnavailable", "InternalError"))):
+        return None
+    return StoreError(f"{what}: the object store did not answer after {ATTEMPTS} attempts ({type(e).__name__}: "
+                      f"{e}); when it is back, run the command again (train: with --resume) to continue")
 
 
 def is_url(where: str | Path) -> bool:
@@ -49,6 +73,8 @@ def remote_errors(url: str) -> Iterator[None]:
         raise StoreError(f"{url}: access denied ({e}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the "
                          "bucket's permissions") from None
     except Exception as e:  # botocore's credential errors have no common base class with a stable import
+        if (down := unreachable(e, url)) is not None:
+            raise down from None
         if "Credentials" in type(e).__name__:
             raise StoreError(f"{url}: no credentials for the object store ({e}); set AWS_ACCESS_KEY_ID and "
                              "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a server that is not AWS)") from None
@@ -100,7 +126,7 @@ class RemotePath:
         import fsspec
 
         with remote_errors(self.url):
-            return fsspec.filesystem(self.protocol, use_listings_cache=False)
+            return fsspec.filesystem(self.protocol, use_listings_cache=False, **client_options(self.protocol))
 
     def call(self, method: str, *args, **kw):
         with remote_errors(self.url):
@@ -175,7 +201,7 @@ def zarr_store(folder: Path | RemotePath, read_only: bool):
         from zarr.storage import FsspecStore
 
         with remote_errors(folder.url):
-            return FsspecStore.from_url(folder.url, read_only=read_only)
+            return FsspecStore.from_url(folder.url, read_only=read_only, storage_options=client_options(folder.protocol))
     from zarr.storage import LocalStore
 
     return LocalStore(folder, read_only=read_only)
