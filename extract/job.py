@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 WRITES_IN_FLIGHT = 4  # finished episodes queued for the writer thread before encoding waits
 PIECE_FRAMES = 32  # frames a decoding worker hands over at once (bounds its memory, keeps the encoder fed)
 MIN_FRAMES = 2  # an episode needs one action at least
+CHECKS_IN_FLIGHT = 16  # sealed shards checked at once when a run starts (each is a few small reads)
 
 
 @dataclass
@@ -164,8 +165,10 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     first_id = np.cumsum([0] + [len(u) for u in units])
     shards = _Shards(cfg.out, config, [list(range(first_id[u], first_id[u + 1])) for u in range(len(units))])
     mine = [u for u in range(len(units)) if u % world == rank]
-    sealed = set(sealed_units(cfg.out))
-    todo = [u for u in mine if not (u in sealed and shards.intact(u, report=True))]
+    sealed = sorted(set(sealed_units(cfg.out)) & set(mine))
+    with ThreadPoolExecutor(max_workers=CHECKS_IN_FLIGHT) as pool:
+        intact = {u for u, ok in zip(sealed, pool.map(lambda u: shards.intact(u, report=True), sealed)) if ok}
+    todo = [u for u in mine if u not in intact]
     summary = ExtractSummary(rank, world, units=0, units_skipped=len(mine) - len(todo), store=where(cfg.out),
                              actions=f"{robot.actions} ({robot.state_dim}-D states, {robot.action_dim}-D actions)")
 

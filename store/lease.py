@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common.errors import StoreError
-from common.files import pid_alive
+from common.files import disk_full, pid_alive
 
 from .format import SHARDS_DIR, Location
 from .location import RemotePath, where
@@ -77,10 +77,11 @@ class UnitLocks:
             except FileNotFoundError:
                 pass
             os.close(fd)  # its holder released and removed the file before we locked: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, _owner().encode())
         with self.guard:
             self.held[unit] = fd
+        with disk_full(path):  # (the owner is written for the message another writer gives)
+            os.ftruncate(fd, 0)
+            os.write(fd, _owner().encode())
         return None
 
     def _lease(self, unit: int) -> str | None:

@@ -320,7 +320,8 @@ def test_an_outage_is_ridden_out_or_ends_in_one_line_and_a_rerun_resumes(s3, ref
     try:
         for name, attempts, outage in (("short", 10, 1.0), ("long", 2, None)):
             url = f"s3://{BUCKET}/outage-{name}"
-            env = {**s3["env"], "AWS_ENDPOINT_URL": proxy.url, "VJEPA_S3_ATTEMPTS": str(attempts)}
+            env = {**s3["env"], "AWS_ENDPOINT_URL": proxy.url, "VJEPA_S3_ATTEMPTS": str(attempts),
+                   "VJEPA_S3_TIMEOUT": "5"}
             p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, extract_args(demo_corpus, url,
                                                                                               "--workers", 0))],
                                  cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
