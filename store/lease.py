@@ -109,17 +109,18 @@ class UnitLocks:
 
     def _renew(self) -> None:
         while not self.stopped.wait(LEASE_SECONDS / 4):
-            with self.guard:
-                held = dict(self.held)
-            for unit, body in held.items():
-                path = self._path(unit)
-                try:
-                    if path.read_bytes() == body:
-                        path.call("pipe_file", path.key, body)
+            for unit in list(self.held):
+                with self.guard:  # (so that a lease being released is not written again)
+                    if unit not in self.held:
                         continue
-                except FileNotFoundError:
-                    pass
-                self.lost.add(unit)
+                    path = self._path(unit)
+                    try:
+                        if path.read_bytes() == self.held[unit]:
+                            path.call("pipe_file", path.key, self.held[unit])
+                            continue
+                    except FileNotFoundError:
+                        pass
+                    self.lost.add(unit)
 
     def confirm(self, unit: int) -> None:
         """Before sealing: the unit is still this process's (a writer stalled past its lease lost it)."""
@@ -130,14 +131,14 @@ class UnitLocks:
     def release(self, unit: int) -> None:
         with self.guard:
             held = self.held.pop(unit, None)
-        if held is None:
-            return
-        path = self._path(unit)
-        if isinstance(held, int):
-            path.unlink(missing_ok=True)  # (whoever locks it next checks the seal again first)
-            os.close(held)
-        elif unit not in self.lost:
-            path.call("rm", path.key)
+            if held is None:
+                return
+            path = self._path(unit)
+            if isinstance(held, int):
+                path.unlink(missing_ok=True)  # (whoever locks it next checks the seal again first)
+                os.close(held)
+            elif unit not in self.lost:
+                path.call("rm", path.key)
 
     def close(self) -> None:
         """Release every unit still held (after a failure too, which must stay the error reported)."""

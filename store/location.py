@@ -201,7 +201,8 @@ def zarr_store(folder: Path | RemotePath, read_only: bool):
         from zarr.storage import FsspecStore
 
         with remote_errors(folder.url):
-            return FsspecStore.from_url(folder.url, read_only=read_only, storage_options=client_options(folder.protocol))
+            return FsspecStore.from_url(folder.url, read_only=read_only,
+                                        storage_options=client_options(folder.protocol))
     from zarr.storage import LocalStore
 
     return LocalStore(folder, read_only=read_only)
