@@ -22,11 +22,12 @@ from pathlib import Path
 
 from common.errors import StoreError
 from common.files import disk_full, pid_alive
+from common.settings import env_number
 
 from .format import SHARDS_DIR, Location
 from .location import RemotePath, where
 
-LEASE_SECONDS = float(os.environ.get("VJEPA_LEASE_SECONDS", "300"))  # an object-store lease's life unless renewed
+LEASE_SECONDS = env_number("VJEPA_LEASE_SECONDS", 300, 1)  # an object-store lease's life unless renewed
 
 
 def _owner() -> str:

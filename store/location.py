@@ -15,27 +15,32 @@ jitter (botocore's standard mode), VJEPA_S3_ATTEMPTS times per request; after th
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from common.errors import StoreError, UserError
 from common.files import atomic_write_bytes, sha256_file
+from common.settings import env_number
 
 EXTRAS = {"s3": "pip install -e '.[s3]' (s3fs)"}  # the project's extra for a scheme, where it has one
-ATTEMPTS = int(os.environ.get("VJEPA_S3_ATTEMPTS", "10"))  # per request, the first included (~1 min of backoff)
-TIMEOUT = float(os.environ.get("VJEPA_S3_TIMEOUT", "30"))  # seconds to connect, and to wait for the next bytes
 TRANSIENT = {"ConnectionError", "HTTPClientError", "TimeoutError", "ClientPayloadError"}  # (class names: their
 # modules are optional) and 5xx, SlowDown
 
 
+def attempts() -> int:
+    """Tries per request, the first included (VJEPA_S3_ATTEMPTS; the default's backoff waits about a minute)."""
+    return int(env_number("VJEPA_S3_ATTEMPTS", 10, 1))
+
+
 def client_options(protocol: str) -> dict:
-    """fsspec options of our clients: bounded retries with backoff and jitter on transient errors (for s3)."""
+    """fsspec options of our clients: bounded retries with backoff and jitter on transient errors (for s3), and
+    VJEPA_S3_TIMEOUT seconds to connect and to wait for the next bytes."""
     if protocol != "s3":
         return {}
-    return {"config_kwargs": {"retries": {"max_attempts": ATTEMPTS, "mode": "standard"},
-                              "connect_timeout": TIMEOUT, "read_timeout": TIMEOUT}}
+    timeout = env_number("VJEPA_S3_TIMEOUT", 30, 0.1)
+    return {"config_kwargs": {"retries": {"max_attempts": attempts(), "mode": "standard"},
+                              "connect_timeout": timeout, "read_timeout": timeout}}
 
 
 def unreachable(e: BaseException, what: str) -> StoreError | None:
@@ -43,7 +48,7 @@ def unreachable(e: BaseException, what: str) -> StoreError | None:
     names = {c.__name__ for c in type(e).__mro__}
     if not (names & TRANSIENT or any(code in str(e) for code in ("SlowDown", "ServiceUnavailable", "InternalError"))):
         return None
-    return StoreError(f"{what}: the object store did not answer after {ATTEMPTS} attempts ({type(e).__name__}: "
+    return StoreError(f"{what}: the object store did not answer after {attempts()} attempts ({type(e).__name__}: "
                       f"{e}); when it is back, run the command again (train: with --resume) to continue")
 
 
