@@ -50,7 +50,7 @@ def stop_signals() -> Iterator[StopRequest]:
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader workers' `worker_init_fn`: a signal sent to the whole process group (SLURM, a terminal) is for
-    the main process, which stops its workers itself (torch's workers would die of it and fail the main one)."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    """DataLoader workers' `worker_init_fn`: SIGUSR1 sent to the whole process group (SLURM's --signal=USR1@90
+    does) is for the main process, which stops its workers itself; they would die of it and fail the main one.
+    SIGTERM keeps its action: torch stops its workers with it, and a worker deaf to it hangs the main one."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
