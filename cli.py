@@ -24,8 +24,8 @@ from rich.table import Table
 
 from bench.config import BENCHES
 from common.commands import command
-from common.errors import TrainingDiverged, UserError
-from common.files import output_file
+from common.errors import PREEMPTED_EXIT, Preempted, TrainingDiverged, UserError
+from common.files import human_bytes, output_file
 from extract.config import ExtractConfig
 from sim.config import CollectConfig, DemoCorpusConfig, SimEvalConfig
 from train.config import EvalConfig, ExportConfig, PlanConfig, PlanEvalConfig, TrainConfig
@@ -106,14 +106,6 @@ def _table(title: str, header: list[str] | None, rows: list[list]) -> None:
     console.print(t)
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 # ---------------------------------------------------------------- extract and train
 
 
@@ -146,6 +138,7 @@ def extract(cfg: ExtractConfig) -> None:
         s = run_extract(cfg, on_start=lambda n: p.update(task, total=n), on_episode=on_episode)
     _table(f"extraction, rank {s.rank} of {s.world_size}", None, [
         ["store", s.store], ["actions", s.actions], ["units written", s.units], ["units already sealed", s.units_skipped],
+        ["units another process was writing", s.units_held],
         ["episodes ok", s.episodes_ok], ["episodes skipped", len(s.skipped)],
         ["episodes decoded by PyAV", len(s.fallback)], ["frames", s.frames],
         ["seconds", f"{s.seconds:.1f}"], ["frames/s", f"{s.frames / max(s.seconds, 1e-9):.1f}"],
@@ -270,7 +263,7 @@ def store_ls(path: str = StorePath) -> None:
     _table(f"{path} ({len(rows)} of {read_root_attrs(path)['num_units']} units present)",
            ["shard", "state", "episodes", "frames", "size", "codec"],
            [[f"{r.unit:05d}", "sealed" if r.sealed else "[red]unsealed", "-" if r.episodes is None else r.episodes,
-             "-" if r.frames is None else r.frames, _human_bytes(r.bytes), r.codec] for r in rows])
+             "-" if r.frames is None else r.frames, human_bytes(r.bytes), r.codec] for r in rows])
 
 
 @store_app.command("info")
@@ -283,7 +276,7 @@ def store_info(path: str = StorePath) -> None:
     _table(str(path), None, [[k, v] for k, v in s.attrs.items()] + [
         ["units sealed", f"{s.units_sealed}/{s.num_units}"], ["episodes ok", s.episodes_ok],
         ["episodes skipped", s.episodes_skipped], ["frames", s.frames], ["hours", f"{s.hours:.3f}"],
-        ["size", _human_bytes(s.bytes)]])
+        ["size", human_bytes(s.bytes)]])
 
 
 @store_app.command("show")
@@ -427,6 +420,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="note: %(message)s", stream=sys.stderr)
     for package in ("common", "model", "store", "extract", "train", "sim", "bench"):
         logging.getLogger(package).setLevel(logging.INFO)
+    # aiohttp leaves tasks with unread errors behind when an object store's connection drops; the failure itself
+    # is retried, or reported in one line
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         code = app(standalone_mode=False)
     except NoArgsIsHelpError as e:  # a group called without a command: its help
@@ -438,6 +434,9 @@ def main() -> None:
     except (UserError, TrainingDiverged) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)  # never wrapped
         code = 2 if isinstance(e, UserError) else 1
+    except Preempted as e:  # stopped by SIGTERM/SIGUSR1 with its work saved
+        print(f"preempted: {e}", file=sys.stderr)
+        code = PREEMPTED_EXIT
     except KeyboardInterrupt:
         err.print("interrupted")
         code = 130

@@ -1,5 +1,7 @@
 """The pipeline's exceptions, in one place, free of heavy imports (the CLI imports this first)."""
 
+PREEMPTED_EXIT = 3  # exit code of a command stopped by SIGTERM or SIGUSR1 after saving its work (README, "Faults")
+
 
 class UserError(Exception):
     """A mistake in what the user gave (paths, options, data): the CLI prints one `error:` line, exit 2."""
@@ -15,3 +17,8 @@ class SkipEpisode(Exception):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf. Not the user's input at fault: the CLI says so in one line, exit 1."""
+
+
+class Preempted(Exception):
+    """A stop signal (common.stop) arrived and the work so far is saved: the CLI prints one `preempted:` line
+    and exits with PREEMPTED_EXIT; a rerun (train: with --resume) continues."""

@@ -8,11 +8,13 @@ so a later run can tell a crashed writer's leftover from a live writer's file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
@@ -54,18 +56,44 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` creates the content at a temporary path; it then replaces `path` durably."""
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@contextmanager
+def disk_full(path: Path, needed: int | None = None) -> Iterator[None]:
+    """A write under `path` that finds the disk full (ENOSPC) ends in one line naming the path, the space free
+    there and, when known, the size of the write that failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        existing = next(p for p in (Path(path), *Path(path).parents) if p.exists())
+        free = human_bytes(shutil.disk_usage(existing).free)
+        size = f"; this write needs about {human_bytes(needed)}" if needed else ""
+        raise UserError(f"{path}: the disk is full ({free} free there{size}); free some space or write elsewhere, "
+                        "then run the command again (train: with --resume)") from None
+
+
+def atomic_write(path: Path, write: Callable[[Path], object], size: int | None = None) -> None:
+    """`write(tmp)` creates the content at a temporary path; it then replaces `path` durably. `size`: about how
+    many bytes it writes (for the message if the disk is full)."""
     path = Path(path)
     tmp = temp_name(path)
     try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        with disk_full(path, size):
+            write(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -73,7 +101,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), len(data))
 
 
 def remove_stale_temps(directory: Path, pattern: str = "*") -> list[Path]:
@@ -86,7 +114,7 @@ def remove_stale_temps(directory: Path, pattern: str = "*") -> list[Path]:
     host = socket.gethostname()
     for p in Path(directory).glob(f".{pattern}{TMP_MARK}*"):
         owner, _, pid = p.name.rpartition(TMP_MARK)[2].rpartition("-")
-        if owner == host and pid.isdigit() and not _alive(int(pid)):
+        if owner == host and pid.isdigit() and not pid_alive(int(pid)):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
@@ -95,7 +123,7 @@ def remove_stale_temps(directory: Path, pattern: str = "*") -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

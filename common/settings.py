@@ -8,6 +8,7 @@ one-line errors as a CLI user.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
@@ -83,3 +84,15 @@ def as_dict(cfg: Any) -> dict:
         return v
 
     return plain(dataclasses.asdict(cfg))
+
+
+def env_number(name: str, default: float, minimum: float) -> float:
+    """A number from the environment (a setting of the deployment rather than of one command)."""
+    raw = os.environ.get(name)
+    try:
+        value = default if raw is None else float(raw)
+    except ValueError:
+        raise UserError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise UserError(f"{name}={raw!r} is below its minimum {minimum:g}")
+    return value

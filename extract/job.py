@@ -13,6 +13,7 @@ stopped), so a resumed or distributed run stores bit-identical features.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.device import bf16_autocast, pick_device, rank_world
-from common.errors import SkipEpisode
+from common.errors import Preempted, SkipEpisode
+from common.stop import StopRequest, ignore_stop_signals, stop_signals
 from model.encoders import build_encoder
 from model.preprocess import InputSpec
 from store import (
@@ -35,17 +37,21 @@ from store import (
     create_store,
     merge_manifest,
     plan_units,
-    remove_unsealed,
     sealed_units,
 )
-from store.location import RemotePath, where
+from store.format import SEAL_FILE, shard_dir
+from store.integrity import check_shard
+from store.lease import UnitLocks
+from store.location import RemotePath, remove_tree, where
 
 from .config import ExtractConfig
 from .corpora import Corpus, open_corpus
 
+log = logging.getLogger(__name__)
 WRITES_IN_FLIGHT = 4  # finished episodes queued for the writer thread before encoding waits
 PIECE_FRAMES = 32  # frames a decoding worker hands over at once (bounds its memory, keeps the encoder fed)
 MIN_FRAMES = 2  # an episode needs one action at least
+CHECKS_IN_FLIGHT = 16  # sealed shards checked at once when a run starts (each is a few small reads)
 
 
 @dataclass
@@ -113,8 +119,9 @@ class _Episode:
 class ExtractSummary:
     rank: int
     world_size: int
-    units: int  # this rank's units done in this run
-    units_skipped: int  # already sealed by an earlier run
+    units: int  # this rank's units written by this run
+    units_skipped: int  # already sealed (by an earlier run, or by another writer meanwhile)
+    units_held: int = 0  # being written by another process: left to it
     episodes_ok: int = 0
     frames: int = 0
     seconds: float = 0.0
@@ -157,21 +164,24 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
         action_names=robot.action_names,
     )
     create_store(cfg.out, config, units)
+    first_id = np.cumsum([0] + [len(u) for u in units])
+    shards = _Shards(cfg.out, config, [list(range(first_id[u], first_id[u + 1])) for u in range(len(units))])
     mine = [u for u in range(len(units)) if u % world == rank]
-    remove_unsealed(cfg.out, mine)  # leftovers of a crashed run of this rank
-    done = set(sealed_units(cfg.out))
-    todo = [u for u in mine if u not in done]
-    summary = ExtractSummary(rank, world, units=len(todo), units_skipped=len(mine) - len(todo), store=where(cfg.out),
+    sealed = sorted(set(sealed_units(cfg.out)) & set(mine))
+    with ThreadPoolExecutor(max_workers=CHECKS_IN_FLIGHT) as pool:
+        intact = {u for u, ok in zip(sealed, pool.map(lambda u: shards.intact(u, report=True), sealed)) if ok}
+    todo = [u for u in mine if u not in intact]
+    summary = ExtractSummary(rank, world, units=0, units_skipped=len(mine) - len(todo), store=where(cfg.out),
                              actions=f"{robot.actions} ({robot.state_dim}-D states, {robot.action_dim}-D actions)")
 
-    first_id = np.cumsum([0] + [len(u) for u in units])
     work = [(int(first_id[u] + i), u, src) for u in todo for i, src in enumerate(units[u])]
     if on_start:
         on_start(len(work))
     if work:
         encoder.to(device)
         start = time.perf_counter()
-        _Pipeline(cfg, encoder, device, work, summary, on_episode).run(corpus, encoder.input)
+        with stop_signals() as stop:
+            _Pipeline(cfg, encoder, device, work, summary, on_episode, stop, shards).run(corpus, encoder.input)
         summary.seconds = time.perf_counter() - start
     if set(sealed_units(cfg.out)) == set(range(len(units))):
         merge_manifest(cfg.out)  # every rank that finds all units sealed merges; the result is the same
@@ -179,11 +189,40 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     return summary
 
 
+class _Shards:
+    """The store's units as this run sees them: whether one is done, and claiming one to write it."""
+
+    def __init__(self, root: Path | RemotePath, config: StoreConfig, planned: list[list[int]]):
+        self.root, self.config, self.planned = where(root), config, planned
+        self.locks = UnitLocks(self.root)
+
+    def intact(self, unit: int, report: bool = False) -> bool:
+        """A sealed unit that checks out against its seal (its feature chunks listed, not hashed). Any other, as
+        crashes and concurrent writers leave them, is removed and redone when claimed."""
+        problems = check_shard(self.root, unit, self.config, self.planned[unit], chunks=False)[0]
+        if problems and report:
+            log.info("%s; the shard will be removed and redone", problems[0])
+        return not problems
+
+    def claim(self, unit: int) -> str | None:
+        """Lock a unit to write it and clear what stands in its place: None, or why it is not this run's to write."""
+        holder = self.locks.take(unit)
+        if holder is not None:
+            return f"{holder} is writing it"
+        if (shard_dir(self.root, unit) / SEAL_FILE).exists() and self.intact(unit):
+            self.locks.release(unit)
+            return "sealed by another writer meanwhile"
+        remove_tree(shard_dir(self.root, unit))
+        return None
+
+
 class _Pipeline:
     def __init__(self, cfg: ExtractConfig, encoder: torch.nn.Module, device: torch.device,
-                 work: list[tuple[int, int, str]], summary: ExtractSummary, on_episode):
+                 work: list[tuple[int, int, str]], summary: ExtractSummary, on_episode, stop: StopRequest,
+                 shards: _Shards):
         self.cfg, self.encoder, self.device, self.work = cfg, encoder, device, work
-        self.summary, self.on_episode = summary, on_episode
+        self.summary, self.on_episode, self.stop, self.shards = summary, on_episode, stop, shards
+        self.claimed: dict[int, bool] = {}  # unit -> whether this run writes it (decided as its first piece comes)
         self.unit_end = {i for i in range(len(work)) if i + 1 == len(work) or work[i + 1][1] != work[i][1]}
         self.waiting: dict[int, deque[Piece]] = defaultdict(deque)
         self.episodes: dict[int, _Episode] = {}
@@ -191,7 +230,7 @@ class _Pipeline:
         self.queued = 0
         self.next_release = 0
         self.next_write = 0
-        self.writer: ShardWriter | None = None  # used by the writer thread only
+        self.writer: ShardWriter | None = None  # used by the writer thread only (until it is shut down)
         self.writes = ThreadPoolExecutor(max_workers=1)
         self.pending: deque[Future] = deque()
 
@@ -199,14 +238,22 @@ class _Pipeline:
         cfg = self.cfg
         dataset = EpisodePieces(corpus, [w[2] for w in self.work], cfg.fps, spec)
         loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals)
         try:
             for piece in loader:
+                if self.stop.requested:
+                    break
                 self.waiting[piece.order].append(piece)
                 self._release()
+            self._drain()  # episodes already encoded are written (and their unit sealed if they end it)
         finally:
-            self._drain()
-            self.writes.shutdown()
+            self.writes.shutdown(cancel_futures=True)  # after a failure: the first error stands, later writes go
+            if self.writer is not None:  # a unit begun and not sealed: a stop or a failure
+                self.writer.discard()
+            self.shards.locks.close()
+        if self.stop.requested and self.next_write < len(self.work):
+            raise Preempted(f"{self.stop.name}: {self.summary.units} of this run's units sealed, the unit in "
+                            "progress removed; run the same command again to resume")
         if self.next_write != len(self.work):
             raise RuntimeError(f"pipeline ended with {len(self.work) - self.next_write} episodes unwritten")
 
@@ -215,6 +262,12 @@ class _Pipeline:
         while self.waiting.get(self.next_release):
             order = self.next_release
             piece = self.waiting[order].popleft()
+            if not self._claimed(self.work[order][1]):  # its pieces are dropped unencoded
+                if piece.last:
+                    del self.waiting[order]
+                    self.next_release += 1
+                    self._write_ready()
+                continue
             ep = self.episodes.setdefault(order, _Episode())
             if piece.info is not None:
                 ep.first = piece
@@ -232,6 +285,18 @@ class _Pipeline:
                 del self.waiting[order]
                 self.next_release += 1
             self._encode(flush=piece.last and order in self.unit_end)
+
+    def _claimed(self, unit: int) -> bool:
+        if unit not in self.claimed:
+            why = self.shards.claim(unit)
+            if why:
+                log.info("unit %d: %s; skipped here", unit, why)
+                if why.endswith("meanwhile"):
+                    self.summary.units_skipped += 1
+                else:
+                    self.summary.units_held += 1
+            self.claimed[unit] = why is None
+        return self.claimed[unit]
 
     def _encode(self, flush: bool) -> None:
         bs = self.cfg.batch_size
@@ -263,6 +328,9 @@ class _Pipeline:
         """Queue the finished episodes, in plan order, for the writer thread."""
         while self.next_write < len(self.work):
             order = self.next_write
+            if self.claimed.get(self.work[order][1]) is False:  # another writer's unit
+                self.next_write += 1
+                continue
             ep = self.episodes.get(order)
             if ep is None or not ep.released or (ep.skip is None and ep.encoded < ep.frames):
                 return
@@ -296,7 +364,10 @@ class _Pipeline:
             self.summary.episodes_ok += 1
             self.summary.frames += ep.frames
         if order in self.unit_end:
+            self.shards.locks.confirm(unit)
             self.writer.seal()
             self.writer = None
+            self.shards.locks.release(unit)
+            self.summary.units += 1
         if self.on_episode:
             self.on_episode(0 if ep.skip else ep.frames)

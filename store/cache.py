@@ -11,11 +11,13 @@ used copies until the folder holds 90% of the bound (so it may overshoot by an e
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from common.files import output_dir, temp_name
 
+log = logging.getLogger(__name__)
 TRIM_EVERY = 8  # look at the folder's size after adding 1/8 of the bound
 TRIM_TO = 0.9
 
@@ -24,6 +26,7 @@ class ChunkCache:
     def __init__(self, directory: Path, max_bytes: int):
         self.dir, self.max_bytes = output_dir(Path(directory), "--cache"), max_bytes
         self.added = 0
+        self.failed = False  # a write failed: this process adds nothing more
         self.trim()
 
     def _path(self, algorithm: str, digest: str) -> Path:
@@ -42,13 +45,20 @@ class ChunkCache:
         self._path(algorithm, digest).unlink(missing_ok=True)
 
     def put(self, algorithm: str, digest: str, data: bytes | memoryview) -> None:
-        if len(data) > self.max_bytes * (1 - TRIM_TO):
-            return  # an object this large would evict most of the cache
+        if self.failed or len(data) > self.max_bytes * (1 - TRIM_TO):
+            return  # after a failed write, or an object this large would evict most of the cache
         path = self._path(algorithm, digest)
-        path.parent.mkdir(exist_ok=True)
         tmp = temp_name(path)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk, say: the cache is an optimisation, so reads go on without it
+            tmp.unlink(missing_ok=True)
+            self.failed = True
+            log.warning("--cache %s: cannot write to it (%s); reading through without caching", self.dir,
+                        e.strerror or e)
+            return
         self.added += len(data)
         if self.added * TRIM_EVERY > self.max_bytes:
             self.trim()

@@ -229,7 +229,11 @@ def shard_episodes(root: Location, unit: int, seal: dict | None = None) -> pa.Ta
     return parse_table(read_checked(path, seal["files"].get(EPISODES_FILE), seal["digest"]), SCHEMA, path)
 
 
+def shard_files(directory: Location) -> list[str]:
+    """Every file under a shard directory except the seal itself (and its temporaries), sorted."""
+    return [rel for rel in list_files(directory) if rel != SEAL_FILE and not rel.startswith(f".{SEAL_FILE}")]
+
+
 def file_digests(directory: Location, algorithm: str, fsync: bool = False) -> dict[str, str]:
-    """The digest of every file under a shard directory except the seal itself (and its temporaries)."""
-    return {rel: digest_file(directory / rel, algorithm, fsync=fsync) for rel in list_files(directory)
-            if rel != SEAL_FILE and not rel.startswith(f".{SEAL_FILE}")}
+    """The digest of every file of a shard but its seal."""
+    return {rel: digest_file(directory / rel, algorithm, fsync=fsync) for rel in shard_files(directory)}

@@ -9,6 +9,8 @@ store over a folder) are functions here.
 Remote I/O goes through fsspec (s3fs for s3://, gcsfs for gs://). Credentials and the endpoint come
 from the standard environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...); no
 client is ever pickled or shared across a fork: `fs` asks fsspec, whose instance cache is per process.
+Transient failures (connection errors, timeouts, 5xx, SlowDown) are retried with exponential backoff and
+jitter (botocore's standard mode), VJEPA_S3_ATTEMPTS times per request; after that, one line.
 """
 
 from __future__ import annotations
@@ -21,10 +23,37 @@ from types import SimpleNamespace
 
 from common.errors import StoreError, UserError
 from common.files import atomic_write_bytes
+from common.settings import env_number
 
 EXTRAS = {"s3": "pip install -e '.[s3]' (s3fs)"}  # the project's extra for a scheme, where it has one
 READ_BLOCK = 4 * 2**20  # bytes per ranged read of an object (s3fs's default, 50 MiB, would fetch far more than an
 # episode needs of a shared video)
+TRANSIENT = {"ConnectionError", "HTTPClientError", "TimeoutError", "ClientPayloadError"}  # (class names: their
+# modules are optional) and 5xx, SlowDown
+
+
+def attempts() -> int:
+    """Tries per request, the first included (VJEPA_S3_ATTEMPTS; the default's backoff waits about a minute)."""
+    return int(env_number("VJEPA_S3_ATTEMPTS", 10, 1))
+
+
+def client_options(protocol: str) -> dict:
+    """fsspec options of our clients: bounded retries with backoff and jitter on transient errors (for s3), and
+    VJEPA_S3_TIMEOUT seconds to connect and to wait for the next bytes."""
+    if protocol != "s3":
+        return {}
+    timeout = env_number("VJEPA_S3_TIMEOUT", 30, 0.1)
+    return {"config_kwargs": {"retries": {"max_attempts": attempts(), "mode": "standard"},
+                              "connect_timeout": timeout, "read_timeout": timeout}}
+
+
+def unreachable(e: BaseException, what: str) -> StoreError | None:
+    """The one-line error for a transient failure that outlasted the retries, else None."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if not (names & TRANSIENT or any(code in str(e) for code in ("SlowDown", "ServiceUnavailable", "InternalError"))):
+        return None
+    return StoreError(f"{what}: the object store did not answer after {attempts()} attempts ({type(e).__name__}: "
+                      f"{e}); when it is back, run the command again (train: with --resume) to continue")
 
 
 def is_url(where: str | Path) -> bool:
@@ -53,6 +82,8 @@ def remote_errors(url: str) -> Iterator[None]:
         raise StoreError(f"{url}: access denied ({e}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the "
                          "bucket's permissions") from None
     except Exception as e:  # botocore's credential errors have no common base class with a stable import
+        if (down := unreachable(e, url)) is not None:
+            raise down from None
         if "Credentials" in type(e).__name__:
             raise StoreError(f"{url}: no credentials for the object store ({e}); set AWS_ACCESS_KEY_ID and "
                              "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a server that is not AWS)") from None
@@ -104,7 +135,7 @@ class RemotePath:
         import fsspec
 
         with remote_errors(self.url):
-            return fsspec.filesystem(self.protocol, use_listings_cache=False)
+            return fsspec.filesystem(self.protocol, use_listings_cache=False, **client_options(self.protocol))
 
     def call(self, method: str, *args, **kw):
         with remote_errors(self.url):
@@ -209,7 +240,8 @@ def zarr_store(folder: Path | RemotePath, read_only: bool):
         from zarr.storage import FsspecStore
 
         with remote_errors(folder.url):
-            return FsspecStore.from_url(folder.url, read_only=read_only)
+            return FsspecStore.from_url(folder.url, read_only=read_only,
+                                        storage_options=client_options(folder.protocol))
     from zarr.storage import LocalStore
 
     return LocalStore(folder, read_only=read_only)

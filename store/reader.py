@@ -30,7 +30,7 @@ from .format import (
     MANIFEST_FILE, ROW_ARRAYS, Location, StoreConfig, read_checked, read_plan, read_root_attrs, read_seal,
     sealed_units, shard_dir, shard_episodes,
 )
-from .location import remote_errors, where, zarr_store
+from .location import remote_errors, unreachable, where, zarr_store
 
 
 class VerifiedChunks(WrapperStore):
@@ -65,7 +65,12 @@ class VerifiedChunks(WrapperStore):
             else:
                 self.cache.drop(self.algorithm, want)  # a damaged copy: fetch the object again
         if buf is None:
-            buf = await self._store.get(key, prototype, None)
+            try:
+                buf = await self._store.get(key, prototype, None)
+            except Exception as e:
+                if (down := unreachable(e, f"shard {self.unit:05d}: {key}")) is not None:
+                    raise down from None
+                raise
             if buf is None:
                 raise StoreError(f"shard {self.unit:05d}: {key} is missing (deleted after sealing); the store is "
                                  "damaged: run `cli.py store verify`")

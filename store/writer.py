@@ -18,7 +18,7 @@ import torch
 import zarr
 
 from common.errors import StoreError
-from common.files import fsync_dir, output_dir, remove_stale_temps, temp_name
+from common.files import disk_full, fsync_dir, output_dir, remove_stale_temps, temp_name
 
 from . import codecs, manifest
 from .format import (
@@ -155,29 +155,30 @@ class ShardWriter:
         remote = isinstance(self.target, RemotePath)
         self.dir = Path(tempfile.mkdtemp(prefix=f"shard-{unit:05d}-")) if remote else self.target
         c = self.config
-        group = zarr.open_group(self.dir, mode="w-", attributes={"unit": unit})
-        kw = dict(fill_value=0, config={"write_empty_chunks": True})
-        comp = codecs.compressors(c.compression)
-        self.arrays = {
-            "features": group.create_array(
-                "features", shape=(0, c.tokens, c.feature_dim), dtype=codecs.STORED_DTYPE[c.codec],
-                chunks=(c.chunk_frames, c.tokens, c.feature_dim), compressors=comp, **kw),
-            "state": group.create_array(
-                "state", shape=(0, c.state_dim), dtype="float32", chunks=(ROW_CHUNK, c.state_dim), **kw),
-            "frame_index": group.create_array(
-                "frame_index", shape=(0,), dtype="int64", chunks=(ROW_CHUNK,), **kw),
-            "timestamp": group.create_array(
-                "timestamp", shape=(0,), dtype="float64", chunks=(ROW_CHUNK,), **kw),
-            "episode": group.create_array(
-                "episode", shape=(0,), dtype="int64", chunks=(ROW_CHUNK,), **kw),
-        }
-        if c.stored_actions:  # [rows, A]; an episode's last row has no next frame: NaN
-            self.arrays["action"] = group.create_array(
-                "action", shape=(0, c.action_dim), dtype="float32", chunks=(ROW_CHUNK, c.action_dim), **kw)
-        if c.codec == "int8":
-            self.arrays["scales"] = group.create_array(
-                "scales", shape=(0, c.tokens), dtype="float16",
-                chunks=(c.chunk_frames, c.tokens), compressors=comp, **kw)
+        with disk_full(self.dir):
+            group = zarr.open_group(self.dir, mode="w-", attributes={"unit": unit})
+            kw = dict(fill_value=0, config={"write_empty_chunks": True})
+            comp = codecs.compressors(c.compression)
+            self.arrays = {
+                "features": group.create_array(
+                    "features", shape=(0, c.tokens, c.feature_dim), dtype=codecs.STORED_DTYPE[c.codec],
+                    chunks=(c.chunk_frames, c.tokens, c.feature_dim), compressors=comp, **kw),
+                "state": group.create_array(
+                    "state", shape=(0, c.state_dim), dtype="float32", chunks=(ROW_CHUNK, c.state_dim), **kw),
+                "frame_index": group.create_array(
+                    "frame_index", shape=(0,), dtype="int64", chunks=(ROW_CHUNK,), **kw),
+                "timestamp": group.create_array(
+                    "timestamp", shape=(0,), dtype="float64", chunks=(ROW_CHUNK,), **kw),
+                "episode": group.create_array(
+                    "episode", shape=(0,), dtype="int64", chunks=(ROW_CHUNK,), **kw),
+            }
+            if c.stored_actions:  # [rows, A]; an episode's last row has no next frame: NaN
+                self.arrays["action"] = group.create_array(
+                    "action", shape=(0, c.action_dim), dtype="float32", chunks=(ROW_CHUNK, c.action_dim), **kw)
+            if c.codec == "int8":
+                self.arrays["scales"] = group.create_array(
+                    "scales", shape=(0, c.tokens), dtype="float16",
+                    chunks=(c.chunk_frames, c.tokens), compressors=comp, **kw)
         self.rows = 0
         self.records: list[dict] = []
 
@@ -215,15 +216,16 @@ class ShardWriter:
             raise StoreError(f"episode {info.episode_id}: action {None if action is None else np.shape(action)} "
                              f"does not fit this store ({c.actions}, {n} x {c.action_dim})")
         stored, scales = codecs.encode(features, c.codec)
-        self.arrays["features"].append(stored)
-        if scales is not None:
-            self.arrays["scales"].append(scales)
-        self.arrays["state"].append(np.asarray(state, np.float32))
-        if action is not None:
-            self.arrays["action"].append(np.asarray(action, np.float32))
-        self.arrays["frame_index"].append(np.asarray(frame_index, np.int64))
-        self.arrays["timestamp"].append(np.asarray(timestamp, np.float64))
-        self.arrays["episode"].append(np.full(n, info.episode_id, np.int64))
+        with disk_full(self.dir, stored.nbytes):
+            self.arrays["features"].append(stored)
+            if scales is not None:
+                self.arrays["scales"].append(scales)
+            self.arrays["state"].append(np.asarray(state, np.float32))
+            if action is not None:
+                self.arrays["action"].append(np.asarray(action, np.float32))
+            self.arrays["frame_index"].append(np.asarray(frame_index, np.int64))
+            self.arrays["timestamp"].append(np.asarray(timestamp, np.float64))
+            self.arrays["episode"].append(np.full(n, info.episode_id, np.int64))
         self._record(info, n, "ok", "")
 
     def add_skipped(self, info: manifest.EpisodeInfo, reason: str) -> None:
@@ -237,17 +239,20 @@ class ShardWriter:
         table = pa.Table.from_pylist(self.records, schema=manifest.SCHEMA)
         manifest.write_table(table, self.dir / EPISODES_FILE)
         remote = self.dir != self.target
-        seal = {
-            "unit": self.unit,
-            "rows": self.rows,
-            "episodes": len(self.records),
-            "digest": SEAL_DIGEST,
-            "files": file_digests(self.dir, SEAL_DIGEST, fsync=not remote),
-        }
+        with disk_full(self.dir):  # flushing the shard's files to disk can be where a full disk shows
+            files = file_digests(self.dir, SEAL_DIGEST, fsync=not remote)
+        seal = {"unit": self.unit, "rows": self.rows, "episodes": len(self.records), "digest": SEAL_DIGEST,
+                "files": files}
         if remote:
             upload({rel: self.dir / rel for rel in seal["files"]}, self.target)
             shutil.rmtree(self.dir, ignore_errors=True)
         write_seal(self.target, seal)
+
+    def discard(self) -> None:
+        """Remove the unsealed shard (a stop or a failure before the seal): no half-written unit stays."""
+        remove_tree(self.target)
+        if self.dir != self.target:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def write_seal(directory: Location, seal: dict) -> None:

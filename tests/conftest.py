@@ -23,6 +23,15 @@ def run_cli(*args, env=None, timeout=600, check=True) -> subprocess.CompletedPro
     return r
 
 
+def signalled(sig: str, count: int, rank: int, *args, torchrun: bool = False) -> subprocess.CompletedProcess:
+    """`cli.py ARGS` in a subprocess (under torchrun with 2 ranks) that gets a real signal part-way
+    (tests/signal_at.py: after step `count` of rank `rank`)."""
+    launch = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2"] if torchrun \
+        else [sys.executable]
+    return subprocess.run([*launch, str(ROOT / "tests" / "signal_at.py"), sig, str(count), str(rank), *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, start_new_session=True)
+
+
 def cli_main(*args) -> tuple[int, str, str]:
     """`python cli.py ARGS` run in this process (typer's parsing and cli.main's error handling, without
     starting Python and torch again): (exit code, stdout, stderr)."""

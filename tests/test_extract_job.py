@@ -17,9 +17,9 @@ import torch
 from extract.config import ExtractConfig
 from extract.job import run_extract
 from store import open_store, verify
-from store.format import SEAL_FILE
+from store.format import SEAL_FILE, unsealed_units
 from tests import corpora
-from tests.conftest import JOB_CONFIG, ROOT, assert_same_store, extract_args, run_cli
+from tests.conftest import JOB_CONFIG, ROOT, assert_same_store, extract_args, run_cli, signalled
 
 
 def test_store_contents(reference, demo_corpus):
@@ -82,6 +82,21 @@ def test_sigkill_then_rerun_gives_the_same_store(reference, demo_corpus, tmp_pat
         a, b = store.read_episode(e), ref.read_episode(e)
         assert torch.equal(a["features"], b["features"])
         assert np.array_equal(a["state"], b["state"])
+
+
+def test_a_stop_signal_ends_cleanly_and_a_rerun_resumes(reference, demo_corpus, tmp_path):
+    """SIGUSR1 to the process group (a decoding worker's too, as SLURM sends it) after the third episode (unit 1
+    of 4 in flight): the writes in flight end, the unit that is not sealed by then is removed, the exit code is 3;
+    a rerun gives the uninterrupted run's store."""
+    out = tmp_path / "store"
+    r = signalled("group:SIGUSR1", 3, 0, *extract_args(demo_corpus, out, "--workers", 1))
+    assert r.returncode == 3 and "preempted: SIGUSR1: " in r.stderr and "Traceback" not in r.stderr, r.stderr
+    sealed = open_store(out).sealed  # unit 0 and those whose last episode was already queued for writing
+    assert sealed in ([0], [0, 1], [0, 1, 2]) and unsealed_units(out) == []
+    assert not (out / "manifest.parquet").exists()
+    summary = run_extract(ExtractConfig(corpus=demo_corpus, out=out, workers=0, **JOB_CONFIG))
+    assert summary.units_skipped == len(sealed) and summary.merged
+    assert_same_store(out, reference)
 
 
 def test_rerun_of_a_complete_store_writes_nothing(reference, demo_corpus, tmp_path):

@@ -11,11 +11,14 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 from unittest import mock
 
 import numpy as np
@@ -275,3 +278,109 @@ def test_chunk_cache_is_bounded_and_drops_damaged_copies(tmp_path):
     held = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in held) <= 10_000 + 10_000 // 8
     assert cache.get("blake3", f"{29:064x}") == blobs[f"{29:064x}"] and cache.get("blake3", f"{0:064x}") is None
+
+
+def test_unit_leases_on_s3(s3):
+    """A unit's lease is created only where absent (If-None-Match): a second writer is told who holds it; a lease
+    its writer stopped renewing (killed) is taken over once its life has passed."""
+    from store.lease import UnitLocks
+
+    root = where(f"s3://{BUCKET}/leases")
+    first, second = UnitLocks(root), UnitLocks(root)
+    assert first.take(0) is None
+    assert second.take(0) == f"{socket.gethostname()} pid {os.getpid()}"
+    first.release(0)
+    assert second.take(0) is None
+    second.close()
+    lease = root / "shards" / "00000.lease"
+    assert not lease.exists()
+    lease.call("pipe_file", lease.key, json.dumps({"owner": "node7 pid 1", "token": "t", "seconds": 1}).encode())
+    assert first.take(0) == "node7 pid 1"
+    time.sleep(2.5)  # (object times have whole seconds)
+    assert first.take(0) is None and json.loads(lease.read_bytes())["token"] != "t"
+    first.close()
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of the moto server (which keeps its data in memory, so it stays up):
+    `cut()` drops every connection and refuses new ones until `restore()`."""
+
+    def __init__(self, upstream: str):
+        self.upstream = (urlparse(upstream).hostname, urlparse(upstream).port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.down = threading.Event()
+        self.open: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            if self.down.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(self.upstream)
+            self.open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            s.close()
+            self.open.discard(s)
+
+    def cut(self) -> None:
+        self.down.set()
+        for s in list(self.open):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        self.down.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_an_outage_is_ridden_out_or_ends_in_one_line_and_a_rerun_resumes(s3, reference, demo_corpus):
+    """The connection to the object store cut in the middle of an extraction: for a second, the retries ride it
+    out; for good, the run ends with one line, and after the store is back a rerun completes the same store."""
+    proxy = CuttableProxy(s3["env"]["AWS_ENDPOINT_URL"])
+    try:
+        for name, attempts, outage in (("short", 10, 1.0), ("long", 2, None)):
+            url = f"s3://{BUCKET}/outage-{name}"
+            env = {**s3["env"], "AWS_ENDPOINT_URL": proxy.url, "VJEPA_S3_ATTEMPTS": str(attempts),
+                   "VJEPA_S3_TIMEOUT": "5"}
+            p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, extract_args(demo_corpus, url,
+                                                                                              "--workers", 0))],
+                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            root, deadline = where(url), time.time() + 120
+            while time.time() < deadline and p.poll() is None and not (
+                    (root / "shards").exists() and sealed_units(root)):
+                time.sleep(0.05)
+            proxy.cut()
+            if outage:
+                time.sleep(outage)
+                proxy.restore()
+            _, err = p.communicate(timeout=300)
+            proxy.restore()
+            if outage:
+                assert p.returncode == 0, err
+            else:
+                assert_one_error_line(p.returncode, err, "the object store did not answer after 2 attempts")
+                assert len(sealed_units(root)) < 4
+                run_extract(ExtractConfig(corpus=demo_corpus, out=url, workers=0, **JOB_CONFIG))
+            assert_same_store(url, reference)
+    finally:
+        proxy.close()

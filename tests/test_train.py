@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from model.predictor import PREDICTOR_PRESETS, ACPredictor, block_causal_mask
 from model.vit import apply_rope, attention, rope_slice, rope_tables
 from store import open_store
 from store.actions import actions_from_states, apply_action
-from tests.conftest import DEMO_STEPS, ROOT
+from tests.conftest import DEMO_STEPS, ROOT, signalled
 from tests.fake_store import complete_store, tiny_store
 from train.config import TrainConfig
 from train.data import ClipDataset, ShuffledStream, collate
@@ -195,28 +196,24 @@ def read_losses(run: Path) -> list[tuple]:
         return [(int(r["step"]), r["loss"], r["tf_loss"], r["rollout_loss"], r["grad_norm"]) for r in csv.DictReader(f)]
 
 
-def test_resume_gives_the_same_losses(tmp_path):
+def test_preempted_run_resumes_with_the_same_losses(tmp_path):
+    """SIGTERM after step 5 of 8: the step is finished and checkpointed although --ckpt-every is 2, the exit code
+    is 3, and --resume gives the uninterrupted run's losses and weights. A second signal exits at once."""
     store = tiny_store(tmp_path / "store")
     base = dict(store=store, preset="ac_test", frames=4, steps=8, batch_size=3, ckpt_every=2, val_every=4,
                 workers=0, lr=1e-3, seed=5)
     run_train(TrainConfig(out=tmp_path / "a", **base))
 
-    class Preempted(Exception):
-        pass
-
-    def stop_after_five(row, val):
-        if row["step"] == 5:
-            raise Preempted
-
-    with pytest.raises(Preempted):
-        run_train(TrainConfig(out=tmp_path / "b", **base), on_step=stop_after_five)
-    assert torch.load(tmp_path / "b" / "latest.pt", weights_only=True)["step"] == 4
+    args = ["train", *(x for k, v in base.items() for x in (f"--{k.replace('_', '-')}", v))]
+    r = signalled("SIGTERM", 5, 0, *args, "--out", tmp_path / "b")
+    assert r.returncode == 3 and "preempted: SIGTERM after step 5" in r.stderr, r.stderr
+    assert torch.load(tmp_path / "b" / "latest.pt", weights_only=True)["step"] == 5
     with pytest.raises(UserError, match="pass --resume"):
         run_train(TrainConfig(out=tmp_path / "b", **base))
     with pytest.raises(UserError, match="was trained with batch_size 3, this run has 4"):  # the stream would shift
         run_train(TrainConfig(out=tmp_path / "b", resume=True, **{**base, "batch_size": 4}))
     result = run_train(TrainConfig(out=tmp_path / "b", resume=True, **base))
-    assert result.start_step == 4
+    assert result.start_step == 5
     a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
     assert [r[0] for r in b] == list(range(1, 9))
     assert a == b
@@ -224,7 +221,25 @@ def test_resume_gives_the_same_losses(tmp_path):
     wb = torch.load(tmp_path / "b" / "latest.pt", weights_only=True)["predictor"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert sorted(p.name for p in (tmp_path / "b").glob("step_*.pt")) == [
-        "step_00000004.pt", "step_00000006.pt", "step_00000008.pt"]
+        "step_00000005.pt", "step_00000006.pt", "step_00000008.pt"]
+
+    r = signalled("TWICE", 5, 0, *args, "--out", tmp_path / "c")
+    assert r.returncode == -signal.SIGTERM and "preempted" not in r.stderr, r.stderr
+    assert torch.load(tmp_path / "c" / "latest.pt", weights_only=True)["step"] == 4
+
+
+def test_a_signal_on_one_rank_stops_both_at_the_same_step(tmp_path):
+    store = tiny_store(tmp_path / "store")
+    out = tmp_path / "run"
+    r = signalled("SIGUSR1", 3, 1, "train", "--store", store, "--out", out, "--preset", "ac_test", "--steps", 50,
+                  "--batch-size", 2, "--frames", 4, "--workers", 0, "--val-every", 0, "--ckpt-every", 1000,
+                  "--device", "cpu", torchrun=True)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert r.stderr.count("preempted: ") == 2, r.stderr  # each rank's one line, exit code 3
+    assert "preempted: SIGUSR1 after step 3" in r.stderr and "a stop signal on another rank after step 3" in r.stderr
+    assert [row[0] for row in read_losses(out)] == [1, 2, 3]
+    assert sorted(p.name for p in out.glob("*.pt")) == ["latest.pt", "step_00000003.pt"]  # one checkpoint
+    assert torch.load(out / "latest.pt", weights_only=True)["step"] == 3
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -24,8 +24,50 @@ log = logging.getLogger(__name__)
 ADAPTERS = ("action_encoder.", "state_encoder.", "predictor_embed.", "predictor_proj.")  # --init-from may re-init
 
 
+class _WholeWrites:
+    """A file for torch.save that writes everything or raises, and keeps the error. torch's own writer takes a
+    short write (a full disk) for success, and its closing replaces our OSError with one of its own."""
+
+    def __init__(self, fd: int):
+        self.fd, self.error = fd, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def save_checkpoint(path: Path, obj: dict) -> None:
-    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        out = _WholeWrites(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error:  # (ENOSPC: common.files names the path and the space needed)
+                raise out.error from None
+            raise
+        finally:
+            os.close(out.fd)
+
+    atomic_write(Path(path), write, _tensor_bytes(obj))
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def link_latest(out: Path, step_file: Path, keep_last: int) -> None:

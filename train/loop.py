@@ -19,9 +19,10 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from common.device import bf16_autocast, pick_device, rank_world
-from common.errors import TrainingDiverged, UserError
-from common.files import output_dir, remove_stale_temps
+from common.errors import Preempted, TrainingDiverged, UserError
+from common.files import disk_full, output_dir, remove_stale_temps
 from common.settings import as_dict
+from common.stop import StopRequest, ignore_stop_signals, stop_signals
 from model.checkpoint import ModelMeta
 from model.predictor import ACPredictor, normalization_from_stats
 from model.weights import load_checkpoint
@@ -88,8 +89,9 @@ class MetricsLog:
         self.tb = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
 
     def step(self, row: dict) -> None:
-        self.csv.writerow({k: row[k] for k in STEP_FIELDS})
-        self.file.flush()
+        with disk_full(self.path):
+            self.csv.writerow({k: row[k] for k in STEP_FIELDS})
+            self.file.flush()
         for k in STEP_FIELDS[1:]:
             self.tb.add_scalar(f"train/{k}", row[k], row["step"])
 
@@ -101,7 +103,7 @@ class MetricsLog:
             self.tb.add_scalar(f"val/copy_last_l1/h{h}", c, step)
         self.tb.add_scalar("val/tf_l1", v["tf_l1"], step)
         new = not self.val_path.exists()
-        with open(self.val_path, "a", newline="") as f:
+        with disk_full(self.val_path), open(self.val_path, "a", newline="") as f:
             w = csv.DictWriter(f, list(row))
             if new:
                 w.writeheader()
@@ -210,7 +212,8 @@ def _setup(cfg: TrainConfig) -> _Run:
         opt.load_state_dict(opt_state)
     sampler = ShuffledStream(len(train_set), cfg.seed, rank, world, skip=start_step * cfg.batch_size * cfg.accum_steps)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        pin_memory=device.type == "cuda", drop_last=True, collate_fn=collate)
+                        pin_memory=device.type == "cuda", drop_last=True, collate_fn=collate,
+                        worker_init_fn=ignore_stop_signals)
     saved = {"model_meta": meta.to_dict(), "store": meta.encoder,
              "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed, "frames": cfg.frames},
              "config": as_dict(cfg)}
@@ -279,6 +282,32 @@ def _validate(run: _Run) -> dict:
     return summarize(collect(run.model, run.val_loader, run.device))
 
 
+def _checkpoint(run: _Run, done: int) -> None:
+    step_file = run.out / f"step_{done:08d}.pt"
+    save_checkpoint(step_file, {**run.meta, "predictor": run.model.state_dict(),
+                                "optimizer": run.opt.state_dict(), "step": done})
+    link_latest(run.out, step_file, run.cfg.keep_last)
+
+
+def _stop_agreed(run: _Run, stop: StopRequest) -> bool:
+    """Whether any rank was asked to stop; every rank calls this after every step, so all stop at the same one."""
+    if run.world == 1:
+        return stop.requested
+    flag = torch.tensor([float(stop.requested)], device=run.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _preempt(run: _Run, done: int, stop: StopRequest) -> None:
+    """Rank 0 checkpoints step `done` (unless it just did); the other ranks wait for it before they exit."""
+    if run.rank == 0 and done % run.cfg.ckpt_every:
+        _checkpoint(run, done)
+    if run.world > 1:
+        dist.barrier()
+    who = stop.name if stop.requested else "a stop signal on another rank"
+    raise Preempted(f"{who} after step {done}; {run.out / 'latest.pt'} holds it: rerun with --resume to continue")
+
+
 def _after_step(run: _Run, row: dict) -> dict | None:
     """Rank 0: log the step, write a checkpoint and validate when due. Returns the validation, if run."""
     cfg, done = run.cfg, row["step"]
@@ -287,10 +316,7 @@ def _after_step(run: _Run, row: dict) -> dict | None:
     run.log.step(row)
     last = done == cfg.steps
     if done % cfg.ckpt_every == 0 or last:
-        step_file = run.out / f"step_{done:08d}.pt"
-        save_checkpoint(step_file, {**run.meta, "predictor": run.model.state_dict(),
-                                    "optimizer": run.opt.state_dict(), "step": done})
-        link_latest(run.out, step_file, cfg.keep_last)
+        _checkpoint(run, done)
     if run.val_loader is not None and ((cfg.val_every and done % cfg.val_every == 0) or last):
         val = _validate(run)
         run.log.val(done, val)
@@ -300,22 +326,27 @@ def _after_step(run: _Run, row: dict) -> dict | None:
 
 def run_train(cfg: TrainConfig, on_start: Callable[[int, int], None] | None = None,
               on_step: Callable[[dict, dict | None], None] | None = None) -> TrainResult:
-    """Train (or resume); DDP when WORLD_SIZE > 1. `on_start(total, start_step)`, `on_step(row, validation)`."""
-    run = _setup(cfg)
-    if on_start:
-        on_start(cfg.steps, run.start_step)
-    val = None
-    try:
-        if run.val_loader is not None and run.start_step == 0 and cfg.val_every:  # the untrained baseline
-            run.log.val(0, _validate(run))
-        tick = time.perf_counter()
-        for step in range(run.start_step, cfg.steps):
-            row = _optimizer_step(run, step, tick)
-            val = _after_step(run, row) or val
-            if on_step:
-                on_step(row, val)
+    """Train (or resume); DDP when WORLD_SIZE > 1. `on_start(total, start_step)`, `on_step(row, validation)`.
+
+    SIGTERM or SIGUSR1 (on any rank) ends the run after the step in progress, checkpointed: raises Preempted."""
+    with stop_signals() as stop:
+        run = _setup(cfg)
+        if on_start:
+            on_start(cfg.steps, run.start_step)
+        val = None
+        try:
+            if run.val_loader is not None and run.start_step == 0 and cfg.val_every:  # the untrained baseline
+                run.log.val(0, _validate(run))
             tick = time.perf_counter()
-    finally:
-        if run.log:
-            run.log.close()
+            for step in range(run.start_step, cfg.steps):
+                row = _optimizer_step(run, step, tick)
+                val = _after_step(run, row) or val
+                if on_step:
+                    on_step(row, val)
+                if step + 1 < cfg.steps and _stop_agreed(run, stop):
+                    _preempt(run, step + 1, stop)
+                tick = time.perf_counter()
+        finally:
+            if run.log:
+                run.log.close()
     return TrainResult(run.start_step, val, run.out, run.model, run.reinitialised)

@@ -1,0 +1,53 @@
+"""Run `cli.py ARGS` with a real signal sent to this process part-way (for the preemption tests):
+
+    python tests/signal_at.py SIGNAL COUNT RANK ARGS...
+
+train: after optimiser step COUNT on rank RANK; extract: after the COUNT-th episode written. SIGNAL is a
+name (SIGTERM, SIGUSR1), group:NAME (to this process's group, DataLoader workers included, as SLURM does; start
+it in a session of its own) or TWICE: two SIGTERMs back to back.
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cli  # noqa: E402
+import extract.job  # noqa: E402
+import train.loop  # noqa: E402
+
+name, count, rank, args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+
+
+def fire() -> None:
+    if name.startswith("group:"):
+        os.killpg(0, signal.Signals[name.removeprefix("group:")])
+        return
+    for s in [signal.SIGTERM] * 2 if name == "TWICE" else [signal.Signals[name]]:
+        os.kill(os.getpid(), s)
+
+
+if args[0] == "train":
+    after_step = train.loop._after_step
+
+    def _after_step(run, row):
+        val = after_step(run, row)
+        if row["step"] == count and run.rank == rank:
+            fire()
+        return val
+
+    train.loop._after_step = _after_step
+else:
+    write, written = extract.job._Pipeline._write, []
+
+    def _write(self, order, ep):
+        write(self, order, ep)
+        written.append(order)
+        if len(written) == count:
+            fire()
+
+    extract.job._Pipeline._write = _write
+sys.argv = ["cli.py", *args]
+cli.main()
