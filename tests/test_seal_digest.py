@@ -102,7 +102,7 @@ def test_a_seal_naming_an_unknown_digest_is_one_line(tmp_path):
     for command in (["store", "ls", root], ["store", "show", root, 3]):
         code, _, err = cli_main(*command)
         assert_one_error_line(code, err, "shard 00001: its seal names an unknown digest 'md5'")
-    assert verify(root) == [f"shard 00001: its seal names an unknown digest 'md5' (this code knows sha256, "
+    assert verify(root) == ["shard 00001: its seal names an unknown digest 'md5' (this code knows sha256, "
                             "blake3); upgrade the package"]
 
 
