@@ -10,6 +10,7 @@ it in a session of its own) or TWICE: two SIGTERMs back to back.
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,6 +48,8 @@ else:
         written.append(order)
         if len(written) == count:
             fire()
+            time.sleep(1)  # the writer thread holds on, so the main thread, held back by the writes queued
+            # behind this one, takes the signal before it runs out of work
 
     extract.job._Pipeline._write = _write
 sys.argv = ["cli.py", *args]

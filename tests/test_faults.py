@@ -62,10 +62,10 @@ def test_a_cache_on_a_full_disk_warns_once_and_reads_through(tmp_path, monkeypat
 
     monkeypatch.setattr(Path, "write_bytes", full)
     for i in range(3):
-        cache.put(f"{i:064x}", b"x" * 100)
+        cache.put("blake3", f"{i:064x}", b"x" * 100)
     assert [r.getMessage() for r in caplog.records] == [
         f"--cache {tmp_path / 'cache'}: cannot write to it (No space left on device); reading through without caching"]
-    assert cache.get(f"{0:064x}") is None and not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert cache.get("blake3", f"{0:064x}") is None and not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
 
 
 def test_a_rerun_repairs_what_two_writers_left_and_skips_a_unit_another_process_holds(
@@ -84,7 +84,8 @@ def test_a_rerun_repairs_what_two_writers_left_and_skips_a_unit_another_process_
     doc["shape"][0] = 0
     meta.write_text(json.dumps(doc))
     seal = json.loads((shards / "00001" / SEAL_FILE).read_text())
-    (shards / "00001" / SEAL_FILE).write_text(json.dumps({**seal, "files": file_digests(shards / "00001")}))
+    (shards / "00001" / SEAL_FILE).write_text(json.dumps({**seal, "files": file_digests(shards / "00001",
+                                                                                              seal["digest"])}))
     shutil.rmtree(shards / "00002" / "features")
     (shards / "00003" / SEAL_FILE).unlink()
     shutil.rmtree(shards / "00003" / "features")
