@@ -222,6 +222,7 @@ class _Pipeline:
                  shards: _Shards):
         self.cfg, self.encoder, self.device, self.work = cfg, encoder, device, work
         self.summary, self.on_episode, self.stop, self.shards = summary, on_episode, stop, shards
+        self.abandoned = False  # queued episodes left unwritten after a stop
         self.claimed: dict[int, bool] = {}  # unit -> whether this run writes it (decided as its first piece comes)
         self.unit_end = {i for i in range(len(work)) if i + 1 == len(work) or work[i + 1][1] != work[i][1]}
         self.waiting: dict[int, deque[Piece]] = defaultdict(deque)
@@ -251,7 +252,7 @@ class _Pipeline:
             if self.writer is not None:  # a unit begun and not sealed: a stop or a failure
                 self.writer.discard()
             self.shards.locks.close()
-        if self.stop.requested and self.next_write < len(self.work):
+        if self.stop.requested and (self.next_write < len(self.work) or self.abandoned):
             raise Preempted(f"{self.stop.name}: {self.summary.units} of this run's units sealed, the unit in "
                             "progress removed; run the same command again to resume")
         if self.next_write != len(self.work):
@@ -347,6 +348,9 @@ class _Pipeline:
     def _write(self, order: int, ep: _Episode) -> None:
         """Runs on the writer thread, so zarr writes and checksums overlap with encoding."""
         episode_id, unit, source = self.work[order]
+        if self.writer is None and self.stop.requested:  # stopping: the unit in flight is sealed, no new one begun
+            self.abandoned = True
+            return
         if self.writer is None:
             self.writer = ShardWriter(self.cfg.out, unit)
         first = ep.first
