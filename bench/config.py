@@ -113,10 +113,32 @@ class SimBench(BenchConfig):
     sim: SimTask = setting(factory=SimTask)
 
 
+@dataclass
+class EncodersBench(BenchConfig):
+    """Which frozen features let the predictor plan: PushT through each encoder and camera, same data, predictor
+    and CEM (collect, extract, train, eval, sim eval; hours on CPU; reruns resume)."""
+
+    directory: Path = setting(Path("data/bench/encoders"), "Working folder (corpora, stores, runs, reports are "
+                                                           "reused).")
+    encoders: str = setting("vit_demo,effnet-random,effnet-imagenet", "Encoders, comma-separated: vit_demo "
+                                                                     "(random ViT), effnet-random, effnet-imagenet "
+                                                                     "(EfficientNet-Lite0, [pretrained] extra).")
+    cameras: str = setting("top,agent", "PushT cameras, comma-separated: top (gym-pusht's), agent.")
+    corpus_episodes: int = setting(400, "Scripted episodes collected per camera.", min=10)
+    steps: int = setting(3000, "Training steps per row.", min=10)
+    episodes: int = setting(20, "sim eval episodes per task.", min=1)
+    oracle_episodes: int = setting(5, "Reach episodes planned with the simulator as the world model (0: none).",
+                                   min=0)
+    budget: int = setting(48, "Control steps per episode.", min=1)
+    samples: int = setting(50, "CEM samples per iteration.", min=1)
+    iterations: int = setting(6, "CEM iterations.", min=1)
+
+
 BENCHES = {  # command name -> (module in bench/, settings)
     "cached-vs-online": ("online", OnlineBench), "loader": ("loader", LoaderBench),
     "checked-reads": ("checked", CheckedReadsBench),
     "extract": ("extract", ExtractBench), "codecs": ("codecs", CodecsBench),
     "attention": ("attention", AttentionBench), "memory": ("memory", MemoryBench),
     "gpu": ("gpu", GpuBench), "plan": ("plan", PlanBench), "sim": ("sim", SimBench),
+    "encoders": ("encoders", EncodersBench),
 }

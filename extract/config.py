@@ -40,14 +40,18 @@ class ExtractConfig:
                                      "itself); efficientnet-lite0 (ImageNet weights from the [pretrained] extra).",
                            choices=ENCODER_FAMILIES)
     feature_stride: int = setting(16, "efficientnet-lite0: the feature map taken as tokens, at stride 16 (14x14) or "
-                                      "32 (7x7).", min=1)
+                                      "32 (7x7) at 224 px.", min=1)
+    image_size: int | None = setting(None, "efficientnet-lite0: frame size in pixels, a multiple of 32 (default 224, "
+                                           "ImageNet's; 128: an 8x8 map at stride 16).", min=32, max=1024)
     preset: str = setting("auto", "Encoder: vit_large | vit_huge | vit_giant (256 px) | vit_giant_384; small: "
                                   "vit_g_mini, vit_demo, vit_test; auto: the dims of a transformers checkpoint's "
                                   "config.json, else vit_giant.")
     checkpoint: Path | None = setting(None, "Encoder weights, local: a released .pt file (vitg.pt, "
                                             "vjepa2-ac-vitg.pt, ...), a transformers V-JEPA 2 model folder "
                                             "(config.json + safetensors, sharded or not), or a .safetensors file.")
-    random_init: bool = setting(False, "Allow a large preset without checkpoint (random weights; timing only).")
+    random_init: bool = setting(False, "Random weights (from seed 0): a large vjepa2 preset without checkpoint "
+                                       "(timing only), or efficientnet-lite0 (the baseline beside its ImageNet "
+                                       "weights).")
     codec: str = setting("bf16", "Feature codec.", choices=CODECS)
     compression: str = setting("none", "Chunk compression.", choices=COMPRESSIONS)
     chunk_frames: int = setting(4, "Frames per feature chunk file (4: see BENCHMARKS.md, loader).", min=1, max=4096)

@@ -154,7 +154,7 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     sources = corpus.sources()[: cfg.limit]
     units = plan_units(sources, cfg.episodes_per_unit)
     encoder, weights_id = build_encoder(cfg.preset, cfg.checkpoint, cfg.random_init, family=cfg.encoder,
-                                        feature_stride=cfg.feature_stride)
+                                        feature_stride=cfg.feature_stride, image_size=cfg.image_size)
     config = StoreConfig(
         encoder=encoder.family, preset=encoder.name, checkpoint_sha256=weights_id, feature_dim=encoder.dim,
         grid=tuple(encoder.grid), image_size=encoder.input.size, fps=float(cfg.fps), crop=encoder.input.describe(),

