@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from common.device import pick_device
-from common.media import Video, _Decord, _PyAV, write_mp4
+from common.media import DecordReader, PyAVReader, Video, write_mp4
 from extract.config import ExtractConfig
 from extract.corpora import open_corpus
 from extract.job import EpisodePieces, run_extract
@@ -38,7 +38,7 @@ def decode_only(corpus: Path, spec: InputSpec, workers: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-DECODERS = {"decord alone (before)": _Decord, "decoding layer (after)": Video, "PyAV alone (the fallback)": _PyAV}
+DECODERS = {"decord alone (before)": DecordReader, "decoding layer (after)": Video, "PyAV alone (the fallback)": PyAVReader}
 PIECE = 32  # frames per request, as the job's pieces
 
 

@@ -61,7 +61,7 @@ def _readable(source: Path | bytes | Any):
     return str(source) if isinstance(source, (str, Path)) else source.open("rb")
 
 
-class _Decord:
+class DecordReader:
     def __init__(self, source: Path | bytes):
         import decord
 
@@ -79,7 +79,7 @@ class _Decord:
         return self.reader.get_batch(index).asnumpy()
 
 
-class _PyAV:
+class PyAVReader:
     """Frame i = the i-th presentation timestamp among the stream's packets (as decord numbers them).
 
     The packets are read (not decoded) for that index when it is first needed. A request seeks to the
@@ -187,7 +187,7 @@ class Video:
         reads in ranges (decord reads whole files only)."""
         self.fallback: str | None = None
         try:
-            self._pyav: _PyAV | None = _PyAV(source)
+            self._pyav: PyAVReader | None = PyAVReader(source)
             self._pyav_error = ""
         except Exception as e:  # noqa: BLE001 - PyAV's errors (av.error.*, ValueError) carry ffmpeg's words
             self._pyav, self._pyav_error = None, _words(e)
@@ -200,7 +200,7 @@ class Video:
             self.fallback, self._decoder = _DECORD_FAILED[self._pyav.size], self._pyav
             return
         try:
-            self._decoder = _Decord(source)
+            self._decoder = DecordReader(source)
         except Exception as e:  # noqa: BLE001 - decord raises plain errors whose text is all it tells
             self.fallback = f"decord: {_words(e)}"
             if self._pyav is None:
@@ -285,7 +285,7 @@ def read_image(source: Path | bytes) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
         pil = _words(e)
     try:
-        return _PyAV(source).frames([0])[0]
+        return PyAVReader(source).frames([0])[0]
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"PIL: {pil}; PyAV: {_words(e)}") from None
 

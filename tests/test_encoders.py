@@ -103,6 +103,24 @@ def test_efficientnet_lite0_features_are_the_wheels_network_at_stride_16(corpus,
         efficientnet.build(16)
 
 
+def test_a_random_efficientnet_at_128_px_is_rebuilt_from_its_seed(corpus, tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the [pretrained] extra")
+    from model.encoders import build_encoder, store_encoder
+    from model.preprocess import InputSpec
+
+    out = extract(corpus, tmp_path / "store", "--encoder", "efficientnet-lite0", "--random-init", "--image-size", 128)
+    store = open_store(out)
+    c = store.config
+    assert (c.preset, c.grid, c.image_size, c.checkpoint_sha256) == ("stride16", (8, 8), 128, "random-init-seed0")
+    imagenet, _ = build_encoder(family="efficientnet-lite0", image_size=128)
+    ep = DroidCorpus(corpus).load(DroidCorpus(corpus).sources()[0], 4)
+    frames = InputSpec(128).apply(ep.frames(slice(0, len(ep))))
+    with torch.inference_mode():
+        rebuilt = store_encoder(store.attrs, None, {})(frames).to(torch.bfloat16).float()
+        assert not torch.allclose(imagenet(frames).to(torch.bfloat16).float(), rebuilt)
+    assert torch.equal(store.read_episode(0)["features"].float(), rebuilt)
+
+
 def test_stores_of_other_encoders_train_evaluate_and_plan(backbones, corpus, tmp_path):
     from PIL import Image
 
@@ -131,6 +149,10 @@ def test_encoder_bad_input(backbones, corpus, tmp_path, monkeypatch):
     assert_one_error_line(*cli_main(*args, "--encoder", "clip-resnet")[::2], "--encoder 'clip-resnet' is not one of")
     assert_one_error_line(*cli_main(*args, "--encoder", "efficientnet-lite0", "--feature-stride", 8)[::2],
                           "--feature-stride 8: EfficientNet-Lite0's feature maps are taken at stride 16 or 32")
+    assert_one_error_line(*cli_main(*args, "--encoder", "efficientnet-lite0", "--image-size", 100)[::2],
+                          "--image-size 100: EfficientNet-Lite0 takes a multiple of 32 pixels")
+    assert_one_error_line(*cli_main(*args, "--preset", "vit_test", "--image-size", 128)[::2],
+                          "--image-size is efficientnet-lite0's")
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))

@@ -30,7 +30,7 @@ def build_encoder(preset: str = "auto", checkpoint: Path | None = None, random_i
     if image_size is not None and family != "efficientnet-lite0":
         raise UserError(f"--image-size is efficientnet-lite0's; the {family} encoder's frame size is its own")
     if family == "vjepa2" and checkpoint is not None and (Path(checkpoint) / "config.json").is_file() and \
-            hf._json(Path(checkpoint) / "config.json").get("model_type") != "vjepa2":
+            hf.read_json(Path(checkpoint) / "config.json").get("model_type") != "vjepa2":
         family = "hf"
     if family == "vjepa2":
         return vjepa2.build(preset, checkpoint, random_init, seed)

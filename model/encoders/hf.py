@@ -33,7 +33,7 @@ class HFEncoder(nn.Module):
         return self.model(pixel_values=frames).last_hidden_state[:, self.skip:]
 
 
-def _json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError) as e:
@@ -50,7 +50,7 @@ def build(folder: Path) -> tuple[HFEncoder, str]:
     if not folder.is_dir():
         raise UserError(f"--encoder hf takes a transformers model folder (config.json, model.safetensors); "
                         f"{folder} is not a folder")
-    config = _json(folder / "config.json")
+    config = read_json(folder / "config.json")
     kind = config.get("model_type")
     if kind not in LEADING:
         raise UserError(f"{folder}: model_type {kind!r} is not a supported vision backbone; supported: "
@@ -61,7 +61,7 @@ def build(folder: Path) -> tuple[HFEncoder, str]:
     model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
     if kind in ("clip", "siglip"):  # a vision-language pair: its vision tower
         model, config = model.vision_model, config["vision_config"]
-    pre = _json(folder / "preprocessor_config.json")
+    pre = read_json(folder / "preprocessor_config.json")
     crop = pre.get("crop_size") or pre.get("size") or config.get("image_size")
     size = int(crop.get("height", crop.get("shortest_edge", 0)) if isinstance(crop, dict) else crop)
     patch = int(config["patch_size"])
