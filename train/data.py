@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
@@ -59,13 +61,26 @@ class ClipDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         c = self.store.config
         features = _batch_tensor((len(indices), self.frames, c.tokens, c.feature_dim), FEATURE_DTYPE[c.codec])
-        states, actions = [], []
-        for b, i in enumerate(indices):
-            episode, start = self.windows[i]
+
+        def read(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+            episode, start = self.windows[indices[b]]
             _, s, stored = self.store.read_window(episode, start, self.frames, out=features[b])
-            states.append(s)
-            actions.append(clip_actions(c.actions, s, stored))
+            return s, clip_actions(c.actions, s, stored)
+
+        states, actions = zip(*_readers().map(read, range(len(indices))))
         return {"features": features, "states": torch.stack(states), "actions": torch.stack(actions)}
+
+
+_READERS: dict[int, ThreadPoolExecutor] = {}  # pid -> pool: a forked worker does not inherit its parent's threads
+
+
+def _readers(threads: int = 4) -> ThreadPoolExecutor:
+    """This process's pool that reads a batch's windows at once, so one window's chunks come off the disk while
+    another's are checked and copied (digests and copies release the GIL)."""
+    if os.getpid() not in _READERS:
+        _READERS.clear()
+        _READERS[os.getpid()] = ThreadPoolExecutor(threads, thread_name_prefix="clip-reader")
+    return _READERS[os.getpid()]
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
