@@ -124,6 +124,8 @@ class EncodersBench(BenchConfig):
                                                                      "(random ViT), effnet-random, effnet-imagenet "
                                                                      "(EfficientNet-Lite0, [pretrained] extra).")
     cameras: str = setting("top,agent", "PushT cameras, comma-separated: top (gym-pusht's), agent.")
+    conditionings: str = setting("token,concat", "Predictor action conditionings, comma-separated (train "
+                                                 "--action-conditioning): token, concat.")
     corpus_episodes: int = setting(400, "Scripted episodes collected per camera.", min=10)
     steps: int = setting(3000, "Training steps per row.", min=10)
     episodes: int = setting(20, "sim eval episodes per task.", min=1)

@@ -14,6 +14,7 @@ from pathlib import Path
 from common.errors import UserError
 from extract.config import ExtractConfig
 from extract.job import run_extract
+from model import ACTION_CONDITIONING
 from sim.collect import run_collect
 from sim.config import CollectConfig, SimEvalConfig, SimTask
 from sim.evaluate import run_sim_eval
@@ -26,13 +27,14 @@ from .report import Section, table
 
 log = logging.getLogger("bench")
 
-ENCODERS = {  # --encoders name -> (row label, extract settings); every one gives an 8 x 8 grid at 128 px
-    "vit_demo": ("`vit_demo`, random", dict(preset="vit_demo")),
-    "effnet-random": ("EfficientNet-Lite0, random", dict(encoder="efficientnet-lite0", random_init=True)),
-    "effnet-imagenet": ("EfficientNet-Lite0, ImageNet", dict(encoder="efficientnet-lite0")),
+SIZE = 128  # frame pixels: 8 x 8 tokens from every encoder below
+ENCODERS = {  # --encoders name -> (row label, extract settings)
+    "vit_demo": ("`vit_demo`, random", {"preset": "vit_demo"}),
+    "effnet-random": ("EfficientNet-Lite0, random", {"encoder": "efficientnet-lite0", "random_init": True,
+                                                     "image_size": SIZE}),
+    "effnet-imagenet": ("EfficientNet-Lite0, ImageNet", {"encoder": "efficientnet-lite0", "image_size": SIZE}),
 }
 CAMERAS = ("top", "agent")
-SIZE = 128  # frame pixels: 8 x 8 tokens from every encoder above
 
 
 def _names(text: str, known, option: str) -> list[str]:
@@ -55,39 +57,38 @@ def _task(b: EncodersBench, task: str, **kw) -> SimTask:
     return SimTask(env="pusht", task=task, episodes=b.episodes, budget=b.budget, horizon=1, size=SIZE, **kw)
 
 
-def _row(b: EncodersBench, camera: str, encoder: str, on_stage: Callable[[str], None]) -> dict:
-    corpus, row = b.directory / f"corpus-{camera}", b.directory / f"{camera}-{encoder}"
-    store, run = row / "store", row / "run"
+def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stage: Callable[[str], None]) -> dict:
+    corpus, features = b.directory / f"corpus-{camera}", b.directory / f"{camera}-{encoder}"
+    store, row = features / "store", features if conditioning == "token" else features / conditioning
+    run = row / "run"
     if not (corpus / "sim-000000.tar").exists():
         on_stage(f"{camera}: sim collect")
         run_collect(CollectConfig(out=corpus, env="pusht", episodes=b.corpus_episodes, steps=80, size=SIZE,
                                   camera=camera))
     on_stage(f"{camera}-{encoder}: extract")
-    extra = dict(ENCODERS[encoder][1])
-    if extra.get("encoder") == "efficientnet-lite0":
-        extra["image_size"] = SIZE
     run_extract(ExtractConfig(corpus=str(corpus), out=str(store), format="webdataset", fps=10,
-                              actions="state-delta", workers=1, episodes_per_unit=100, **extra))
+                              actions="state-delta", workers=1, episodes_per_unit=100, **ENCODERS[encoder][1]))
     last = run / f"step_{b.steps:08d}.pt"
     if not last.exists():
-        on_stage(f"{camera}-{encoder}: train")
-        run_train(TrainConfig(store=str(store), out=run, preset="ac_demo", steps=b.steps, batch_size=8, lr=1e-3,
-                              start_lr=2e-4, anneal=b.steps // 5, val_every=0, ckpt_every=b.steps, workers=1,
+        on_stage(f"{camera}-{encoder}-{conditioning}: train")
+        run_train(TrainConfig(store=str(store), out=run, preset="ac_demo", action_conditioning=conditioning,
+                              steps=b.steps, batch_size=8, lr=1e-3, start_lr=2e-4, anneal=b.steps // 5, val_every=0,
+                              ckpt_every=b.steps, workers=1,
                               resume=(run / "latest.pt").exists()))
-    on_stage(f"{camera}-{encoder}: eval")
+    on_stage(f"{camera}-{encoder}-{conditioning}: eval")
     metrics = _cached(row / "eval.json", lambda: run_eval(EvalConfig(checkpoint=last, store=str(store))).metrics)
     cem = CEMConfig(samples=b.samples, iterations=b.iterations, elites=min(10, b.samples))
     result = {"h1_over_copy": metrics["rollout_l1"][0] / metrics["copy_l1"][0],
               "shuffled_over_true": metrics["shuffled_over_true"][0]}
     for task in ("reach", "push"):
-        on_stage(f"{camera}-{encoder}: sim eval {task}")
+        on_stage(f"{camera}-{encoder}-{conditioning}: sim eval {task}")
         cfg = SimEvalConfig(checkpoint=last, out=row / f"sim-{task}", videos=2, sim=_task(b, task), cem=cem)
         result[task] = _cached(row / f"sim-{task}.json", lambda: run_sim_eval(cfg).report["policies"])
-    if b.oracle_episodes:
+    if b.oracle_episodes:  # the simulator as the world model: one per store (its features), whatever the predictor
         on_stage(f"{camera}-{encoder}: oracle reach")
-        cfg = SimEvalConfig(checkpoint=last, out=row / "sim-oracle", videos=0, baselines=False,
+        cfg = SimEvalConfig(checkpoint=last, out=features / "sim-oracle", videos=0, baselines=False,
                             sim=_task(b, "reach", oracle=True, episodes=b.oracle_episodes), cem=cem)
-        result["oracle"] = _cached(row / "sim-oracle.json",
+        result["oracle"] = _cached(features / "sim-oracle.json",
                                    lambda: run_sim_eval(cfg).report["policies"])["oracle"]
     return result
 
@@ -98,28 +99,33 @@ def _rate(m: dict) -> str:
 
 def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None) -> Section:
     encoders, cameras = _names(b.encoders, ENCODERS, "--encoders"), _names(b.cameras, CAMERAS, "--cameras")
+    conditionings = _names(b.conditionings, ACTION_CONDITIONING, "--conditionings")
     rows, results = [], {}
-    stages = len(encoders) * len(cameras)
-    for i, (camera, encoder) in enumerate((c, e) for c in cameras for e in encoders):
-        r = _row(b, camera, encoder, lambda stage: log.info("bench encoders %d/%d: %s", i + 1, stages, stage))
-        results[f"{camera}-{encoder}"] = r
-        rows.append([ENCODERS[encoder][0], camera, f"{r['h1_over_copy']:.2f}", f"{r['shuffled_over_true']:.2f}",
+    todo = [(c, e, a) for c in cameras for e in encoders for a in conditionings]
+    for i, (camera, encoder, conditioning) in enumerate(todo):
+        r = _row(b, camera, encoder, conditioning,
+                 lambda stage: log.info("bench encoders %d/%d: %s", i + 1, len(todo), stage))
+        results[f"{camera}-{encoder}-{conditioning}"] = r
+        rows.append([ENCODERS[encoder][0], camera, conditioning, f"{r['h1_over_copy']:.2f}",
+                     f"{r['shuffled_over_true']:.2f}",
                      _rate(r["oracle"]) if "oracle" in r else "-", f"**{_rate(r['reach']['model'])}**",
                      f"**{_rate(r['push']['model'])}**", f"{r['reach']['model']['seconds_per_plan']:.2f}"])
         if on_progress:
-            on_progress(i + 1, stages)
-    base = results[f"{cameras[0]}-{encoders[0]}"]
+            on_progress(i + 1, len(todo))
+    base = next(iter(results.values()))
     baselines = ", ".join(f"{p} {_rate(base[t][p])}" for t in ("reach", "push") for p in ("random", "hold"))
     body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {SIZE} px, "
-            f"extracted at 10 fps with state-delta actions by each encoder (all three give 8 x 8 tokens at "
+            f"extracted at 10 fps with state-delta actions by each encoder (each gives 8 x 8 tokens at "
             f"{SIZE} px: `vit_demo`'s patches, EfficientNet-Lite0's stride-16 map of 112 channels); the same "
-            f"ac_demo predictor trained {b.steps} steps (batch 8, lr 1e-3) on each store. h = 1 / copy-last and "
+            f"ac_demo predictor trained {b.steps} steps (batch 8, lr 1e-3) on each store, its actions given as "
+            f"V-JEPA 2-AC's action token (token) or also joined to every frame token (concat, DINO-WM's "
+            f"conditioning: `train --action-conditioning concat`). h = 1 / copy-last and "
             f"shuffled / true: `eval` on the held-out episodes (rollout L1 at one step over the copy-last "
             f"frame's; with other clips' actions over the true ones: above 1 means the model uses its actions). "
             f"Reach and push: `sim eval`, {b.episodes} episodes (task seed 0), budget {b.budget} control steps, "
             f"horizon 1, CEM {b.samples} x {b.iterations}, success within 20 px; oracle: CEM with the simulator "
             f"as the world model and the same features ({b.oracle_episodes} reach episodes). Baselines on the "
             f"same starts and goals ({cameras[0]} camera): {baselines}. Everything under `{b.directory}`.\n\n"
-            + table(["encoder", "camera", "h = 1 / copy-last", "shuffled / true", "oracle reach", "model reach",
+            + table(["encoder", "camera", "actions", "h = 1 / copy-last", "shuffled / true", "oracle reach", "model reach",
                      "model push", "s per plan"], rows))
     return Section("encoders", "Encoders: which features let the predictor plan (PushT)", body, results)

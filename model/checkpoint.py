@@ -36,13 +36,15 @@ class ModelMeta:
     action_names: tuple[str, ...] | None = None
     stats: dict | None = None  # the store's per-dim statistics: they bound the planner's search
     encoder: dict | None = None  # the store's attributes: which encoder and preprocessing made the features
+    action_conditioning: str = "token"  # how actions reach the frame tokens (model.predictor)
 
     @classmethod
-    def of_store(cls, preset: str, store, normalization: dict | None) -> ModelMeta:
+    def of_store(cls, preset: str, store, normalization: dict | None,
+                 action_conditioning: str = "token") -> ModelMeta:
         """A new model on `store`'s features, states and actions."""
         c = store.config
         return cls(preset, c.feature_dim, tuple(c.grid), c.state_dim, c.action_dim, c.actions, normalization,
-                   c.state_names, c.action_names, store.stats, c.to_attrs())
+                   c.state_names, c.action_names, store.stats, c.to_attrs(), action_conditioning)
 
     @classmethod
     def of_checkpoint(cls, ckpt: dict) -> ModelMeta:
@@ -50,7 +52,7 @@ class ModelMeta:
         if "model_meta" not in ckpt:
             return RELEASED_META
         saved = ckpt["model_meta"]
-        values = {f.name: saved.get(f.name) for f in fields(cls) if f.name != "encoder"}
+        values = {f.name: saved.get(f.name, f.default) for f in fields(cls) if f.name != "encoder"}  # older: defaults
         for key in ("grid", "state_names", "action_names"):
             values[key] = None if values[key] is None else tuple(values[key])
         return cls(**values, encoder=ckpt.get("store"))
@@ -63,7 +65,7 @@ class ModelMeta:
 
     def build(self, **kw) -> ACPredictor:
         return build_model(self.feature_dim, self.grid, self.preset, self.state_dim, self.action_dim,
-                           self.normalization, **kw)
+                           self.normalization, action_conditioning=self.action_conditioning, **kw)
 
     def check_fits(self, store, what: str) -> None:
         """A model is only valid on features of the same dim and grid, and on the same state and action space."""

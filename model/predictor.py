@@ -60,9 +60,11 @@ class ACPredictor(nn.Module):
 
     def __init__(self, feature_dim: int, grid: tuple[int, int], preset: PredictorPreset, state_dim: int = 7,
                  action_dim: int = 7, normalization: dict | None = None, use_extrinsics: bool = False,
-                 activation_checkpointing: bool = False, attention: str = "per-step"):
+                 activation_checkpointing: bool = False, attention: str = "per-step",
+                 action_conditioning: str = "token"):
         super().__init__()
         self.attention = attention  # see train.config.ATTENTION
+        self.action_conditioning = action_conditioning  # see train.config: token (released) or concat
         w = preset.width
         self.grid, self.head_dim = tuple(grid), w // preset.heads
         self.use_extrinsics, self.activation_checkpointing = use_extrinsics, activation_checkpointing
@@ -115,8 +117,11 @@ class ACPredictor(nn.Module):
         if self.use_extrinsics:
             cond.append(self.extrinsics_encoder(extrinsics))
         c = self.cond_tokens
+        frames = self.predictor_embed(z)  # [B, T, N, W]
+        if self.action_conditioning == "concat":  # the step's action joins every frame token: concatenated to its
+            frames = frames + cond[0].unsqueeze(2)  # features and projected = the sum of the two projections
         # per step [action, state, (extrinsics,) N frame tokens]: [B, T, c + N, W] -> [B, T (c + N), W]
-        x = torch.cat([e.unsqueeze(2) for e in cond] + [self.predictor_embed(z)], dim=2).flatten(1, 2)
+        x = torch.cat([e.unsqueeze(2) for e in cond] + [frames], dim=2).flatten(1, 2)
         done = cache.steps if cache is not None else 0
         cos, sin, mask = self.tables(done + t, z.device)
         cos, sin = cos[done * (c + n):], sin[done * (c + n):]  # the rows of the new steps
@@ -135,8 +140,9 @@ class ACPredictor(nn.Module):
 
 def build_model(feature_dim: int, grid: tuple[int, int], preset: str, state_dim: int = 7, action_dim: int = 7,
                 normalization: dict | None = None, activation_checkpointing: bool = False,
-                attention: str = "per-step") -> ACPredictor:
+                attention: str = "per-step", action_conditioning: str = "token") -> ACPredictor:
     if preset not in PREDICTOR_PRESETS:
         raise UserError(f"unknown predictor preset {preset!r}; choose one of {', '.join(PREDICTOR_PRESETS)}")
     return ACPredictor(feature_dim, tuple(grid), PREDICTOR_PRESETS[preset], state_dim, action_dim, normalization,
-                       activation_checkpointing=activation_checkpointing, attention=attention)
+                       activation_checkpointing=activation_checkpointing, attention=attention,
+                       action_conditioning=action_conditioning)

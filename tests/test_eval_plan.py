@@ -96,13 +96,13 @@ def test_cem_searches_all_dims_when_asked():
     assert torch.all(only_xyzg.actions[:, 3:6] == 0)
 
 
-@pytest.mark.parametrize("horizon", [1, 3, 6])
-def test_cached_rollouts_give_the_same_energies(horizon):
+@pytest.mark.parametrize("horizon,conditioning", [(1, "token"), (3, "token"), (6, "token"), (3, "concat")])
+def test_cached_rollouts_give_the_same_energies(horizon, conditioning):
     """Incremental rollouts (keys and values of earlier steps kept) equal recomputing the whole sequence."""
     from train.plan import Planner
 
     torch.manual_seed(0)
-    model = ACPredictor(24, (2, 3), PREDICTOR_PRESETS["ac_test"]).eval()
+    model = ACPredictor(24, (2, 3), PREDICTOR_PRESETS["ac_test"], action_conditioning=conditioning).eval()
     g = torch.Generator().manual_seed(horizon)
     z0, goal = torch.randn(6, 24, generator=g), torch.randn(6, 24, generator=g)
     actions = torch.randn(16, horizon, 7, generator=g) * 0.05

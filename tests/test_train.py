@@ -8,6 +8,7 @@ import math
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -212,6 +213,8 @@ def test_preempted_run_resumes_with_the_same_losses(tmp_path):
         run_train(TrainConfig(out=tmp_path / "b", **base))
     with pytest.raises(UserError, match="was trained with batch_size 3, this run has 4"):  # the stream would shift
         run_train(TrainConfig(out=tmp_path / "b", resume=True, **{**base, "batch_size": 4}))
+    with pytest.raises(UserError, match="was trained with action_conditioning token, this run has concat"):
+        run_train(TrainConfig(out=tmp_path / "b", resume=True, **{**base, "action_conditioning": "concat"}))
     result = run_train(TrainConfig(out=tmp_path / "b", resume=True, **base))
     assert result.start_step == 5
     a, b = read_losses(tmp_path / "a"), read_losses(tmp_path / "b")
@@ -226,6 +229,26 @@ def test_preempted_run_resumes_with_the_same_losses(tmp_path):
     r = signalled("TWICE", 5, 0, *args, "--out", tmp_path / "c")
     assert r.returncode == -signal.SIGTERM and "preempted" not in r.stderr, r.stderr
     assert torch.load(tmp_path / "c" / "latest.pt", weights_only=True)["step"] == 4
+
+
+def test_a_concat_conditioned_model_is_rebuilt_as_trained(tmp_path):
+    """--action-conditioning concat is kept in the checkpoint: loading rebuilds it (its outputs, not the token
+    model's), and the released layout, which has no place for it, is refused."""
+    from model.checkpoint import load_trained
+    from train.config import ExportConfig
+    from train.export import run_export
+
+    store = tiny_store(tmp_path / "store")
+    run_train(TrainConfig(store=store, out=tmp_path / "run", preset="ac_test", frames=4, steps=2, batch_size=2,
+                          workers=0, action_conditioning="concat"))
+    model, meta, ckpt = load_trained(tmp_path / "run" / "latest.pt")
+    assert meta.action_conditioning == model.action_conditioning == "concat"
+    token = replace(meta, action_conditioning="token").build()
+    token.load_state_dict(ckpt["predictor"])
+    z, a, s = torch.randn(1, 3, 4, 16), torch.randn(1, 3, 7), torch.randn(1, 3, 7)
+    assert not torch.allclose(model(z, a, s), token.eval()(z, a, s))
+    with pytest.raises(UserError, match="has no released layout"):
+        run_export(ExportConfig(checkpoint=tmp_path / "run" / "latest.pt", out=tmp_path / "x.pt", format="released"))
 
 
 def test_a_signal_on_one_rank_stops_both_at_the_same_step(tmp_path):

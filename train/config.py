@@ -11,6 +11,7 @@ from pathlib import Path
 from common.errors import UserError
 from common.files import output_file
 from common.settings import check, device_setting, setting
+from model import ACTION_CONDITIONING
 from store.format import STATE_RULES
 
 # "per-step": one unmasked SDPA call per step over the keys so far (skips the masked half, lets
@@ -37,6 +38,11 @@ class TrainConfig:
     store: str = setting(help="Feature store written by `extract`: a folder or an fsspec URL (s3://bucket/prefix).")
     out: Path = setting(help="Run folder: checkpoints, metrics.csv, val.csv, tb/.")
     preset: str = setting("ac_vitg", "Predictor: ac_vitg (released 1024x24); small: ac_vitg_mini, ac_demo, ac_test.")
+    action_conditioning: str = setting("token", "How actions reach the frames: token (V-JEPA 2-AC's own action token "
+                                                "per step, which the frame tokens attend to: the released "
+                                                "architecture) or concat (DINO-WM's: the action also joins every "
+                                                "frame token's input; see BENCHMARKS.md, encoders).",
+                                       choices=ACTION_CONDITIONING)
     frames: int = setting(8, "Stored frames per clip.", min=2, max=1024)
     rollout_steps: int = setting(2, "Autoregressive steps of the rollout loss (0: teacher forcing only).", min=0)
     batch_size: int = setting(8, "Clips per micro-batch and rank.", min=1, max=65536)

@@ -42,6 +42,10 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         meta = {EXPORT_KEY: json.dumps({k: ckpt[k] for k in CARRIED if k in ckpt})}
         atomic_write(out, lambda tmp: save_file(predictor, tmp, metadata=meta))
         return ExportResult(out, len(predictor), False)
+    conditioning = ckpt["model_meta"].get("action_conditioning", "token")
+    if conditioning != "token":
+        raise UserError(f"{cfg.checkpoint}: a model with --action-conditioning {conditioning} has no released layout "
+                        "(the official code gives actions only their token); export it as safetensors")
     released = {"predictor": {f"module.{k}": v for k, v in predictor.items()}}
     if cfg.encoder_checkpoint is not None:  # checked against the store's weights id
         encoder = store_encoder(ckpt.get("store"), cfg.encoder_checkpoint, {})

@@ -35,7 +35,7 @@ from .data import ClipDataset, ShuffledStream, collate, evenly_spaced, split_epi
 from .evaluate import collect, summarize
 from .losses import normalize, training_losses
 
-RESUME_KEYS = ("preset", "normalization", "frames", "batch_size", "accum_steps", "seed", "val_fraction",
+RESUME_KEYS = ("preset", "action_conditioning", "normalization", "frames", "batch_size", "accum_steps", "seed", "val_fraction",
                "freeze_blocks")
 STEP_FIELDS = ["step", "loss", "tf_loss", "rollout_loss", "lr", "grad_norm", "data_time", "step_time", "clips_per_s",
                "global_batch"]
@@ -179,7 +179,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     out = output_dir(cfg.out, "--out")
     remove_stale_temps(out, "*.pt")  # of checkpoint writes that were killed
     latest = out / "latest.pt"
-    meta = ModelMeta.of_store(cfg.preset, store, _normalization(cfg, store))
+    meta = ModelMeta.of_store(cfg.preset, store, _normalization(cfg, store), cfg.action_conditioning)
     torch.manual_seed(cfg.seed)
     model = meta.build(activation_checkpointing=cfg.activation_checkpointing, attention=cfg.attention)
     opt_state, start_step, reinitialised = None, 0, []
