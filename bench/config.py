@@ -127,6 +127,8 @@ class EncodersBench(BenchConfig):
     conditionings: str = setting("token,concat", "Predictor action conditionings, comma-separated (train "
                                                  "--action-conditioning): token, concat.")
     corpus_episodes: int = setting(400, "Scripted episodes collected per camera.", min=10)
+    fps: float = setting(10.0, "Stored frames per second (PushT runs at 10 Hz: 2 stores every 5th frame, and the "
+                               "planner's action spans 5 control steps).", gt=0, max=10)
     steps: int = setting(3000, "Training steps per row.", min=10)
     episodes: int = setting(20, "sim eval episodes per task.", min=1)
     oracle_episodes: int = setting(5, "Reach episodes planned with the simulator as the world model (0: none).",

@@ -66,7 +66,7 @@ def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stag
         run_collect(CollectConfig(out=corpus, env="pusht", episodes=b.corpus_episodes, steps=80, size=SIZE,
                                   camera=camera))
     on_stage(f"{camera}-{encoder}: extract")
-    run_extract(ExtractConfig(corpus=str(corpus), out=str(store), format="webdataset", fps=10,
+    run_extract(ExtractConfig(corpus=str(corpus), out=str(store), format="webdataset", fps=b.fps,
                               actions="state-delta", workers=1, episodes_per_unit=100, **ENCODERS[encoder][1]))
     last = run / f"step_{b.steps:08d}.pt"
     if not last.exists():
@@ -76,19 +76,22 @@ def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stag
                               ckpt_every=b.steps, workers=1,
                               resume=(run / "latest.pt").exists()))
     on_stage(f"{camera}-{encoder}-{conditioning}: eval")
-    metrics = _cached(row / "eval.json", lambda: run_eval(EvalConfig(checkpoint=last, store=str(store))).metrics)
+    metrics = _cached(row / f"eval-step{b.steps}.json", lambda: run_eval(EvalConfig(checkpoint=last, store=str(store))).metrics)
     cem = CEMConfig(samples=b.samples, iterations=b.iterations, elites=min(10, b.samples))
+    setup = f"{b.budget}steps-cem{b.samples}x{b.iterations}"  # in the names of the kept results: a rerun with
+    # other settings measures again
     result = {"h1_over_copy": metrics["rollout_l1"][0] / metrics["copy_l1"][0],
               "shuffled_over_true": metrics["shuffled_over_true"][0]}
     for task in ("reach", "push"):
         on_stage(f"{camera}-{encoder}-{conditioning}: sim eval {task}")
         cfg = SimEvalConfig(checkpoint=last, out=row / f"sim-{task}", videos=2, sim=_task(b, task), cem=cem)
-        result[task] = _cached(row / f"sim-{task}.json", lambda: run_sim_eval(cfg).report["policies"])
+        result[task] = _cached(row / f"sim-{task}-{b.episodes}x{setup}.json",
+                               lambda: run_sim_eval(cfg).report["policies"])
     if b.oracle_episodes:  # the simulator as the world model: one per store (its features), whatever the predictor
         on_stage(f"{camera}-{encoder}: oracle reach")
         cfg = SimEvalConfig(checkpoint=last, out=features / "sim-oracle", videos=0, baselines=False,
                             sim=_task(b, "reach", oracle=True, episodes=b.oracle_episodes), cem=cem)
-        result["oracle"] = _cached(features / "sim-oracle.json",
+        result["oracle"] = _cached(features / f"sim-oracle-{b.oracle_episodes}x{setup}.json",
                                    lambda: run_sim_eval(cfg).report["policies"])["oracle"]
     return result
 
@@ -115,7 +118,7 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
     base = next(iter(results.values()))
     baselines = ", ".join(f"{p} {_rate(base[t][p])}" for t in ("reach", "push") for p in ("random", "hold"))
     body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {SIZE} px, "
-            f"extracted at 10 fps with state-delta actions by each encoder (each gives 8 x 8 tokens at "
+            f"extracted at {b.fps:g} fps with state-delta actions by each encoder (each gives 8 x 8 tokens at "
             f"{SIZE} px: `vit_demo`'s patches, EfficientNet-Lite0's stride-16 map of 112 channels); the same "
             f"ac_demo predictor trained {b.steps} steps (batch 8, lr 1e-3) on each store, its actions given as "
             f"V-JEPA 2-AC's action token (token) or also joined to every frame token (concat, DINO-WM's "
