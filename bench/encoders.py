@@ -131,4 +131,5 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
             f"same starts and goals ({cameras[0]} camera): {baselines}. Everything under `{b.directory}`.\n\n"
             + table(["encoder", "camera", "actions", "h = 1 / copy-last", "shuffled / true", "oracle reach", "model reach",
                      "model push", "s per plan"], rows))
-    return Section("encoders", "Encoders: which features let the predictor plan (PushT)", body, results)
+    return Section(f"encoders-{b.fps:g}fps", f"Encoders: which features let the predictor plan (PushT, {b.fps:g} fps)",
+                   body, results)
