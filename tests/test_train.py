@@ -195,15 +195,16 @@ def read_losses(run: Path) -> list[tuple]:
 
 
 def test_preempted_run_resumes_with_the_same_losses(tmp_path):
-    """SIGTERM after step 5 of 8: the step is finished and checkpointed although --ckpt-every is 2, the exit code
-    is 3, and --resume gives the uninterrupted run's losses and weights. A second signal exits at once."""
+    """SIGTERM after step 5 of 8, to the process group (its DataLoader worker's too, as scancel sends it): the step
+    is finished and checkpointed although --ckpt-every is 2, the exit code is 3, and --resume gives the
+    uninterrupted run's losses and weights. A second signal exits at once."""
     store = tiny_store(tmp_path / "store")
     base = dict(store=store, preset="ac_test", frames=4, steps=8, batch_size=3, ckpt_every=2, val_every=4,
                 workers=0, lr=1e-3, seed=5)
     run_train(TrainConfig(out=tmp_path / "a", **base))
 
     args = ["train", *(x for k, v in base.items() for x in (f"--{k.replace('_', '-')}", v))]
-    r = signalled("SIGTERM", 5, 0, *args, "--out", tmp_path / "b")
+    r = signalled("group:SIGTERM", 5, 0, *args, "--out", tmp_path / "b", "--workers", 1)
     assert r.returncode == 3 and "preempted: SIGTERM after step 5" in r.stderr, r.stderr
     assert torch.load(tmp_path / "b" / "latest.pt", weights_only=True)["step"] == 5
     with pytest.raises(UserError, match="pass --resume"):
