@@ -25,7 +25,7 @@ def slow_down_answer(method: bytes, close: bool) -> bytes:
 
 class S3Proxy:
     """A TCP proxy on 127.0.0.1 (its `url` is the endpoint to give clients). `cut()` drops every connection and
-    refuses new ones until `restore()`; `outage_after(n, seconds)` cuts when the n-th request comes. With
+    closes the port until `restore()`; `outage_after(n, seconds)` cuts when the n-th request comes. With
     `slow_down` > 0 that fraction of HTTP/1.1 requests, drawn at random, is answered 503 SlowDown instead of being
     forwarded (requests are told apart by their Content-Length; a request framed otherwise is forwarded with the
     rest of its connection untouched)."""
@@ -33,24 +33,22 @@ class S3Proxy:
     def __init__(self, upstream: str, slow_down: float = 0.0, seed: int = 0):
         self.upstream = (urlparse(upstream).hostname, urlparse(upstream).port)
         self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.port = self.server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.slow_down, self.random = slow_down, random.Random(seed)
         self.requests = self.slowed = 0  # requests seen, and answered SlowDown
         self.cut_at: tuple[int, float | None] | None = None
-        self.down = threading.Event()
+        self.down = self.closed = False
         self.open: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.lock, self.switch = threading.Lock(), threading.Lock()
+        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
 
-    def _accept(self) -> None:
+    def _accept(self, server: socket.socket) -> None:
         while True:
             try:
-                client, _ = self.server.accept()
-            except OSError:  # closed
+                client, _ = server.accept()
+            except OSError:  # closed: cut
                 return
-            if self.down.is_set():
-                client.close()
-                continue
             try:
                 upstream = socket.create_connection(self.upstream)
             except OSError:
@@ -113,15 +111,24 @@ class S3Proxy:
             self.open.discard(s)
 
     def cut(self) -> None:
-        self.down.set()
-        for s in list(self.open):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        """Close the port (connecting is refused, as by a server that is down) and drop every open connection."""
+        with self.switch:
+            if not self.down:
+                self.down = True
+                self.server.shutdown(socket.SHUT_RDWR)  # (wakes the thread in accept)
+                self.server.close()
+            for s in list(self.open):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def restore(self) -> None:
-        self.down.clear()
+        with self.switch:
+            if self.down and not self.closed:
+                self.server = socket.create_server(("127.0.0.1", self.port))
+                self.down = False
+                threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
 
     def outage(self, seconds: float | None) -> None:
         """Cut, and restore after `seconds` (None: when `restore()` is called)."""
@@ -135,8 +142,8 @@ class S3Proxy:
         self.cut_at = (requests, seconds)
 
     def close(self) -> None:
+        self.closed = True
         self.cut()
-        self.server.close()
 
 
 def _read_head(reader) -> bytes:

@@ -72,8 +72,8 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader workers' `worker_init_fn`: a stop signal sent to every process is for the main process, which
     finishes its step or unit, reading from its workers, and then stops them itself; workers dying of it would
     fail the main one. SIGUSR1 is ignored. SIGTERM, also torch's and multiprocessing's way of ending a worker, ends
-    it once its main process is done (its block of `stop_signals` left), WORKER_GRACE seconds after it began stopping, or MAIN_LAG seconds after
-    the signal if the main process did not take one."""
+    it once its main process is done (has left its `stop_signals` block), WORKER_GRACE seconds after that began
+    stopping, or MAIN_LAG seconds after the signal if the main process did not take one."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_signal)
     signal.signal(signal.SIGALRM, _worker_signal)
