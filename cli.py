@@ -142,7 +142,8 @@ def extract(cfg: ExtractConfig) -> None:
         ["episodes ok", s.episodes_ok], ["episodes skipped", len(s.skipped)],
         ["episodes decoded by PyAV", len(s.fallback)], ["frames", s.frames],
         ["seconds", f"{s.seconds:.1f}"], ["frames/s", f"{s.frames / max(s.seconds, 1e-9):.1f}"],
-        ["manifest merged", "yes" if s.merged else "no (units of other ranks pending)"]])
+        ["manifest merged", "yes" if s.merged else "no (units of other ranks pending)"],
+        *([["object-store requests retried", s.retries]] if s.retries is not None else [])])
     for why, n in Counter(why for _, why in s.fallback).items():  # once per reason, not per episode
         every = "every episode" if n == s.episodes_ok else f"{n} of {s.episodes_ok} episodes"
         console.print(f"[yellow]{every} decoded by PyAV ({why})[/yellow]")
@@ -181,6 +182,8 @@ def train(cfg: TrainConfig) -> None:
         _table(f"validation after {cfg.steps} steps ({result.val['clips']} clips)",
                ["h", "model rollout L1", "copy-last L1", "model / copy"], _horizon_rows(result.val))
         console.print(f"teacher-forcing L1 {result.val['tf_l1']:.4f}; checkpoints and metrics in {result.out}")
+    if lead and result.retries is not None:
+        console.print(f"object-store requests retried: {result.retries} (all ranks and their DataLoader workers)")
 
 
 # ---------------------------------------------------------------- eval and plan

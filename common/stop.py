@@ -1,16 +1,30 @@
 """Stopping cleanly when a scheduler asks (SLURM's --signal=USR1@90, a preemption's SIGTERM, torchrun
 passing either on): the command finishes the work in hand, saves it and exits with PREEMPTED_EXIT.
 A second signal ends the process at once (the signals' default action).
+
+A stop signal sent to every process (SLURM's --signal, scancel, a Kubernetes pod's SIGTERM) reaches DataLoader
+workers too. They serve their main process while it finishes its step or unit (`ignore_stop_signals`): the main
+process says, in memory shared with the workers it forks, whether it is running, stopping or exiting.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+RUNNING, STOPPING, EXITING = 0, 1, 2  # the main process's state, as its workers see it
+WORKER_GRACE = 30.0  # seconds a worker serves on after a SIGTERM while its main process is stopping (SLURM kills all
+# 30 s after the SIGTERM, KillWait)
+MAIN_LAG = 2.0  # seconds a worker waits for its main process, running, to take the same signal (it may be in a long
+# operation); a worker terminated alone (torch's way to end a worker that did not exit when told) dies then
+_main: list = []  # [the shared state], made by the first stop_signals() in the main process
+_termed: list[float] = []  # in a worker: when its first SIGTERM came
 
 
 class StopRequest:
@@ -29,6 +43,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         self.signal = signum
+        _main[0].value = STOPPING
         for s in STOP_SIGNALS:
             signal.signal(s, signal.SIG_DFL)
 
@@ -41,16 +56,37 @@ def stop_signals() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    if not _main:
+        _main.append(multiprocessing.Value("b", RUNNING, lock=False))
+    _main[0].value = RUNNING
     previous = {s: signal.signal(s, stop._handle) for s in STOP_SIGNALS}
     try:
         yield stop
     finally:
+        _main[0].value = EXITING  # the work is done or saved: the workers may go
         for s, handler in previous.items():
             signal.signal(s, handler)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader workers' `worker_init_fn`: SIGUSR1 sent to the whole process group (SLURM's --signal=USR1@90
-    does) is for the main process, which stops its workers itself; they would die of it and fail the main one.
-    SIGTERM keeps its action: torch stops its workers with it, and a worker deaf to it hangs the main one."""
+    """DataLoader workers' `worker_init_fn`: a stop signal sent to every process is for the main process, which
+    finishes its step or unit, reading from its workers, and then stops them itself; workers dying of it would
+    fail the main one. SIGUSR1 is ignored. SIGTERM, also torch's and multiprocessing's way of ending a worker, ends
+    it once its main process is done (has left its `stop_signals` block), WORKER_GRACE seconds after that began
+    stopping, or MAIN_LAG seconds after the signal if the main process did not take one."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_signal)
+    signal.signal(signal.SIGALRM, _worker_signal)
+
+
+def _worker_signal(signum: int, frame) -> None:
+    """SIGTERM, then SIGALRM every 0.1 s: end this worker when its main process no longer needs it."""
+    if signum == signal.SIGTERM and not _termed:
+        _termed.append(time.monotonic())
+    waited = time.monotonic() - _termed[0]
+    state = _main[0].value if _main else EXITING
+    if state == EXITING or waited > (WORKER_GRACE if state == STOPPING else MAIN_LAG):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    else:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)

@@ -42,7 +42,14 @@ from store import (
 from store.format import SEAL_FILE, shard_dir
 from store.integrity import check_shard
 from store.lease import UnitLocks
-from store.location import RemotePath, remove_tree, where
+from store.location import (
+    RemotePath,
+    is_url,
+    remove_tree,
+    reset_retries,
+    retries,
+    where,
+)
 
 from .config import ExtractConfig
 from .corpora import Corpus, open_corpus
@@ -131,6 +138,8 @@ class ExtractSummary:
     merged: bool = False
     store: Path | RemotePath | None = None
     actions: str = ""  # the store's action space, said in words
+    retries: int | None = None  # object-store requests retried (this rank's process and its decoding workers), if
+    # the corpus or the store is in one
 
     @property
     def failed(self) -> str | None:
@@ -148,6 +157,7 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     """
     rank, world = rank_world(cfg.rank, cfg.world_size)
     device = pick_device(cfg.device)  # a bad --device stops here, before any work
+    reset_retries()
     corpus = open_corpus(cfg.corpus, cfg.format, cfg.camera, cfg.video_key, cfg.state_key, cfg.actions,
                          cfg.native_fps)
     robot = corpus.robot(cfg.fps)
@@ -186,6 +196,8 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     if set(sealed_units(cfg.out)) == set(range(len(units))):
         merge_manifest(cfg.out)  # every rank that finds all units sealed merges; the result is the same
         summary.merged = True
+    if is_url(cfg.out) or is_url(cfg.corpus):
+        summary.retries = retries()
     return summary
 
 

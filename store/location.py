@@ -10,7 +10,8 @@ Remote I/O goes through fsspec (s3fs for s3://, gcsfs for gs://). Credentials an
 from the standard environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...); no
 client is ever pickled or shared across a fork: `fs` asks fsspec, whose instance cache is per process.
 Transient failures (connection errors, timeouts, 5xx, SlowDown) are retried with exponential backoff and
-jitter (botocore's standard mode), VJEPA_S3_ATTEMPTS times per request; after that, one line.
+jitter (botocore's standard mode), VJEPA_S3_ATTEMPTS times per request; after that, one line. Each request
+sent again is counted (`retries`), by this process and the workers it forks, in one shared counter.
 """
 
 from __future__ import annotations
@@ -45,6 +46,43 @@ def client_options(protocol: str) -> dict:
     timeout = env_number("VJEPA_S3_TIMEOUT", 30, 0.1)
     return {"config_kwargs": {"retries": {"max_attempts": attempts(), "mode": "standard"},
                               "connect_timeout": timeout, "read_timeout": timeout}}
+
+
+_retried: list = []  # [the multiprocessing.Value that counts retried requests], once made
+
+
+def reset_retries() -> None:
+    """Count retried requests from 0: in this process and in the workers it forks from now on (DataLoader
+    workers), which add to the same counter in shared memory."""
+    import multiprocessing
+
+    _retried[:] = [multiprocessing.Value("q", 0)]
+
+
+def retries() -> int:
+    """s3:// requests sent again (botocore's retries) since `reset_retries`, by this process and its workers."""
+    return _retried[0].value if _retried else 0
+
+
+def count_retry(request, **_) -> None:
+    """botocore's `request-created` handler (store.s3): every attempt of a request after its first is a retry."""
+    if request.context.get("retries", {}).get("attempt", 1) > 1:
+        if not _retried:
+            reset_retries()
+        with _retried[0].get_lock():
+            _retried[0].value += 1
+
+
+def filesystem(protocol: str, **options):
+    """This process's fsspec client for a protocol with our options (fsspec caches one per process and thread);
+    s3:// through store.s3, whose clients count retries."""
+    import fsspec
+
+    if protocol == "s3":
+        from .s3 import CountingS3FileSystem as cls
+    else:
+        cls = fsspec.get_filesystem_class(protocol)
+    return cls(use_listings_cache=False, **client_options(protocol), **options)
 
 
 def unreachable(e: BaseException, what: str) -> StoreError | None:
@@ -132,10 +170,8 @@ class RemotePath:
     def fs(self):
         """This process's client (fsspec caches one per process: a forked worker makes its own). No
         listing is cached: other ranks add objects meanwhile."""
-        import fsspec
-
         with remote_errors(self.url):
-            return fsspec.filesystem(self.protocol, use_listings_cache=False, **client_options(self.protocol))
+            return filesystem(self.protocol)
 
     def call(self, method: str, *args, **kw):
         with remote_errors(self.url):
@@ -240,8 +276,7 @@ def zarr_store(folder: Path | RemotePath, read_only: bool):
         from zarr.storage import FsspecStore
 
         with remote_errors(folder.url):
-            return FsspecStore.from_url(folder.url, read_only=read_only,
-                                        storage_options=client_options(folder.protocol))
+            return FsspecStore(filesystem(folder.protocol, asynchronous=True), path=folder.key, read_only=read_only)
     from zarr.storage import LocalStore
 
     return LocalStore(folder, read_only=read_only)

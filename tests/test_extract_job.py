@@ -85,12 +85,12 @@ def test_sigkill_then_rerun_gives_the_same_store(reference, demo_corpus, tmp_pat
 
 
 def test_a_stop_signal_ends_cleanly_and_a_rerun_resumes(reference, demo_corpus, tmp_path):
-    """SIGUSR1 to the process group (a decoding worker's too, as SLURM sends it) after the third episode (unit 1
-    of 4 in flight): the writes in flight end, the unit that is not sealed by then is removed, the exit code is 3;
-    a rerun gives the uninterrupted run's store."""
+    """SIGTERM to the process group (the decoding worker's too, as scancel and a SLURM preemption send it) after the
+    third episode (unit 1 of 4 in flight): the worker holds on, the writes in flight end, the unit that is not
+    sealed by then is removed, the exit code is 3; a rerun gives the uninterrupted run's store."""
     out = tmp_path / "store"
-    r = signalled("group:SIGUSR1", 3, 0, *extract_args(demo_corpus, out, "--workers", 1))
-    assert r.returncode == 3 and "preempted: SIGUSR1: " in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = signalled("group:SIGTERM", 3, 0, *extract_args(demo_corpus, out, "--workers", 1))
+    assert r.returncode == 3 and "preempted: SIGTERM: " in r.stderr and "Traceback" not in r.stderr, r.stderr
     sealed = open_store(out).sealed  # unit 0 and those whose last episode was already queued for writing
     assert sealed in ([0], [0, 1], [0, 1, 2]) and unsealed_units(out) == []
     assert not (out / "manifest.parquet").exists()

@@ -10,27 +10,39 @@ import csv
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
+from bench.proxy import S3Proxy
 from extract.config import ExtractConfig
 from extract.job import run_extract
 from store import open_store, sealed_units
 from store.cache import ChunkCache
 from store.location import list_files, where
-from tests.conftest import JOB_CONFIG, ROOT, assert_one_error_line, assert_same_store, cli_main, extract_args, run_cli
+from tests.conftest import (
+    JOB_CONFIG,
+    ROOT,
+    assert_one_error_line,
+    assert_same_store,
+    cli_main,
+    extract_args,
+    run_cli,
+)
+from tests.fake_store import tiny_store
+from tests.test_train import read_losses, small_predictor
+from train.config import TrainConfig
+from train.loop import run_train
 
 BUCKET = "features"
 ALLOW_ALL = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
@@ -83,14 +95,14 @@ def s3():
 @contextmanager
 def environment(values: dict, clear: bool = False):
     """This process's environment changed, with clients made anew (fsspec keeps one per process)."""
-    from s3fs import S3FileSystem
+    from store.s3 import CountingS3FileSystem
 
-    S3FileSystem.clear_instance_cache()
+    CountingS3FileSystem.clear_instance_cache()
     try:
         with mock.patch.dict(os.environ, values, clear=clear):
             yield
     finally:
-        S3FileSystem.clear_instance_cache()
+        CountingS3FileSystem.clear_instance_cache()
 
 
 def upload(folder: Path, url: str) -> str:
@@ -120,6 +132,7 @@ def test_extract_with_two_ranks_from_s3_to_s3(s3, reference, s3_corpus):
                         *map(str, extract_args(s3_corpus, url, "--workers", 1))],
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=s3["env"])
     assert r.returncode == 0, r.stdout + r.stderr
+    assert len(re.findall(r"object-store requests retried\D*0", r.stdout)) == 2, r.stdout  # each rank's summary
     assert_same_store(url, reference)
     assert run_cli("store", "verify", url, env=s3["env"]).returncode == 0
     root = where(url)
@@ -198,6 +211,43 @@ def test_every_corpus_format_reads_from_a_bucket_as_from_disk(s3, tmp_path):
     assert_one_error_line(code, err, "no-such-bucket")
 
 
+def test_two_ranks_ride_out_a_cut_and_accumulate_over_ranks_as_one_big_batch(s3, tmp_path):
+    """torchrun, 2 ranks x batch 2 x 2 accumulated micro-batches, from the bucket through the proxy: the ranks'
+    weights stay identical and end where 1 rank x batch 8 does (the same clips per step: the sampler deals each
+    rank every other clip; the same mean loss, the same AdamW steps). The same run with the connection cut for a
+    second half-way rides the cut out on retries, counted: the same losses and weights."""
+    store = tiny_store(tmp_path / "store")
+    url = upload(store, f"s3://{BUCKET}/ddp")
+    proxy = S3Proxy(s3["env"]["AWS_ENDPOINT_URL"])
+    env = {**s3["env"], "AWS_ENDPOINT_URL": proxy.url, "VJEPA_S3_TIMEOUT": "5"}
+    retried = {}
+    try:
+        for name in ("whole", "cut"):
+            if name == "cut":
+                proxy.outage_after(proxy.requests * 3 // 2, 1.0)
+            r = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
+                                str(ROOT / "tests" / "ddp_train.py"), url, str(tmp_path / name), "2", "2"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+            assert r.returncode == 0, r.stdout + r.stderr
+            retried[name] = int(re.search(r"retried (\d+)", r.stdout)[1])
+    finally:
+        proxy.close()
+    assert retried["whole"] == 0 < retried["cut"]
+    w0, w1 = (torch.load(tmp_path / "whole" / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    cut = torch.load(tmp_path / "cut" / "rank0.pt", weights_only=True)
+    assert all(torch.equal(w0[k], cut[k]) for k in w0)
+    assert read_losses(tmp_path / "cut") == read_losses(tmp_path / "whole")
+    one = run_train(TrainConfig(store=store, out=tmp_path / "one", preset="ac_test", steps=4, batch_size=8,
+                                workers=0, val_every=0, ckpt_every=100, frames=4, device="cpu")).model.state_dict()
+    assert max(float((w0[k] - one[k]).abs().max()) for k in one) < 1e-5
+    init = small_predictor(dim=16, grid=(2, 2)).state_dict()  # and the runs did move the weights
+    assert float((one["predictor_proj.weight"] - init["predictor_proj.weight"]).abs().max()) > 1e-3
+    with open(tmp_path / "whole" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"] and {r["global_batch"] for r in rows} == {"8"}
+
+
 def _losses(run: Path) -> list[tuple[str, str]]:
     with open(run / "metrics.csv") as f:
         return [(r["step"], r["loss"]) for r in csv.DictReader(f)]
@@ -206,11 +256,13 @@ def _losses(run: Path) -> list[tuple[str, str]]:
 def test_training_from_s3_with_and_without_cache_equals_local(s3, reference, tmp_path):
     s3_copy = upload(reference, f"s3://{BUCKET}/to-train")
     local = tmp_path / "local"
-    run_cli("train", "--store", reference, "--out", local, *TRAIN, "--workers", 1)
+    code, _, err = cli_main("train", "--store", reference, "--out", local, *TRAIN, "--workers", 1)
+    assert code == 0, err
     runs = {}
     for name, extra in [("s3", ["--workers", 2]), ("cold", ["--workers", 2, "--cache", tmp_path / "cache"])]:
         runs[name] = tmp_path / name
-        run_cli("train", "--store", s3_copy, "--out", runs[name], *TRAIN, *extra, env=s3["env"])
+        r = run_cli("train", "--store", s3_copy, "--out", runs[name], *TRAIN, *extra, env=s3["env"])
+        assert "object-store requests retried: 0 (all ranks and their DataLoader workers)" in r.stdout, r.stdout
     cached = list_files(tmp_path / "cache")
     assert cached, "the cache stayed empty"
     # eval reads the store at a URL like a local one; the run records the URL, never a secret
@@ -236,9 +288,8 @@ def test_training_from_s3_with_and_without_cache_equals_local(s3, reference, tmp
     for name, run in runs.items():
         assert _losses(run) == expect, name
     # without the cache the missing chunks are an error, not zeros
-    r = run_cli("train", "--store", s3_copy, "--out", tmp_path / "nocache", *TRAIN, "--workers", 0,
-                env=s3["env"], check=False)
-    assert r.returncode == 2 and "is missing (deleted after sealing)" in r.stderr
+    code, _, err = cli_main("train", "--store", s3_copy, "--out", tmp_path / "nocache", *TRAIN, "--workers", 0)
+    assert_one_error_line(code, err, "is missing (deleted after sealing)")
 
 
 def test_store_ls_info_show_on_s3(s3, s3_copy):
@@ -301,86 +352,27 @@ def test_unit_leases_on_s3(s3):
     first.close()
 
 
-class CuttableProxy:
-    """A TCP proxy on 127.0.0.1 in front of the moto server (which keeps its data in memory, so it stays up):
-    `cut()` drops every connection and refuses new ones until `restore()`."""
-
-    def __init__(self, upstream: str):
-        self.upstream = (urlparse(upstream).hostname, urlparse(upstream).port)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.down = threading.Event()
-        self.open: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:  # closed
-                return
-            if self.down.is_set():
-                client.close()
-                continue
-            upstream = socket.create_connection(self.upstream)
-            self.open |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(1 << 16):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            s.close()
-            self.open.discard(s)
-
-    def cut(self) -> None:
-        self.down.set()
-        for s in list(self.open):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def restore(self) -> None:
-        self.down.clear()
-
-    def close(self) -> None:
-        self.cut()
-        self.server.close()
-
-
 def test_an_outage_is_ridden_out_or_ends_in_one_line_and_a_rerun_resumes(s3, reference, demo_corpus):
-    """The connection to the object store cut in the middle of an extraction: for a second, the retries ride it
-    out; for good, the run ends with one line, and after the store is back a rerun completes the same store."""
-    proxy = CuttableProxy(s3["env"]["AWS_ENDPOINT_URL"])
+    """The connection to the object store cut in the middle of an extraction (at its 100th request): for a second,
+    the retries ride it out; for good, the run ends with one line, and after the store is back a rerun completes
+    the same store, with one in twenty of its requests answered 503 SlowDown: each one retried, and counted."""
+    proxy = S3Proxy(s3["env"]["AWS_ENDPOINT_URL"])
+    short, long = f"s3://{BUCKET}/outage-short", f"s3://{BUCKET}/outage-long"
     try:
-        for name, attempts, outage in (("short", 10, 1.0), ("long", 2, None)):
-            url = f"s3://{BUCKET}/outage-{name}"
-            env = {**s3["env"], "AWS_ENDPOINT_URL": proxy.url, "VJEPA_S3_ATTEMPTS": str(attempts),
-                   "VJEPA_S3_TIMEOUT": "5"}
-            p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, extract_args(demo_corpus, url,
-                                                                                              "--workers", 0))],
-                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            root, deadline = where(url), time.time() + 120
-            while time.time() < deadline and p.poll() is None and not (
-                    (root / "shards").exists() and sealed_units(root)):
-                time.sleep(0.05)
-            proxy.cut()
-            if outage:
-                time.sleep(outage)
-                proxy.restore()
-            _, err = p.communicate(timeout=300)
+        with environment({"AWS_ENDPOINT_URL": proxy.url, "VJEPA_S3_TIMEOUT": "5"}):
+            proxy.outage_after(proxy.requests + 100, 1.0)
+            summary = run_extract(ExtractConfig(corpus=demo_corpus, out=short, workers=0, **JOB_CONFIG))
+            assert summary.retries > 0
+            proxy.outage_after(proxy.requests + 100)  # in a process of its own, whose leases outlive it
+            r = run_cli(*extract_args(demo_corpus, long, "--workers", 0), env={**os.environ, "VJEPA_S3_ATTEMPTS": "2"},
+                        check=False, timeout=300)
+            assert_one_error_line(r.returncode, r.stderr, "the object store did not answer after 2 attempts")
             proxy.restore()
-            if outage:
-                assert p.returncode == 0, err
-            else:
-                assert_one_error_line(p.returncode, err, "the object store did not answer after 2 attempts")
-                assert len(sealed_units(root)) < 4
-                run_extract(ExtractConfig(corpus=demo_corpus, out=url, workers=0, **JOB_CONFIG))
-            assert_same_store(url, reference)
+            assert len(sealed_units(long)) < 4
+            proxy.slow_down = 0.05
+            summary = run_extract(ExtractConfig(corpus=demo_corpus, out=long, workers=0, **JOB_CONFIG))
+            assert summary.retries == proxy.slowed > 0
     finally:
         proxy.close()
+    assert_same_store(short, reference)
+    assert_same_store(long, reference)

@@ -28,6 +28,7 @@ from model.predictor import ACPredictor, normalization_from_stats
 from model.weights import load_checkpoint
 from store import ChunkCache, Store, open_store
 from store.format import POSE_DELTA
+from store.location import is_url, reset_retries, retries
 
 from .checkpoint import link_latest, save_checkpoint, transfer_weights
 from .config import TrainConfig
@@ -132,6 +133,7 @@ class TrainResult:
     out: Path
     model: ACPredictor  # the trained predictor (unwrapped)
     reinitialised: list[str]  # tensors --init-from re-initialised
+    retries: int | None = None  # object-store requests retried by every rank and its DataLoader workers (s3://)
 
 
 @dataclass
@@ -324,11 +326,22 @@ def _after_step(run: _Run, row: dict) -> dict | None:
     return None
 
 
+def _retries(run: _Run) -> int | None:
+    """Object-store requests this run retried, all ranks together (every rank calls this once, at the end)."""
+    if not is_url(run.cfg.store):
+        return None
+    count = torch.tensor([retries()], device=run.device)
+    if run.world > 1:
+        dist.all_reduce(count)
+    return int(count.item())
+
+
 def run_train(cfg: TrainConfig, on_start: Callable[[int, int], None] | None = None,
               on_step: Callable[[dict, dict | None], None] | None = None) -> TrainResult:
     """Train (or resume); DDP when WORLD_SIZE > 1. `on_start(total, start_step)`, `on_step(row, validation)`.
 
     SIGTERM or SIGUSR1 (on any rank) ends the run after the step in progress, checkpointed: raises Preempted."""
+    reset_retries()
     with stop_signals() as stop:
         run = _setup(cfg)
         if on_start:
@@ -349,4 +362,4 @@ def run_train(cfg: TrainConfig, on_start: Callable[[int, int], None] | None = No
         finally:
             if run.log:
                 run.log.close()
-    return TrainResult(run.start_step, val, run.out, run.model, run.reinitialised)
+    return TrainResult(run.start_step, val, run.out, run.model, run.reinitialised, _retries(run))
