@@ -24,7 +24,7 @@ from rich.table import Table
 
 from bench.config import BENCHES
 from common.commands import command
-from common.errors import PREEMPTED_EXIT, Preempted, TrainingDiverged, UserError
+from common.errors import PREEMPTED_EXIT, PeerLost, Preempted, TrainingDiverged, UserError
 from common.files import human_bytes, output_file
 from extract.config import ExtractConfig
 from sim.config import CollectConfig, DemoCorpusConfig, SimEvalConfig
@@ -434,7 +434,7 @@ def main() -> None:
     except ClickException as e:  # typer's own parsing errors (unknown option, not a number, ...)
         print(f"error: {e.format_message()}", file=sys.stderr)
         code = 2
-    except (UserError, TrainingDiverged) as e:
+    except (UserError, TrainingDiverged, PeerLost) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)  # never wrapped
         code = 2 if isinstance(e, UserError) else 1
     except Preempted as e:  # stopped by SIGTERM/SIGUSR1 with its work saved

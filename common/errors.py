@@ -19,6 +19,11 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf. Not the user's input at fault: the CLI says so in one line, exit 1."""
 
 
+class PeerLost(RuntimeError):
+    """Another rank of a distributed run is gone (killed, or failed: its own log says why); the last checkpoint
+    stands. The CLI says so in one line, exit 1; a rerun with --resume continues."""
+
+
 class Preempted(Exception):
     """A stop signal (common.stop) arrived and the work so far is saved: the CLI prints one `preempted:` line
     and exits with PREEMPTED_EXIT; a rerun (train: with --resume) continues."""

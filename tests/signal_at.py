@@ -4,7 +4,7 @@
 
 train: after optimiser step COUNT on rank RANK; extract: after the COUNT-th episode written. SIGNAL is a
 name (SIGTERM, SIGUSR1), group:NAME (to this process's group, DataLoader workers included, as SLURM does; start
-it in a session of its own) or TWICE: two SIGTERMs back to back.
+it in a session of its own), TWICE: two SIGTERMs back to back, or EXIT: the process dies at once (a crashed rank).
 """
 
 import os
@@ -23,6 +23,8 @@ name, count, rank, args = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.a
 
 
 def fire() -> None:
+    if name == "EXIT":
+        os._exit(9)
     if name.startswith("group:"):
         os.killpg(0, signal.Signals[name.removeprefix("group:")])
         return

@@ -264,6 +264,16 @@ def test_a_signal_on_one_rank_stops_both_at_the_same_step(tmp_path):
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == 3
 
 
+def test_a_rank_that_dies_ends_the_other_in_one_line(tmp_path):
+    store = tiny_store(tmp_path / "store")
+    r = signalled("EXIT", 3, 1, "train", "--store", store, "--out", tmp_path / "run", "--preset", "ac_test", "--steps",
+                  50, "--batch-size", 2, "--frames", 4, "--workers", 0, "--val-every", 0, "--ckpt-every", 2,
+                  "--device", "cpu", torchrun=True)
+    assert r.returncode != 0
+    assert "error: rank 0: another rank of the run is gone" in r.stderr and "gloo/transport" not in r.stderr, r.stderr
+    assert torch.load(tmp_path / "run" / "latest.pt", weights_only=True)["step"] == 2  # the last checkpoint stands
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     store = tiny_store(tmp_path / "store", nan_episodes={6})
     cfg = TrainConfig(store=store, out=tmp_path / "run", preset="ac_test", frames=4, steps=200, batch_size=2,

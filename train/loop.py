@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from common.device import bf16_autocast, pick_device, rank_world
-from common.errors import Preempted, TrainingDiverged, UserError
+from common.errors import PeerLost, Preempted, TrainingDiverged, UserError
 from common.files import disk_full, output_dir, remove_stale_temps
 from common.settings import as_dict
 from common.stop import StopRequest, ignore_stop_signals, stop_signals
@@ -36,6 +37,7 @@ from .data import ClipDataset, ShuffledStream, collate, evenly_spaced, split_epi
 from .evaluate import collect, summarize
 from .losses import normalize, training_losses
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
 RESUME_KEYS = ("preset", "action_conditioning", "normalization", "frames", "batch_size", "accum_steps", "seed", "val_fraction",
                "freeze_blocks")
 STEP_FIELDS = ["step", "loss", "tf_loss", "rollout_loss", "lr", "grad_norm", "data_time", "step_time", "clips_per_s",
@@ -359,6 +361,12 @@ def run_train(cfg: TrainConfig, on_start: Callable[[int, int], None] | None = No
                 if step + 1 < cfg.steps and _stop_agreed(run, stop):
                     _preempt(run, step + 1, stop)
                 tick = time.perf_counter()
+        except RuntimeError as e:  # gloo and NCCL report a rank that vanished mid-collective only in their text
+            if run.world > 1 and any(m in str(e) for m in PEER_GONE):
+                reason = re.sub(r"^\[[^\]]*\]\s*", "", str(e).splitlines()[0])[:120]  # less gloo's source line
+                raise PeerLost(f"rank {run.rank}: another rank of the run is gone ({reason}); its log says why; "
+                               "rerun with --resume to continue from the last checkpoint") from None
+            raise
         finally:
             if run.log:
                 run.log.close()
