@@ -124,15 +124,23 @@ def s3_corpus(s3, demo_corpus) -> str:
     return upload(demo_corpus, f"s3://{BUCKET}/corpus")
 
 
-def test_extract_with_two_ranks_from_s3_to_s3(s3, reference, s3_corpus):
-    """Corpus and store in the bucket, two ranks: the store of the local corpus, bit for bit."""
+def test_extract_with_two_ranks_from_s3_to_s3_rides_out_a_cut(s3, reference, s3_corpus):
+    """Corpus and store in the bucket, two ranks, the connection to the object store cut for a second in the
+    middle (at its 100th request): the retries ride it out, and the store is the local corpus's, bit for bit."""
     url = f"s3://{BUCKET}/two-ranks"
     torchrun = Path(sys.executable).parent / "torchrun"
-    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "cli.py"),
-                        *map(str, extract_args(s3_corpus, url, "--workers", 1))],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=s3["env"])
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert len(re.findall(r"object-store requests retried\D*0", r.stdout)) == 2, r.stdout  # each rank's summary
+    proxy = S3Proxy(s3["env"]["AWS_ENDPOINT_URL"])
+    try:
+        proxy.outage_after(100, 1.0)
+        r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(ROOT / "cli.py"),
+                            *map(str, extract_args(s3_corpus, url, "--workers", 1))], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env={**s3["env"], "AWS_ENDPOINT_URL": proxy.url,
+                                                        "VJEPA_S3_TIMEOUT": "5"})
+    finally:
+        proxy.close()
+    assert r.returncode == 0 and proxy.requests > 150, r.stdout + r.stderr  # the cut came mid-run
+    retried = [int(n) for n in re.findall(r"object-store requests retried\D*(\d+)", r.stdout)]
+    assert len(retried) == 2 and sum(retried) > 0, r.stdout  # each rank's summary
     assert_same_store(url, reference)
     assert run_cli("store", "verify", url, env=s3["env"]).returncode == 0
     root = where(url)
