@@ -116,7 +116,9 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
         if on_progress:
             on_progress(i + 1, len(todo))
     base = next(iter(results.values()))
-    baselines = ", ".join(f"{p} {_rate(base[t][p])}" for t in ("reach", "push") for p in ("random", "hold"))
+    baselines = "; ".join(f"{t}: " + ", ".join(f"{p} {_rate(base[t][p])}" for p in ("random", "hold"))
+                          for t in ("reach", "push"))
+    oracle = f"({b.oracle_episodes} reach episodes)" if b.oracle_episodes else "(not run here)"
     body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {SIZE} px, "
             f"extracted at {b.fps:g} fps with state-delta actions by each encoder (each gives 8 x 8 tokens at "
             f"{SIZE} px: `vit_demo`'s patches, EfficientNet-Lite0's stride-16 map of 112 channels); the same "
@@ -127,7 +129,7 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
             f"frame's; with other clips' actions over the true ones: above 1 means the model uses its actions). "
             f"Reach and push: `sim eval`, {b.episodes} episodes (task seed 0), budget {b.budget} control steps, "
             f"horizon 1, CEM {b.samples} x {b.iterations}, success within 20 px; oracle: CEM with the simulator "
-            f"as the world model and the same features ({b.oracle_episodes} reach episodes). Baselines on the "
+            f"as the world model and the same features {oracle}. Baselines on the "
             f"same starts and goals ({cameras[0]} camera): {baselines}. Everything under `{b.directory}`.\n\n"
             + table(["encoder", "camera", "actions", "h = 1 / copy-last", "shuffled / true", "oracle reach", "model reach",
                      "model push", "s per plan"], rows))
