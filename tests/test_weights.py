@@ -128,7 +128,8 @@ def test_a_checkpoint_from_before_model_meta_was_typed_still_loads_evaluates_and
 
     old = torch.load(DATA / "ac_test-df4bea0.pt", weights_only=True)
     meta = ModelMeta.of_checkpoint(old)
-    assert meta.to_dict() == old["model_meta"] and meta.encoder == old["store"]
+    assert meta.to_dict() == {**old["model_meta"], "action_conditioning": "token"}  # the default it predates
+    assert meta.encoder == old["store"]
     assert (meta.preset, meta.feature_dim, meta.grid, meta.actions) == ("ac_test", 32, (4, 4), "pose-delta")
     store = complete_store(tmp_path / "store")
     report = run_eval(EvalConfig(checkpoint=DATA / "ac_test-df4bea0.pt", store=str(store), episodes="all",

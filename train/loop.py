@@ -189,8 +189,9 @@ def _setup(cfg: TrainConfig) -> _Run:
     opt_state, start_step, reinitialised = None, 0, []
     if cfg.resume and latest.exists():
         ckpt = load_checkpoint(latest)
-        ModelMeta.of_checkpoint(ckpt).check_fits(store, str(latest))
-        ran = {**ckpt["model_meta"], **ckpt["config"]}
+        ran_meta = ModelMeta.of_checkpoint(ckpt)  # an older checkpoint's: with the defaults of fields it predates
+        ran_meta.check_fits(store, str(latest))
+        ran = {**ran_meta.to_dict(), **ckpt["config"]}
         now = {**meta.to_dict(), **as_dict(cfg)}
         for key in RESUME_KEYS:  # what the data stream, the split and the optimiser state depend on
             if ran.get(key) != now[key]:
