@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.errors import UserError
+from common.files import output_dir
 from extract.config import ExtractConfig
 from extract.job import run_extract
 from model import ACTION_CONDITIONING
@@ -103,6 +104,7 @@ def _rate(m: dict) -> str:
 def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None) -> Section:
     encoders, cameras = _names(b.encoders, ENCODERS, "--encoders"), _names(b.cameras, CAMERAS, "--cameras")
     conditionings = _names(b.conditionings, ACTION_CONDITIONING, "--conditionings")
+    output_dir(b.directory, "--directory")
     rows, results = [], {}
     todo = [(c, e, a) for c in cameras for e in encoders for a in conditionings]
     for i, (camera, encoder, conditioning) in enumerate(todo):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from common.errors import UserError
+from common.files import output_dir
 from sim.demo import make_demo_corpus
 from store import open_store
 from store.location import list_files, remove_tree, where
@@ -253,8 +254,7 @@ def run(cfg: SoakBench, on_progress: Callable[[int, int], None] | None = None) -
             on_progress(injected[0], planned)
 
     work = cfg.directory / "soak"
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs = output_dir(work / "logs", "--directory")
     corpus = work / f"corpus-{cfg.episodes}"
     if not corpus.exists():
         make_demo_corpus(corpus, episodes=cfg.episodes)
