@@ -38,8 +38,8 @@ from .evaluate import collect, summarize
 from .losses import normalize, training_losses
 
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
-RESUME_KEYS = ("preset", "action_conditioning", "normalization", "frames", "batch_size", "accum_steps", "seed", "val_fraction",
-               "freeze_blocks")
+RESUME_KEYS = ("preset", "action_conditioning", "normalization", "frames", "batch_size", "accum_steps", "seed",
+               "val_fraction", "freeze_blocks")
 STEP_FIELDS = ["step", "loss", "tf_loss", "rollout_loss", "lr", "grad_norm", "data_time", "step_time", "clips_per_s",
                "global_batch"]
 
