@@ -131,7 +131,7 @@ class EncodersBench(BenchConfig):
                                "planner's action spans 5 control steps).", gt=0, max=10)
     steps: int = setting(3000, "Training steps per row.", min=10)
     episodes: int = setting(20, "sim eval episodes per task.", min=1)
-    oracle_episodes: int = setting(5, "Reach episodes planned with the simulator as the world model (0: none).",
+    oracle_episodes: int = setting(5, "Episodes per task planned with the simulator as the world model (0: none).",
                                    min=0)
     budget: int = setting(48, "Control steps per episode.", min=1)
     samples: int = setting(50, "CEM samples per iteration.", min=1)

@@ -1,5 +1,5 @@
 """Which frozen features let the predictor plan: the same PushT episodes, predictor, training and CEM
-through each encoder and camera (collect, extract, train, eval, sim eval reach and push, oracle reach).
+through each encoder and camera (collect, extract, train, eval, sim eval reach and push, the oracle's reach and push).
 
 Each row's corpus, store, run and reports live under DIRECTORY/<camera>-<encoder>/ and are reused, so an
 interrupted benchmark resumes where it stopped."""
@@ -77,7 +77,8 @@ def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stag
                               ckpt_every=b.steps, workers=1,
                               resume=(run / "latest.pt").exists()))
     on_stage(f"{camera}-{encoder}-{conditioning}: eval")
-    metrics = _cached(row / f"eval-step{b.steps}.json", lambda: run_eval(EvalConfig(checkpoint=last, store=str(store))).metrics)
+    metrics = _cached(row / f"eval-step{b.steps}.json",
+                      lambda: run_eval(EvalConfig(checkpoint=last, store=str(store))).metrics)
     cem = CEMConfig(samples=b.samples, iterations=b.iterations, elites=min(10, b.samples))
     setup = f"{b.budget}steps-cem{b.samples}x{b.iterations}"  # in the names of the kept results: a rerun with
     # other settings measures again
@@ -88,12 +89,13 @@ def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stag
         cfg = SimEvalConfig(checkpoint=last, out=row / f"sim-{task}", videos=2, sim=_task(b, task), cem=cem)
         result[task] = _cached(row / f"sim-{task}-{b.episodes}x{setup}.json",
                                lambda: run_sim_eval(cfg).report["policies"])
-    if b.oracle_episodes:  # the simulator as the world model: one per store (its features), whatever the predictor
-        on_stage(f"{camera}-{encoder}: oracle reach")
-        cfg = SimEvalConfig(checkpoint=last, out=features / "sim-oracle", videos=0, baselines=False,
-                            sim=_task(b, "reach", oracle=True, episodes=b.oracle_episodes), cem=cem)
-        result["oracle"] = _cached(features / f"sim-oracle-{b.oracle_episodes}x{setup}.json",
-                                   lambda: run_sim_eval(cfg).report["policies"])["oracle"]
+    for task in ("reach", "push") if b.oracle_episodes else ():  # the simulator as the world model, with the
+        # same CEM and horizon: what they allow whatever the predictor; one per store (its features)
+        on_stage(f"{camera}-{encoder}: oracle {task}")
+        cfg = SimEvalConfig(checkpoint=last, out=features / f"sim-oracle-{task}", videos=0, baselines=False,
+                            sim=_task(b, task, oracle=True, episodes=b.oracle_episodes), cem=cem)
+        result[f"oracle_{task}"] = _cached(features / f"sim-oracle-{task}-{b.oracle_episodes}x{setup}.json",
+                                           lambda: run_sim_eval(cfg).report["policies"])["oracle"]
     return result
 
 
@@ -113,14 +115,15 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
         results[f"{camera}-{encoder}-{conditioning}"] = r
         rows.append([ENCODERS[encoder][0], camera, conditioning, f"{r['h1_over_copy']:.2f}",
                      f"{r['shuffled_over_true']:.2f}",
-                     _rate(r["oracle"]) if "oracle" in r else "-", f"**{_rate(r['reach']['model'])}**",
+                     *(_rate(r[f"oracle_{t}"]) if b.oracle_episodes else "-" for t in ("reach", "push")),
+                     f"**{_rate(r['reach']['model'])}**",
                      f"**{_rate(r['push']['model'])}**", f"{r['reach']['model']['seconds_per_plan']:.2f}"])
         if on_progress:
             on_progress(i + 1, len(todo))
     base = next(iter(results.values()))
     baselines = "; ".join(f"{t}: " + ", ".join(f"{p} {_rate(base[t][p])}" for p in ("random", "hold"))
                           for t in ("reach", "push"))
-    oracle = f"({b.oracle_episodes} reach episodes)" if b.oracle_episodes else "(not run here)"
+    oracle = f"({b.oracle_episodes} episodes per task)" if b.oracle_episodes else "(not run here)"
     body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {SIZE} px, "
             f"extracted at {b.fps:g} fps with state-delta actions by each encoder (each gives 8 x 8 tokens at "
             f"{SIZE} px: `vit_demo`'s patches, EfficientNet-Lite0's stride-16 map of 112 channels); the same "
@@ -130,10 +133,11 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
             f"shuffled / true: `eval` on the held-out episodes (rollout L1 at one step over the copy-last "
             f"frame's; with other clips' actions over the true ones: above 1 means the model uses its actions). "
             f"Reach and push: `sim eval`, {b.episodes} episodes (task seed 0), budget {b.budget} control steps, "
-            f"horizon 1, CEM {b.samples} x {b.iterations}, success within 20 px; oracle: CEM with the simulator "
-            f"as the world model and the same features {oracle}. Baselines on the "
-            f"same starts and goals ({cameras[0]} camera): {baselines}. Everything under `{b.directory}`.\n\n"
-            + table(["encoder", "camera", "actions", "h = 1 / copy-last", "shuffled / true", "oracle reach", "model reach",
-                     "model push", "s per plan"], rows))
+            f"horizon 1, CEM {b.samples} x {b.iterations}, success within 20 px; oracle: the same CEM with the "
+            f"simulator as the world model and the same features {oracle}, what the planner allows with a perfect "
+            f"model. Baselines on the same starts and goals ({cameras[0]} camera): {baselines}. Everything under "
+            f"`{b.directory}`.\n\n"
+            + table(["encoder", "camera", "actions", "h = 1 / copy-last", "shuffled / true", "oracle reach",
+                     "oracle push", "model reach", "model push", "s per plan"], rows))
     return Section(f"encoders-{b.fps:g}fps", f"Encoders: which features let the predictor plan (PushT, {b.fps:g} fps)",
                    body, results)

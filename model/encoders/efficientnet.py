@@ -72,6 +72,10 @@ def build(stride: int = 16, size: int = IMAGE_SIZE, seed: int | None = None) -> 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             network = EfficientNet.from_name("efficientnet-lite0")
+            for conv in (m for m in network.modules() if isinstance(m, nn.Conv2d)):
+                # He-normal keeps each layer's output scale (the library's default shrinks it ~3x per layer, to a
+                # map of order 1e-6, under the layer norm's epsilon): a random map as large as the ImageNet one
+                nn.init.kaiming_normal_(conv.weight)
         weights_id = f"{RANDOM_INIT}{seed}"
     else:
         path = weights_file()
