@@ -17,6 +17,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from .format import CODECS, COMPRESSIONS
 STORED_DTYPE = {"bf16": np.uint16, "fp16": np.float16, "int8": np.int8}
 FEATURE_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float16}  # what decode gives
+AS_STORED = ("bf16", "fp16")  # codecs whose stored bytes are the decoded features' bytes
 
 
 def encode(x: torch.Tensor, codec: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -55,9 +56,9 @@ def decode(stored: np.ndarray, scales: np.ndarray | None, codec: str) -> torch.T
 def stored_view(features: torch.Tensor, codec: str) -> np.ndarray | None:
     """The stored array's bytes as a view of a features tensor (decode's output dtype), for reading straight
     into it; None for int8, whose stored bytes are not the features."""
-    if codec == "bf16":
-        return features.view(torch.int16).numpy().view(np.uint16)
-    return features.numpy() if codec == "fp16" else None
+    if codec not in AS_STORED:
+        return None
+    return features.view(torch.int16).numpy().view(np.uint16) if codec == "bf16" else features.numpy()
 
 
 def compressors(name: str) -> list | None:

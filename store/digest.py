@@ -36,6 +36,14 @@ def digest_bytes(data: bytes | memoryview, name: str) -> str:
     return _HASHERS[name](data).hexdigest()
 
 
+def digest_parts(parts: list[memoryview], name: str) -> str:
+    """Hex digest of the concatenation of some buffers (one file read scattered into several)."""
+    h = _HASHERS[name]()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
+
+
 def digest_file(path: Path | RemotePath, name: str, fsync: bool = False) -> str:
     """Hex digest of a file's bytes (a local one optionally flushed to disk while it is open)."""
     if isinstance(path, RemotePath):

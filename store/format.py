@@ -120,6 +120,12 @@ def action_names(names, actions: str, dim: int) -> list[str]:
 Location = Path | RemotePath  # a store's folder, local or in an object store (store.location)
 
 
+def feature_chunk(index: int) -> str:
+    """The name, in its shard, of the file of feature rows [index * chunk_frames, (index + 1) * chunk_frames): zarr's
+    default chunk key with separator "/" (one chunk spans all tokens and dims); the last one is padded with zeros."""
+    return f"features/c/{index}/0/0"
+
+
 def shard_dir(root: Location, unit: int) -> Location:
     return where(root) / SHARDS_DIR / f"{unit:05d}"
 

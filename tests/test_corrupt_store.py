@@ -39,6 +39,8 @@ DAMAGE = [
      f"shard 00001: {CHUNK} is missing"),
     ("truncated chunk", lambda r: truncate(shard_dir(r, 1) / CHUNK), f"shard 00001: checksum mismatch in {CHUNK}",
      f"shard 00001: {CHUNK} does not match its checksum"),
+    ("appended chunk byte", lambda r: (shard_dir(r, 1) / CHUNK).open("ab").write(b"\0"),
+     f"shard 00001: checksum mismatch in {CHUNK}", f"shard 00001: {CHUNK} does not match its checksum"),
     ("flipped chunk byte", lambda r: flip(shard_dir(r, 1) / CHUNK, 0.5), f"shard 00001: checksum mismatch in {CHUNK}",
      f"shard 00001: {CHUNK} does not match its checksum"),
     *[(f"flipped manifest byte at {at:.0%}", lambda r, at=at: flip(r / "manifest.parquet", at),

@@ -73,9 +73,12 @@ def test_write_read_roundtrip(tmp_path, codec, compression):
             assert row["status"] == "skipped" and row["reason"] == "corrupt video" and row["num_frames"] == 0
             continue
         f, s = episode_data(e)
-        got_f, got_s, _ = store.read_window(e, 1, 4)
-        expect = codecs.decode(*codecs.encode(f[1:5], codec), codec)
-        assert torch.equal(got_f, expect)
+        expect = codecs.decode(*codecs.encode(f, codec), codec)
+        for start in range(len(f)):  # windows over every chunk of the episode, a shard's padded last one included
+            assert torch.equal(store.read_window(e, start, len(f) - start)[0], expect[start:])
+        out = torch.full_like(expect[1:5], 7)  # into a given tensor, as a DataLoader batch is read
+        got_f, got_s, _ = store.read_window(e, 1, 4, out=out)
+        assert got_f.data_ptr() == out.data_ptr() and torch.equal(out, expect[1:5])
         assert np.array_equal(got_s.numpy(), s[1:5])
         assert row["task"] == f"task {e}"
     with pytest.raises(StoreError, match="outside episode"):
