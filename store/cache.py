@@ -32,13 +32,19 @@ class ChunkCache:
     def _path(self, algorithm: str, digest: str) -> Path:
         return self.dir / digest[:2] / f"{algorithm}-{digest}"
 
-    def get(self, algorithm: str, digest: str) -> bytes | None:
+    def copy(self, algorithm: str, digest: str) -> Path | None:
+        """The file of the object's copy, marked recently used; None if there is none."""
         path = self._path(algorithm, digest)
         try:
-            data = path.read_bytes()
-            os.utime(path)  # recently used
-            return data
+            os.utime(path)
+            return path
         except FileNotFoundError:
+            return None
+
+    def get(self, algorithm: str, digest: str) -> bytes | None:
+        try:
+            return path.read_bytes() if (path := self.copy(algorithm, digest)) else None
+        except FileNotFoundError:  # another worker trimmed it meanwhile
             return None
 
     def drop(self, algorithm: str, digest: str) -> None:

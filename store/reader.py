@@ -112,6 +112,18 @@ def _scratch(size: int) -> memoryview:
     return memoryview(_SCRATCH.buffer)
 
 
+def _scatter_read(path: Path, parts: list[memoryview]) -> bool | None:
+    """Read a file into `parts`, in order: None if it does not exist, else whether it held exactly their bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.fstat(fd).st_size == os.preadv(fd, parts, 0) == sum(map(len, parts))
+    finally:
+        os.close(fd)
+
+
 def shard_arrays(root: Location, unit: int, config: StoreConfig, seal: dict | None = None,
                  verify: bool = True, cache: ChunkCache | None = None) -> dict[str, zarr.Array]:
     """The row arrays of one sealed shard, opened by name, every read checked against its seal (unless
@@ -168,10 +180,10 @@ class Store:
         self._where = {e: (u, r, n) for e, u, r, n in zip(*cols.values())}
         self._arrays: dict[int, dict[str, zarr.Array]] = {}
         self._seals: dict[int, dict] = {}
-        # a local store's uncompressed bf16 / fp16 features are read from their files straight into the tensor
-        # that needs them (`_read_chunks`); others through zarr
-        self._direct = (isinstance(self.root, Path) and self.config.compression == "none"
-                        and self.config.codec in codecs.AS_STORED)
+        # uncompressed bf16 / fp16 features of a local store, or of a remote one read through a cache, are read
+        # from their files straight into the tensor that needs them (`_read_chunks`); others through zarr
+        self._direct = (self.config.compression == "none" and self.config.codec in codecs.AS_STORED
+                        and (isinstance(self.root, Path) or cache is not None))
         self._rows: dict[int, dict[str, np.ndarray]] = {}  # per shard: its states (and actions), read whole once
         self._pid = os.getpid()
 
@@ -227,32 +239,47 @@ class Store:
         return self._arrays[unit]
 
     def _read_chunks(self, unit: int, rows: slice, features: torch.Tensor) -> None:
-        """Feature rows of a local uncompressed shard into `features` [rows, tokens, D]: each chunk file is read
-        once, scattered so the rows wanted land in `features` and the others in a scratch buffer, and checked
-        whole against the seal; so no byte is copied after the kernel's copy (zarr's path copies each chunk
-        twice more). Half as much CPU per clip as through zarr (BENCHMARKS.md, loader)."""
-        k, seal = self.config.chunk_frames, self._seals[unit]
+        """Feature rows of an uncompressed shard into `features` [rows, tokens, D]: each chunk is read once,
+        scattered so the rows wanted land in `features` and the others in a scratch buffer, and checked whole
+        against the seal; so no byte is copied after the kernel's copy (zarr's path copies each chunk twice
+        more: BENCHMARKS.md, loader)."""
+        k = self.config.chunk_frames
         frame = features[0].numel() * features.element_size()
         out = memoryview(features.view(torch.uint8).numpy().reshape(-1))
-        scratch, folder = _scratch(k * frame), shard_dir(self.root, unit)
+        scratch = _scratch(k * frame)
         for i in range(rows.start // k, (rows.stop - 1) // k + 1):
             first, stop = max(rows.start, i * k), min(rows.stop, (i + 1) * k)  # the rows of chunk i wanted
             before, after = (first - i * k) * frame, ((i + 1) * k - stop) * frame
             parts = [scratch[:before], out[(first - rows.start) * frame:(stop - rows.start) * frame],
                      scratch[before:before + after]]  # disjoint: every byte is still there to hash
-            parts = [p for p in parts if len(p)]
-            key = feature_chunk(i)
-            try:
-                fd = os.open(folder / key, os.O_RDONLY)
-            except FileNotFoundError:
-                raise missing(unit, key) from None
-            try:
-                size, got = os.fstat(fd).st_size, os.preadv(fd, parts, 0)
-            finally:
-                os.close(fd)
-            if size != got or got != k * frame or (
-                    self.verify and digest_parts(parts, seal["digest"]) != seal["files"].get(key)):
+            self._read_chunk(unit, feature_chunk(i), [p for p in parts if len(p)])
+
+    def _read_chunk(self, unit: int, key: str, parts: list[memoryview]) -> None:
+        """One chunk's bytes into `parts` (their lengths sum to its size), checked against the seal: from the
+        shard's file, or from a remote store's cached copy; one not cached is fetched, checked and cached by
+        VerifiedChunks."""
+        algorithm, want = self._seals[unit]["digest"], self._seals[unit]["files"].get(key)
+        if isinstance(self.root, Path):
+            whole = _scatter_read(shard_dir(self.root, unit) / key, parts)
+            if whole is None:
+                raise missing(unit, key)
+            if not whole or (self.verify and digest_parts(parts, algorithm) != want):
                 raise damaged(unit, key)
+            return
+        if want is None:
+            raise damaged(unit, key)
+        if (copy := self.cache.copy(algorithm, want)) is not None:
+            if _scatter_read(copy, parts) and digest_parts(parts, algorithm) == want:
+                return
+            self.cache.drop(algorithm, want)  # a damaged copy: fetch the object again
+        chunks = self._arrays[unit]["features"].store_path.store
+        data = sync(chunks.get(key, default_buffer_prototype())).as_numpy_array()
+        if len(data) != sum(map(len, parts)):
+            raise damaged(unit, key)
+        offset = 0
+        for p in parts:
+            p[:] = data[offset:offset + len(p)]
+            offset += len(p)
 
     @property
     def stats(self) -> dict | None:

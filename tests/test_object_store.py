@@ -29,6 +29,7 @@ from extract.config import ExtractConfig
 from extract.job import run_extract
 from store import open_store, sealed_units
 from store.cache import ChunkCache
+from store.format import feature_chunk, read_seal, shard_dir
 from store.location import list_files, where
 from tests.conftest import (
     JOB_CONFIG,
@@ -284,8 +285,17 @@ def test_training_from_s3_with_and_without_cache_equals_local(s3, reference, tmp
     secret = s3["env"]["AWS_SECRET_ACCESS_KEY"].encode()
     written = [p for p in runs["cold"].rglob("*") if p.is_file()] + [tmp_path / "eval" / "report.json"]
     assert not any(secret in p.read_bytes() for p in written)
-    # every feature chunk object gone from the bucket: a warm run reads them from the cache alone
+    # a damaged cached copy is dropped and fetched again
     root = where(s3_copy)
+    digest = read_seal(root, 0)["files"][feature_chunk(0)]
+    copy = tmp_path / "cache" / digest[:2] / f"blake3-{digest}"
+    copy.write_bytes(b"!" + copy.read_bytes()[1:])
+    first = next(r["episode_id"] for r in open_store(reference).episodes.to_pylist()
+                 if r["unit"] == r["first_row"] == 0)
+    got = open_store(s3_copy, cache=ChunkCache(tmp_path / "cache", 1 << 30)).read_window(first, 0, 2)[0]
+    assert torch.equal(got, open_store(reference).read_window(first, 0, 2)[0])
+    assert copy.read_bytes() == (shard_dir(reference, 0) / feature_chunk(0)).read_bytes()
+    # every feature chunk object gone from the bucket: a warm run reads them from the cache alone
     gone = [rel for rel in list_files(root) if "/features/c/" in rel]
     root.call("rm", [f"{root.key}/{rel}" for rel in gone])
     runs["warm"] = tmp_path / "warm"
