@@ -61,6 +61,14 @@ def stored_view(features: torch.Tensor, codec: str) -> np.ndarray | None:
     return features.view(torch.int16).numpy().view(np.uint16) if codec == "bf16" else features.numpy()
 
 
+def frame_bytes(config) -> int | None:
+    """Bytes of one feature row in a chunk file of a store of this StoreConfig, where the file holds the rows'
+    features as they are (uncompressed bf16, fp16); else None."""
+    if config.compression != "none" or config.codec not in AS_STORED:
+        return None
+    return config.tokens * config.feature_dim * np.dtype(STORED_DTYPE[config.codec]).itemsize
+
+
 def compressors(name: str) -> list | None:
     """Zarr compressor list for a compression name."""
     if name == "none":

@@ -44,6 +44,18 @@ def digest_parts(parts: list[memoryview], name: str) -> str:
     return h.hexdigest()
 
 
+def row_digests(data: bytes | memoryview, frame: int, name: str) -> list[str]:
+    """Hex digests of each `frame` bytes of a feature chunk's bytes (one per row)."""
+    data = memoryview(data)
+    return [digest_bytes(data[i:i + frame], name) for i in range(0, len(data), frame)]
+
+
+def chunk_digests(path: Path | RemotePath, name: str, frame: int) -> tuple[str, list[str]]:
+    """A feature chunk file's digest and those of its rows, from one read."""
+    data = path.read_bytes()
+    return digest_bytes(data, name), row_digests(data, frame, name)
+
+
 def digest_file(path: Path | RemotePath, name: str, fsync: bool = False) -> str:
     """Hex digest of a file's bytes (a local one optionally flushed to disk while it is open)."""
     if isinstance(path, RemotePath):

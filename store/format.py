@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from common.errors import StoreError
 
-from .digest import LEGACY_DIGEST, check_digest, digest_bytes, digest_file
+from .digest import LEGACY_DIGEST, check_digest, chunk_digests, digest_bytes, digest_file
 from .location import RemotePath, list_files, where, write_bytes
 
 if TYPE_CHECKING:  # pyarrow (store.manifest) is imported where a table is read: the settings modules import this
@@ -26,6 +26,7 @@ MANIFEST_FILE = "manifest.parquet"
 SHARDS_DIR = "shards"
 SEAL_FILE = "sealed.json"
 EPISODES_FILE = "episodes.parquet"
+FEATURE_CHUNKS_DIR = "features/c/"  # where a shard's feature chunk files are (feature_chunk)
 ROW_ARRAYS = ("features", "scales", "state", "action", "frame_index", "timestamp", "episode")
 # how a store's actions are defined (store.actions): the names, free of torch for the settings modules
 POSE_DELTA, STATE_DELTA, COLUMN = "pose-delta", "state-delta", "column:"
@@ -123,7 +124,7 @@ Location = Path | RemotePath  # a store's folder, local or in an object store (s
 def feature_chunk(index: int) -> str:
     """The name, in its shard, of the file of feature rows [index * chunk_frames, (index + 1) * chunk_frames): zarr's
     default chunk key with separator "/" (one chunk spans all tokens and dims); the last one is padded with zeros."""
-    return f"features/c/{index}/0/0"
+    return f"{FEATURE_CHUNKS_DIR}{index}/0/0"
 
 
 def shard_dir(root: Location, unit: int) -> Location:
@@ -213,12 +214,16 @@ def unsealed_units(root: Location) -> list[int]:
 
 def read_seal(root: Location, unit: int) -> dict:
     """A sealed shard's seal: unit, rows, episodes, `digest` (the algorithm; SHA-256 where a format-2 seal
-    names none) and the digest of every other file of the shard."""
+    names none), the digest of every other file of the shard and, where the feature chunks hold the rows as they
+    are, `frame_digests`, one per row."""
     path = shard_dir(root, unit) / SEAL_FILE
     try:
         seal = json.loads(path.read_bytes())
         if not (isinstance(seal["files"], dict) and isinstance(seal["rows"], int) and isinstance(seal["episodes"], int)):
             raise TypeError("wrong field types")
+        if "frame_digests" in seal and not (isinstance(seal["frame_digests"], list)
+                                            and len(seal["frame_digests"]) == seal["rows"]):
+            raise TypeError("frame_digests is not one digest per row")
         seal.setdefault("digest", LEGACY_DIGEST)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StoreError(f"shard {unit:05d}: unreadable seal ({type(e).__name__}: {e})") from None
@@ -243,3 +248,12 @@ def shard_files(directory: Location) -> list[str]:
 def file_digests(directory: Location, algorithm: str, fsync: bool = False) -> dict[str, str]:
     """The digest of every file of a shard but its seal."""
     return {rel: digest_file(directory / rel, algorithm, fsync=fsync) for rel in shard_files(directory)}
+
+
+def frame_digests(directory: Location, rows: int, chunk_frames: int, frame: int, algorithm: str) -> list[str]:
+    """A seal's `frame_digests`: the digest of each feature row's `frame` bytes in its chunk file, in row order
+    (a reader may then read and check only the rows it wants)."""
+    digests = []
+    for i in range(-(-rows // chunk_frames)):
+        digests += chunk_digests(directory / feature_chunk(i), algorithm, frame)[1]
+    return digests[:rows]

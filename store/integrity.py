@@ -15,14 +15,14 @@ from common.errors import StoreError
 
 from . import codecs, manifest
 from .format import (
-    MANIFEST_FILE, Location, StoreConfig, read_checked, read_plan, read_root_attrs, read_seal, sealed_units,
-    shard_dir, shard_episodes, shard_files, unsealed_units,
+    FEATURE_CHUNKS_DIR, MANIFEST_FILE, Location, StoreConfig, feature_chunk, read_checked, read_plan,
+    read_root_attrs, read_seal, sealed_units, shard_dir, shard_episodes, shard_files, unsealed_units,
 )
-from .digest import digest_file
+from .digest import chunk_digests, digest_file
 from .location import where
 from .reader import shard_arrays
 
-FEATURE_CHUNKS = ("features/c/", "scales/c/")
+FEATURE_CHUNKS = (FEATURE_CHUNKS_DIR, "scales/c/")
 
 
 def verify(root: Location | str, on_shard: Callable[[int], None] | None = None) -> list[str]:
@@ -75,10 +75,20 @@ def check_shard(root: Location, unit: int, config: StoreConfig, planned: list[in
     except StoreError as e:
         return [str(e)], None
     expected, files = seal["files"], shard_files(d)
-    actual = {f: digest_file(d / f, seal["digest"]) for f in files if chunks or not f.startswith(FEATURE_CHUNKS)}
+    frame = codecs.frame_bytes(config) if chunks and "frame_digests" in seal else None
+    actual, row_digests = {}, {}
+    for f in files:
+        if frame is not None and f.startswith(FEATURE_CHUNKS_DIR):  # the file's digest and its rows', one read
+            actual[f], row_digests[f] = chunk_digests(d / f, seal["digest"], frame)
+        elif chunks or not f.startswith(FEATURE_CHUNKS):
+            actual[f] = digest_file(d / f, seal["digest"])
     bad = [f"{name}: checksum mismatch in {f}" for f in sorted(expected) if f in actual and actual[f] != expected[f]]
     bad += [f"{name}: missing file {f}" for f in sorted(set(expected) - set(files))]
     bad += [f"{name}: unexpected file {f}" for f in sorted(set(files) - set(expected))]
+    if frame is not None and not bad:  # the rows' own digests, which a reader checks the rows it reads against
+        per_row = [r for i in range(-(-seal["rows"] // config.chunk_frames)) for r in row_digests[feature_chunk(i)]]
+        wrong = [r for r, (got, want) in enumerate(zip(per_row, seal["frame_digests"])) if got != want]
+        bad += [f"{name}: frame_digests differ from the feature rows (row {wrong[0]} first)"] if wrong else []
     if bad:
         return bad, None
 

@@ -112,14 +112,15 @@ def _scratch(size: int) -> memoryview:
     return memoryview(_SCRATCH.buffer)
 
 
-def _scatter_read(path: Path, parts: list[memoryview]) -> bool | None:
-    """Read a file into `parts`, in order: None if it does not exist, else whether it held exactly their bytes."""
+def _pread(path: Path, parts: list[memoryview], offset: int, size: int) -> bool | None:
+    """Read a file from `offset` into `parts`, in order: None if it does not exist, else whether it is `size`
+    bytes long and filled them."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        return os.fstat(fd).st_size == os.preadv(fd, parts, 0) == sum(map(len, parts))
+        return os.fstat(fd).st_size == size and os.preadv(fd, parts, offset) == sum(map(len, parts))
     finally:
         os.close(fd)
 
@@ -239,47 +240,57 @@ class Store:
         return self._arrays[unit]
 
     def _read_chunks(self, unit: int, rows: slice, features: torch.Tensor) -> None:
-        """Feature rows of an uncompressed shard into `features` [rows, tokens, D]: each chunk is read once,
-        scattered so the rows wanted land in `features` and the others in a scratch buffer, and checked whole
-        against the seal; so no byte is copied after the kernel's copy (zarr's path copies each chunk twice
-        more: BENCHMARKS.md, loader)."""
+        """Feature rows of an uncompressed shard into `features` [rows, tokens, D], each chunk file read once by
+        the kernel straight into it, no copy after (zarr's path copies each chunk twice more: BENCHMARKS.md,
+        loader)."""
         k = self.config.chunk_frames
         frame = features[0].numel() * features.element_size()
         out = memoryview(features.view(torch.uint8).numpy().reshape(-1))
-        scratch = _scratch(k * frame)
         for i in range(rows.start // k, (rows.stop - 1) // k + 1):
             first, stop = max(rows.start, i * k), min(rows.stop, (i + 1) * k)  # the rows of chunk i wanted
-            before, after = (first - i * k) * frame, ((i + 1) * k - stop) * frame
-            parts = [scratch[:before], out[(first - rows.start) * frame:(stop - rows.start) * frame],
-                     scratch[before:before + after]]  # disjoint: every byte is still there to hash
-            self._read_chunk(unit, feature_chunk(i), [p for p in parts if len(p)])
+            self._read_chunk(unit, i, slice(first, stop), out[(first - rows.start) * frame:(stop - rows.start) * frame])
 
-    def _read_chunk(self, unit: int, key: str, parts: list[memoryview]) -> None:
-        """One chunk's bytes into `parts` (their lengths sum to its size), checked against the seal: from the
-        shard's file, or from a remote store's cached copy; one not cached is fetched, checked and cached by
-        VerifiedChunks."""
-        algorithm, want = self._seals[unit]["digest"], self._seals[unit]["files"].get(key)
+    def _read_chunk(self, unit: int, index: int, rows: slice, into: memoryview) -> None:
+        """Rows of feature chunk `index` into `into`, checked against the seal. With row digests (`frame_digests`)
+        only those rows are read, each checked against its own; else the whole file, the rest into a scratch
+        buffer, checked against the file's digest. From the shard's file, or a remote store's cached copy; one not
+        cached is fetched, checked and cached by VerifiedChunks."""
+        seal, key, k = self._seals[unit], feature_chunk(index), self.config.chunk_frames
+        algorithm, row_digests = seal["digest"], seal.get("frame_digests")
+        frame = len(into) // (rows.stop - rows.start)
+        offset = (rows.start - index * k) * frame  # of the rows in the file
+        if row_digests is not None:
+            parts, at = [into], offset
+
+            def intact() -> bool:
+                return all(digest_bytes(into[j * frame:(j + 1) * frame], algorithm) == row_digests[r]
+                           for j, r in enumerate(range(rows.start, rows.stop)))
+        else:
+            scratch = _scratch(k * frame)
+            parts = [p for p in (scratch[:offset], into, scratch[offset:k * frame - len(into)]) if len(p)]
+            at = 0  # disjoint parts: every byte of the file is still there to hash
+
+            def intact() -> bool:
+                return digest_parts(parts, algorithm) == seal["files"].get(key)
         if isinstance(self.root, Path):
-            whole = _scatter_read(shard_dir(self.root, unit) / key, parts)
+            whole = _pread(shard_dir(self.root, unit) / key, parts, at, k * frame)
             if whole is None:
                 raise missing(unit, key)
-            if not whole or (self.verify and digest_parts(parts, algorithm) != want):
+            if not whole or (self.verify and not intact()):
                 raise damaged(unit, key)
             return
+        want = seal["files"].get(key)
         if want is None:
             raise damaged(unit, key)
         if (copy := self.cache.copy(algorithm, want)) is not None:
-            if _scatter_read(copy, parts) and digest_parts(parts, algorithm) == want:
+            if _pread(copy, parts, at, k * frame) and intact():
                 return
             self.cache.drop(algorithm, want)  # a damaged copy: fetch the object again
-        chunks = self._arrays[unit]["features"].store_path.store
-        data = sync(chunks.get(key, default_buffer_prototype())).as_numpy_array()
-        if len(data) != sum(map(len, parts)):
+        data = sync(self._arrays[unit]["features"].store_path.store.get(key, default_buffer_prototype()))
+        data = data.as_numpy_array()
+        if len(data) != k * frame:
             raise damaged(unit, key)
-        offset = 0
-        for p in parts:
-            p[:] = data[offset:offset + len(p)]
-            offset += len(p)
+        into[:] = data[offset:offset + len(into)]
 
     @property
     def stats(self) -> dict | None:

@@ -23,6 +23,7 @@ from common.files import disk_full, fsync_dir, output_dir, remove_stale_temps, t
 from . import codecs, manifest
 from .format import (
     EPISODES_FILE,
+    FEATURE_CHUNKS_DIR,
     FORMAT_VERSION,
     MANIFEST_FILE,
     PLAN_FILE,
@@ -30,7 +31,9 @@ from .format import (
     SHARDS_DIR,
     Location,
     StoreConfig,
+    feature_chunk,
     file_digests,
+    frame_digests,
     read_checked,
     read_plan,
     read_root_attrs,
@@ -41,7 +44,7 @@ from .format import (
     unsealed_units,
     update_root_attrs,
 )
-from .digest import SEAL_DIGEST, digest_bytes, digest_file
+from .digest import SEAL_DIGEST, digest_bytes, digest_file, row_digests
 from .location import RemotePath, list_files, remove_tree, upload, where, write_bytes
 from .stats import robot_stats
 
@@ -243,6 +246,8 @@ class ShardWriter:
             files = file_digests(self.dir, SEAL_DIGEST, fsync=not remote)
         seal = {"unit": self.unit, "rows": self.rows, "episodes": len(self.records), "digest": SEAL_DIGEST,
                 "files": files}
+        if (frame := codecs.frame_bytes(self.config)) is not None:  # (a second read, from the page cache)
+            seal["frame_digests"] = frame_digests(self.dir, self.rows, self.config.chunk_frames, frame, SEAL_DIGEST)
         if remote:
             upload({rel: self.dir / rel for rel in seal["files"]}, self.target)
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -261,9 +266,10 @@ def write_seal(directory: Location, seal: dict) -> None:
 
 
 def reseal(root: Location | str, algorithm: str = SEAL_DIGEST, on_shard: Callable[[int], None] | None = None) -> int:
-    """Rewrite every sealed shard's seal with `algorithm`'s digests (`store migrate`); returns how many changed.
+    """Rewrite every sealed shard's seal with `algorithm`'s digests, and the row digests of stores whose chunks
+    hold the rows as they are (`store migrate`); returns how many changed.
 
-    Each file is checked against its old digest as it is read for the new one, so damage is refused,
+    Each file is checked against its old digest as it is read for the new ones, so damage is refused,
     never sealed anew. The store is marked format 3 first (older code refuses it in one line) and each
     seal is replaced atomically, so a killed run leaves a readable store with seals of both digests,
     which the next run finishes. Call it where no writer is sealing shards.
@@ -272,16 +278,25 @@ def reseal(root: Location | str, algorithm: str = SEAL_DIGEST, on_shard: Callabl
     attrs = read_root_attrs(root)
     if attrs["format_version"] < FORMAT_VERSION:  # version 1 gets its implicit robot attributes written out
         update_root_attrs(root, **StoreConfig.from_attrs(attrs).to_attrs(), format_version=FORMAT_VERSION)
+    config = StoreConfig.from_attrs(read_root_attrs(root))
+    frame = codecs.frame_bytes(config)
     changed = 0
     for unit in sealed_units(root):
         seal, folder = read_seal(root, unit), shard_dir(root, unit)
         if isinstance(folder, Path):
             remove_stale_temps(folder, SEAL_FILE)  # of a run that was killed while replacing this seal
-        if seal["digest"] != algorithm:
-            files = {}
+        if seal["digest"] != algorithm or (frame is not None and "frame_digests" not in seal):
+            files, rows = {}, {}
             for rel, want in seal["files"].items():
-                files[rel] = digest_bytes(read_checked(folder / rel, want, seal["digest"]), algorithm)
-            write_seal(folder, {**seal, "digest": algorithm, "files": files})
+                data = read_checked(folder / rel, want, seal["digest"])
+                files[rel] = digest_bytes(data, algorithm)
+                if frame is not None and rel.startswith(FEATURE_CHUNKS_DIR):
+                    rows[rel] = row_digests(data, frame, algorithm)
+            new = {**seal, "digest": algorithm, "files": files}
+            if frame is not None:
+                chunks = range(-(-seal["rows"] // config.chunk_frames))
+                new["frame_digests"] = [d for i in chunks for d in rows[feature_chunk(i)]][:seal["rows"]]
+            write_seal(folder, new)
             changed += 1
         if on_shard:
             on_shard(unit)

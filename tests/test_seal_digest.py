@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from store import ChunkCache, open_store, sealed_units, verify, writer
-from store.format import SEAL_FILE, read_root_attrs, read_seal, shard_dir
+from common.errors import StoreError
+from store.format import SEAL_FILE, feature_chunk, read_root_attrs, read_seal, shard_dir
 from tests.conftest import ROOT, assert_one_error_line, cli_main
 from tests.fake_store import tiny_store
 from train.config import TrainConfig
@@ -115,3 +116,33 @@ def test_cache_keys_follow_the_seal_digest(fmt, format2, tmp_path):
     names = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()}
     digests = {f"{algorithm}-{d}" for d in read_seal(root, 0)["files"].values()}
     assert names and names <= digests
+
+
+def test_a_window_reads_and_checks_only_its_rows_and_migrate_adds_row_digests_to_older_seals(tmp_path):
+    root = tiny_store(tmp_path / "s", episodes=4, frames=8, per_unit=2)
+    written = seals(root)
+    assert all(len(s["frame_digests"]) == s["rows"] == 16 for s in written.values())
+    expect = windows(root)
+    store = open_store(root)
+    assert store.episodes.to_pylist()[0]["unit"] == 0 and store.num_frames(0) == 8  # rows 0..7 of shard 0
+    chunk = shard_dir(root, 0) / feature_chunk(1)  # its rows 4..7
+    data = bytearray(chunk.read_bytes())
+    data[3 * len(data) // 4 + 5] ^= 0x01  # in row 7
+    chunk.write_bytes(bytes(data))
+    assert torch.equal(open_store(root).read_window(0, 4, 3)[0], expect[0][4:7])  # rows 4..6: intact, read
+    with pytest.raises(StoreError, match=f"{feature_chunk(1)} does not match its checksum"):
+        open_store(root).read_window(0, 5, 3)
+    assert verify(root) == [f"shard 00000: checksum mismatch in {feature_chunk(1)}"]
+    data[3 * len(data) // 4 + 5] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    # a seal whose row digests do not describe its rows is named by verify
+    seal = {**written[1], "frame_digests": written[1]["frame_digests"][::-1]}
+    writer.write_seal(shard_dir(root, 1), seal)
+    assert verify(root) == ["shard 00001: frame_digests differ from the feature rows (row 0 first)"]
+    # seals from before row digests: windows read whole chunks; migrate adds the writer's row digests
+    for u, s in written.items():
+        writer.write_seal(shard_dir(root, u), {k: v for k, v in s.items() if k != "frame_digests"})
+    assert all(torch.equal(a, b) for a, b in zip(windows(root), expect, strict=True))
+    code, out, err = cli_main("store", "migrate", root)
+    assert code == 0 and "2 shard(s) resealed" in out, (out, err)
+    assert seals(root) == written and verify(root) == []
