@@ -328,13 +328,15 @@ def store_verify(path: str = StorePath) -> None:
 
 @store_app.command("migrate")
 def store_migrate(path: str = StorePath) -> None:
-    """Reseal every shard with BLAKE3 digests (store format 3), each file checked against its old seal first.
-    Safe to kill: run it again to finish."""
+    """Reseal every shard with BLAKE3 digests (store format 3) and, for uncompressed bf16/fp16 features, a digest
+    per row (so training reads only the rows it needs); each file is checked against its old seal first. Safe to
+    kill: run it again to finish."""
     from store import reseal, sealed_units
     from store.digest import SEAL_DIGEST
 
     changed = _counted("resealing shards", len(sealed_units(path)), lambda tick: reseal(path, on_shard=tick))
-    console.print(f"{path}: {changed} shard(s) resealed with {SEAL_DIGEST}, the others already were")
+    console.print(f"{path}: {changed} shard(s) resealed with {SEAL_DIGEST} (and row digests where the chunks "
+                  "hold rows as they are), the others already were")
 
 
 @store_app.command("stats")
