@@ -55,7 +55,8 @@ def _cached(path: Path, make: Callable[[], dict]) -> dict:
 
 
 def _task(b: EncodersBench, task: str, **kw) -> SimTask:
-    return SimTask(env="pusht", task=task, episodes=b.episodes, budget=b.budget, horizon=1, size=SIZE, **kw)
+    return SimTask(**{"env": "pusht", "task": task, "episodes": b.episodes, "budget": b.budget, "horizon": 1,
+                      "size": SIZE, **kw})
 
 
 def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stage: Callable[[str], None]) -> dict:

@@ -1,8 +1,8 @@
 """Video and image files: writing MP4s, and decoding the same frames whichever decoder delivers them.
 
 A video's frame i is its i-th frame in presentation order. decord decodes it first (fast, batched);
-where decord cannot open or decode a file that PyAV can (decord2 3.x fails every batch of 96-px-wide
-frames, LeRobot's PushT size), PyAV decodes it instead, to the same frames, and `Video.fallback`
+where decord cannot open or decode a file that PyAV can (decord2 before 3.4 failed every batch of
+96-px-wide frames, LeRobot's PushT size), PyAV decodes it instead, to the same frames, and `Video.fallback`
 says why. Only when both fail is the file called damaged, with both decoders' words in one line.
 Images: PIL, then PyAV.
 """
@@ -167,7 +167,7 @@ class PyAVReader:
 
 
 # frame size (width, height) -> why decord failed on frames PyAV then decoded, in this process: later videos
-# of that size go to PyAV at once (decord2 fails every 96-px-wide video the same way)
+# of that size go to PyAV at once (decord2 before 3.4 failed every 96-px-wide video the same way)
 _DECORD_FAILED: dict[tuple[int, int], str] = {}
 
 
