@@ -9,6 +9,7 @@ Images: PIL, then PyAV.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import re
@@ -77,6 +78,14 @@ class DecordReader:
 
     def frames(self, index: list[int]) -> np.ndarray:
         return self.reader.get_batch(index).asnumpy()
+
+
+def free_decoders() -> None:
+    """Call before a DataLoader forks its workers: frees the PyAV objects (and all other garbage) of this process
+    now. PyAV's containers hold reference cycles, so only the cyclic GC frees them; one freed in a forked worker
+    instead waits forever on its decoder threads, which live only in this process (a hung worker, seen when the
+    same process had decoded or written videos before)."""
+    gc.collect()
 
 
 class PyAVReader:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import Preempted, SkipEpisode
+from common.media import free_decoders
 from common.stop import StopRequest, ignore_stop_signals, stop_signals
 from model.encoders import build_encoder
 from model.preprocess import InputSpec
@@ -252,6 +253,7 @@ class _Pipeline:
         dataset = EpisodePieces(corpus, [w[2] for w in self.work], cfg.fps, spec)
         loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers,
                             pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals)
+        free_decoders()
         try:
             for piece in loader:
                 if self.stop.requested:

@@ -4,6 +4,8 @@ gives PyAV's own decode of the file at the sampled indices (decord where it work
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -19,7 +21,7 @@ from extract.job import run_extract
 from model.encoders import build_encoder
 from store import open_store, verify
 from tests import corpora
-from tests.conftest import cli_main
+from tests.conftest import ROOT, cli_main
 
 N = 24  # frames per video: three GOPs of 8, so strided reads seek
 CODECS = {  # name: (encoder, pix_fmt, options)
@@ -213,3 +215,32 @@ def test_a_decoder_failing_mid_video_hands_over_to_pyav(tmp_path, monkeypatch):
     assert np.array_equal(video.frames([1, 2, 20]), ref[[1, 2, 20]])  # behind the decoder: it seeks back
     again = Video(tmp_path / "v.mp4")
     assert again.fallback == video.fallback and np.array_equal(again.frames([5]), ref[[5]])
+
+
+def test_workers_forked_after_decoding_in_the_same_process_do_not_hang(tmp_path):
+    """A process that decoded with PyAV (its decoder threads waiting) and then forks DataLoader workers: a worker
+    freeing the inherited PyAV garbage would wait forever on those threads' condition variables, so jobs free it
+    before they fork (`media.free_decoders`). Run in a subprocess, so a hang is a timeout, not a stuck suite."""
+    video = write_video(tmp_path / "v.mp4", "h264", 160, 120)
+    corpus = corpora.webdataset_shard(tmp_path / "corpus" / "a.tar", [{"key": "ep", "n": N, "fps": 15,
+                                                                       "mp4": video.read_bytes()}])
+    script = f"""
+import gc
+from common import media
+gc.disable()  # until a worker starts: the garbage below is left for it, as a busy process may leave it
+reader = media.PyAVReader({str(video)!r})
+reader.frames([0, 3, 6])  # its decoder threads started
+del reader  # garbage now: PyAV's reference cycles leave it to the cyclic GC
+from extract import job
+from extract.config import ExtractConfig
+
+def collecting_worker(worker_id, init=job.ignore_stop_signals):
+    gc.collect()  # what a worker's GC does with inherited garbage, at once
+    init(worker_id)
+
+job.ignore_stop_signals = collecting_worker
+job.run_extract(ExtractConfig(corpus={str(corpus.parent)!r}, out={str(tmp_path / "store")!r}, format="webdataset",
+                          preset="vit_test", workers=1, device="cpu"))
+"""
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=300, check=True, capture_output=True)
+    assert [r["status"] for r in open_store(tmp_path / "store").episodes.to_pylist()] == ["ok"]

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from common.device import bf16_autocast, pick_device
 from common.errors import UserError
 from common.files import output_dir
+from common.media import free_decoders
 from model.checkpoint import load_trained
 from store import open_store
 
@@ -121,6 +122,7 @@ def evaluate(model, clips: Dataset, device: torch.device, batch_size: int = 8, s
 
     loader = DataLoader(_WithShuffledActions(clips, seed), batch_size=batch_size, num_workers=workers)
     model.eval()
+    free_decoders()
     report = summarize(_concat_batches(with_variants(batch) for batch in loader))
     true = torch.tensor(report["rollout_l1"])
     report["shuffled_over_true"] = (torch.tensor(report["shuffled_rollout_l1"]) / true).tolist()

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from common.device import bf16_autocast, pick_device, rank_world
 from common.errors import PeerLost, Preempted, TrainingDiverged, UserError
 from common.files import disk_full, output_dir, remove_stale_temps
+from common.media import free_decoders
 from common.settings import as_dict
 from common.stop import StopRequest, ignore_stop_signals, stop_signals
 from model.checkpoint import ModelMeta
@@ -225,6 +226,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     lead = rank == 0
     val_loader = validation_loader(store, val_ids, cfg.frames, cfg.batch_size, cfg.val_clips) if lead else None
     log = MetricsLog(out, start_step) if lead else None
+    free_decoders()
     return _Run(cfg, out, rank, world, device, model, ddp, opt, iter(loader), val_loader, log, saved, start_step,
                 reinitialised)
 
