@@ -250,10 +250,14 @@ def file_digests(directory: Location, algorithm: str, fsync: bool = False) -> di
     return {rel: digest_file(directory / rel, algorithm, fsync=fsync) for rel in shard_files(directory)}
 
 
+def in_row_order(chunk_rows: dict[str, list[str]], rows: int, chunk_frames: int) -> list[str]:
+    """Per-row digests by chunk file name -> a seal's `frame_digests`, one per row in row order (the padding rows
+    of the last chunk dropped)."""
+    return [d for i in range(-(-rows // chunk_frames)) for d in chunk_rows[feature_chunk(i)]][:rows]
+
+
 def frame_digests(directory: Location, rows: int, chunk_frames: int, frame: int, algorithm: str) -> list[str]:
     """A seal's `frame_digests`: the digest of each feature row's `frame` bytes in its chunk file, in row order
     (a reader may then read and check only the rows it wants)."""
-    digests = []
-    for i in range(-(-rows // chunk_frames)):
-        digests += chunk_digests(directory / feature_chunk(i), algorithm, frame)[1]
-    return digests[:rows]
+    chunks = [feature_chunk(i) for i in range(-(-rows // chunk_frames))]
+    return in_row_order({c: chunk_digests(directory / c, algorithm, frame)[1] for c in chunks}, rows, chunk_frames)

@@ -15,7 +15,7 @@ from common.errors import StoreError
 
 from . import codecs, manifest
 from .format import (
-    FEATURE_CHUNKS_DIR, MANIFEST_FILE, Location, StoreConfig, feature_chunk, read_checked, read_plan,
+    FEATURE_CHUNKS_DIR, MANIFEST_FILE, Location, StoreConfig, in_row_order, read_checked, read_plan,
     read_root_attrs, read_seal, sealed_units, shard_dir, shard_episodes, shard_files, unsealed_units,
 )
 from .digest import chunk_digests, digest_file
@@ -86,7 +86,7 @@ def check_shard(root: Location, unit: int, config: StoreConfig, planned: list[in
     bad += [f"{name}: missing file {f}" for f in sorted(set(expected) - set(files))]
     bad += [f"{name}: unexpected file {f}" for f in sorted(set(files) - set(expected))]
     if frame is not None and not bad:  # the rows' own digests, which a reader checks the rows it reads against
-        per_row = [r for i in range(-(-seal["rows"] // config.chunk_frames)) for r in row_digests[feature_chunk(i)]]
+        per_row = in_row_order(row_digests, seal["rows"], config.chunk_frames)
         wrong = [r for r, (got, want) in enumerate(zip(per_row, seal["frame_digests"])) if got != want]
         bad += [f"{name}: frame_digests differ from the feature rows (row {wrong[0]} first)"] if wrong else []
     if bad:

@@ -31,9 +31,9 @@ from .format import (
     SHARDS_DIR,
     Location,
     StoreConfig,
-    feature_chunk,
     file_digests,
     frame_digests,
+    in_row_order,
     read_checked,
     read_plan,
     read_root_attrs,
@@ -278,7 +278,7 @@ def reseal(root: Location | str, algorithm: str = SEAL_DIGEST, on_shard: Callabl
     attrs = read_root_attrs(root)
     if attrs["format_version"] < FORMAT_VERSION:  # version 1 gets its implicit robot attributes written out
         update_root_attrs(root, **StoreConfig.from_attrs(attrs).to_attrs(), format_version=FORMAT_VERSION)
-    config = StoreConfig.from_attrs(read_root_attrs(root))
+    config = StoreConfig.from_attrs(attrs)
     frame = codecs.frame_bytes(config)
     changed = 0
     for unit in sealed_units(root):
@@ -294,8 +294,7 @@ def reseal(root: Location | str, algorithm: str = SEAL_DIGEST, on_shard: Callabl
                     rows[rel] = row_digests(data, frame, algorithm)
             new = {**seal, "digest": algorithm, "files": files}
             if frame is not None:
-                chunks = range(-(-seal["rows"] // config.chunk_frames))
-                new["frame_digests"] = [d for i in chunks for d in rows[feature_chunk(i)]][:seal["rows"]]
+                new["frame_digests"] = in_row_order(rows, seal["rows"], config.chunk_frames)
             write_seal(folder, new)
             changed += 1
         if on_shard:
