@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
@@ -21,6 +22,8 @@ SEAL_DIGEST = "blake3"  # what new seals use
 LEGACY_DIGEST = "sha256"  # a seal that names none (format 2)
 _HASHERS: dict[str, Callable] = {"sha256": hashlib.sha256, "blake3": blake3.blake3}
 BLOCK = 1 << 22
+THREADS = min(4, len(os.sched_getaffinity(0)))  # hashing threads per process
+_pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): threads do not survive a fork
 
 
 def check_digest(name: str, where: str) -> str:
@@ -44,16 +47,31 @@ def digest_parts(parts: list[memoryview], name: str) -> str:
     return h.hexdigest()
 
 
+def digest_many(buffers: list[bytes | memoryview], name: str) -> list[str]:
+    """Hex digests of several buffers, on this process's hashing threads (both digests release the GIL, so
+    the rows of a window are checked on the cores a single-threaded read leaves idle: BENCHMARKS.md,
+    checked-reads)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():  # first use in this process (a forked loader worker too)
+        _pool = (os.getpid(), ThreadPoolExecutor(THREADS, thread_name_prefix="digest"))
+    return list(_pool[1].map(digest_bytes, buffers, [name] * len(buffers)))
+
+
+def _rows(data: bytes | memoryview, frame: int) -> list[memoryview]:
+    data = memoryview(data)
+    return [data[i:i + frame] for i in range(0, len(data), frame)]
+
+
 def row_digests(data: bytes | memoryview, frame: int, name: str) -> list[str]:
     """Hex digests of each `frame` bytes of a feature chunk's bytes (one per row)."""
-    data = memoryview(data)
-    return [digest_bytes(data[i:i + frame], name) for i in range(0, len(data), frame)]
+    return digest_many(_rows(data, frame), name)
 
 
 def chunk_digests(path: Path | RemotePath, name: str, frame: int) -> tuple[str, list[str]]:
     """A feature chunk file's digest and those of its rows, from one read."""
     data = path.read_bytes()
-    return digest_bytes(data, name), row_digests(data, frame, name)
+    whole, *per_row = digest_many([data, *_rows(data, frame)], name)
+    return whole, per_row
 
 
 def digest_file(path: Path | RemotePath, name: str, fsync: bool = False) -> str:
