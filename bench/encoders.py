@@ -2,7 +2,8 @@
 through each encoder and camera (collect, extract, train, eval, sim eval reach and push, the oracle's reach and push).
 
 Each row's corpus, store, run and reports live under DIRECTORY/<camera>-<encoder>/ and are reused, so an
-interrupted benchmark resumes where it stopped."""
+interrupted benchmark resumes where it stopped; the table also shows the rows of earlier runs with the same
+settings, so rows can be measured a few at a time."""
 
 from __future__ import annotations
 
@@ -81,8 +82,7 @@ def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stag
     metrics = _cached(row / f"eval-step{b.steps}.json",
                       lambda: run_eval(EvalConfig(checkpoint=last, store=str(store))).metrics)
     cem = CEMConfig(samples=b.samples, iterations=b.iterations, elites=min(10, b.samples))
-    setup = f"{b.budget}steps-cem{b.samples}x{b.iterations}"  # in the names of the kept results: a rerun with
-    # other settings measures again
+    setup = _setup(b)
     result = {"h1_over_copy": metrics["rollout_l1"][0] / metrics["copy_l1"][0],
               "shuffled_over_true": metrics["shuffled_over_true"][0]}
     for task in ("reach", "push"):
@@ -100,6 +100,19 @@ def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stag
     return result
 
 
+def _setup(b: EncodersBench) -> str:
+    """In the names of the kept results: a rerun with other settings measures again."""
+    return f"{b.budget}steps-cem{b.samples}x{b.iterations}"
+
+
+def _done(b: EncodersBench, camera: str, encoder: str, conditioning: str) -> bool:
+    """Whether a row's last results are kept (every stage before them is then kept too)."""
+    features = b.directory / f"{camera}-{encoder}"
+    row = features if conditioning == "token" else features / conditioning
+    oracle = features / f"sim-oracle-push-{b.oracle_episodes}x{_setup(b)}.json"
+    return (row / f"sim-push-{b.episodes}x{_setup(b)}.json").exists() and (not b.oracle_episodes or oracle.exists())
+
+
 def _rate(m: dict) -> str:
     return f"{m['successes']}/{m['episodes']} ({m['success_rate']:.0%})"
 
@@ -109,7 +122,9 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
     conditionings = _names(b.conditionings, ACTION_CONDITIONING, "--conditionings")
     output_dir(b.directory, "--directory")
     rows, results = [], {}
-    todo = [(c, e, a) for c in cameras for e in encoders for a in conditionings]
+    order = [(c, e, a) for c in CAMERAS for e in ENCODERS for a in ACTION_CONDITIONING]
+    asked = {(c, e, a) for c in cameras for e in encoders for a in conditionings}
+    todo = [r for r in order if r in asked or _done(b, *r)]  # and the rows of earlier runs with these settings
     for i, (camera, encoder, conditioning) in enumerate(todo):
         r = _row(b, camera, encoder, conditioning,
                  lambda stage: log.info("bench encoders %d/%d: %s", i + 1, len(todo), stage))
@@ -136,7 +151,7 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
             f"Reach and push: `sim eval`, {b.episodes} episodes (task seed 0), budget {b.budget} control steps, "
             f"horizon 1, CEM {b.samples} x {b.iterations}, success within 20 px; oracle: the same CEM with the "
             f"simulator as the world model and the same features {oracle}, what the planner allows with a perfect "
-            f"model. Baselines on the same starts and goals ({cameras[0]} camera): {baselines}. Everything under "
+            f"model. Baselines on the same starts and goals ({todo[0][0]} camera): {baselines}. Everything under "
             f"`{b.directory}`.\n\n"
             + table(["encoder", "camera", "actions", "h = 1 / copy-last", "shuffled / true", "oracle reach",
                      "oracle push", "model reach", "model push", "s per plan"], rows))

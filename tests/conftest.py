@@ -1,10 +1,14 @@
-"""Session-wide fixtures: the demo corpus (real DROID-layout MP4 + HDF5) and its feature store."""
+"""Session-wide fixtures: the demo corpus (real DROID-layout MP4 + HDF5), its feature store and model."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
@@ -13,11 +17,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_EPISODES = 64  # as `make demo`
+DEMO_STEPS = 900
 
 
-def run_cli(*args, env=None, timeout=600, check=True) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True,
-                       text=True, cwd=ROOT, timeout=timeout, env=env)
+def run_cli(*args, env=None, timeout=600, check=True, started=None) -> subprocess.CompletedProcess:
+    """`python cli.py ARGS` in a subprocess (handed to `started` as it starts)."""
+    with subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env) as p:
+        if started:
+            started(p)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            raise
+    r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
     if check and r.returncode != 0:
         raise AssertionError(f"cli.py {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
@@ -52,20 +66,86 @@ def assert_one_error_line(code: int, err: str, message: str, exit_code: int = 2)
     assert code == exit_code and len(errors) == 1 and message in errors[0] and "Traceback" not in err, (code, err)
 
 
+class DemoBuild:
+    """`make demo` (corpus, store, trained model) in the background, with its own arguments, started when the
+    session collects a test that needs it. The training, half the suite's CPU, then runs on one core beside the
+    tests, which mostly keep one of CI's two cores busy. Tests that need the model run last."""
+
+    STAGES = ("demo_corpus", "demo_store", "demo_run")
+    ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # beside the tests, 2 threads spin-wait for a busy core:
+    # the training then took over 2.5x as long as alone (measured)
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="demo-build-"))
+        self.done = {stage: threading.Event() for stage in self.STAGES}
+        self.results: dict[str, object] = {}
+        self.process: subprocess.Popen | None = None  # the stage running now
+        self.stopped = False
+        threading.Thread(target=self._build, daemon=True).start()
+
+    def _build(self) -> None:
+        corpus, store, run = self.root / "corpus", self.root / "store", self.root / "run"
+        steps = {
+            "demo_corpus": (corpus, ["demo-corpus", corpus, "--episodes", DEMO_EPISODES]),
+            "demo_store": (store, ["extract", "--corpus", corpus, "--out", store, "--preset", "vit_demo", "--camera",
+                                   "wrist", "--episodes-per-unit", 16, "--workers", 2]),
+            "demo_run": (run, ["train", "--store", store, "--out", run, "--preset", "ac_demo", "--steps", DEMO_STEPS,
+                               "--batch-size", 8, "--lr", 3e-3, "--start-lr", 6e-4, "--anneal", 180, "--val-every",
+                               300, "--ckpt-every", 300, "--workers", 1]),
+        }
+        for i, stage in enumerate(self.STAGES):
+            path, args = steps[stage]
+            try:
+                if self.stopped:
+                    raise RuntimeError("the session ended before the demo was built")
+                self.results[stage] = (path, run_cli(*args, timeout=1800, started=self.started, env=self.ONE_THREAD))
+            except Exception as e:  # this stage and every later one fail with it
+                for later in self.STAGES[i:]:
+                    self.results[later] = e
+                    self.done[later].set()
+                return
+            self.done[stage].set()
+
+    def started(self, process: subprocess.Popen) -> None:
+        self.process = process
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.process is not None and self.process.poll() is None:  # the session ended first (-x, Ctrl-C)
+            self.process.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def get(self, stage: str) -> tuple[Path, subprocess.CompletedProcess]:
+        self.done[stage].wait()
+        if isinstance(self.results[stage], Exception):
+            raise self.results[stage]
+        return self.results[stage]
+
+
+_DEMO: list[DemoBuild] = []  # the session's build, if it has one
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not config.option.collectonly and any(s in item.fixturenames for item in items for s in DemoBuild.STAGES):
+        _DEMO.append(DemoBuild())
+    items.sort(key=lambda item: "demo_run" in item.fixturenames)  # stable: the rest keep their order
+
+
+def pytest_sessionfinish(session) -> None:
+    for build in _DEMO:
+        build.stop()
+
+
 @pytest.fixture(scope="session")
-def demo_corpus(tmp_path_factory) -> Path:
-    from sim.demo import make_demo_corpus
-
-    return make_demo_corpus(tmp_path_factory.mktemp("demo") / "corpus", episodes=DEMO_EPISODES, seed=0)
+def demo_corpus() -> Path:
+    """The demo corpus as `make demo` renders it (real DROID-layout MP4 + HDF5)."""
+    return _DEMO[0].get("demo_corpus")[0]
 
 
 @pytest.fixture(scope="session")
-def demo_store(demo_corpus, tmp_path_factory) -> Path:
+def demo_store() -> Path:
     """The demo corpus extracted as `make extract` does (same arguments)."""
-    out = tmp_path_factory.mktemp("demo") / "store"
-    run_cli("extract", "--corpus", demo_corpus, "--out", out, "--preset", "vit_demo", "--camera", "wrist",
-            "--episodes-per-unit", 16, "--workers", 2)
-    return out
+    return _DEMO[0].get("demo_store")[0]
 
 
 JOB = ["--preset", "vit_test", "--camera", "wrist", "--limit", 8, "--episodes-per-unit", 2, "--batch-size", 16,
@@ -101,14 +181,7 @@ def reference(demo_corpus, tmp_path_factory) -> Path:
     return out
 
 
-DEMO_STEPS = 900
-
-
 @pytest.fixture(scope="session")
-def demo_run(demo_store, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def demo_run() -> tuple[Path, subprocess.CompletedProcess]:
     """The small world model that `make train` trains on the demo store (same arguments)."""
-    out = tmp_path_factory.mktemp("demo") / "run"
-    r = run_cli("train", "--store", demo_store, "--out", out, "--preset", "ac_demo", "--steps", DEMO_STEPS,
-                "--batch-size", 8, "--lr", 3e-3, "--start-lr", 6e-4, "--anneal", 180, "--val-every", 300,
-                "--ckpt-every", 300, "--workers", 1, timeout=1200)
-    return out, r
+    return _DEMO[0].get("demo_run")
