@@ -13,7 +13,7 @@ import torch
 from model.checkpoint import RELEASED_META
 from model.predictor import PREDICTOR_PRESETS, ACPredictor
 from store import StoredEpisode, open_store, write_store
-from tests.conftest import run_cli
+from tests.conftest import assert_one_error_line, cli_main, run_cli
 from train.config import CEMConfig, PlanConfig
 from train.data import ClipDataset
 from train.evaluate import evaluate
@@ -194,15 +194,15 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
 ])
 def test_plan_bad_input(demo_run, demo_store, args, message):
     run, _ = demo_run
-    r = run_cli("plan", "--checkpoint", run / "latest.pt", "--store", demo_store, *args, check=False)
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    code, _, err = cli_main("plan", "--checkpoint", run / "latest.pt", "--store", demo_store, *args)
+    assert_one_error_line(code, err, message)
 
 
 def test_checkpoint_and_store_that_do_not_fit(demo_run, tmp_path):
     run, _ = demo_run
     other = known_store(tmp_path / "other")
     for cmd in (["eval"], ["plan", "--episode", 0, "--start", 0], ["plan-eval"]):
-        r = run_cli(*cmd, "--checkpoint", run / "latest.pt", "--store", other, check=False)
-        assert r.returncode == 2 and "was trained on" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("eval", "--checkpoint", tmp_path / "missing.pt", "--store", other, check=False)
-    assert r.returncode == 2 and "not found" in r.stderr
+        code, _, err = cli_main(*cmd, "--checkpoint", run / "latest.pt", "--store", other)
+        assert_one_error_line(code, err, "was trained on")
+    code, _, err = cli_main("eval", "--checkpoint", tmp_path / "missing.pt", "--store", other)
+    assert_one_error_line(code, err, "not found")

@@ -163,7 +163,10 @@ def test_truncated_shared_video_is_quiet_and_says_why(tmp_path):
     assert noise == [], noise[:5]  # ffmpeg's and decord's own logging is off
     rows = open_store(tmp_path / "s").episodes.to_pylist()
     assert rows[0]["status"] == "ok"
-    assert any("the video ended early" in row["reason"] for row in rows[1:]), [row["reason"] for row in rows]
+    # the cut is found from the frames the file holds or, where the decoder's threads reach the torn packet first
+    # (once here, under load), by the decoding failing; both say why
+    said = [row["reason"] for row in rows[1:] if row["reason"]]
+    assert said and all("the video ended early" in r or "truncated stream" in r for r in said), said
 
 
 def test_episode_that_fails_after_its_first_piece_is_skipped(tmp_path, monkeypatch):
