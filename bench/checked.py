@@ -75,7 +75,7 @@ def run(cfg: CheckedReadsBench) -> Section:
             f"format-2 store holds them. Digest MB/s: one core, over the chunk files; a window hashes its 8 rows, "
             f"{read_mb['blake3']:.1f} MB, with row digests, else the {read_mb['sha256']:.1f} MB of the chunks it "
             "touches. Verify: `store verify` of the whole store (with row digests it hashes the features twice: "
-            "each file, and each row), page cache warm.\n\n"
+            "each file, and each row, on a thread per core), page cache warm.\n\n"
             + table(["reads", "clips/s", "of unchecked", "digest MB/s (1 core)", "digest ms per clip",
                      "`store verify` MB/s"], rows))
     return Section("checked-reads", "Checked reads", body,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -13,6 +15,7 @@ import torch
 
 from store import ChunkCache, open_store, sealed_units, verify, writer
 from common.errors import StoreError
+from store.digest import digest_bytes, digest_many
 from store.format import SEAL_FILE, feature_chunk, read_root_attrs, read_seal, shard_dir
 from tests.conftest import ROOT, assert_one_error_line, cli_main
 from tests.fake_store import tiny_store
@@ -146,3 +149,21 @@ def test_a_window_reads_and_checks_only_its_rows_and_migrate_adds_row_digests_to
     code, out, err = cli_main("store", "migrate", root)
     assert code == 0 and "2 shard(s) resealed" in out, (out, err)
     assert seals(root) == written and verify(root) == []
+
+
+def test_hashing_threads_work_in_a_process_forked_after_they_started():
+    """`store verify` hashes on a pool of threads; a forked child (a DataLoader worker) has none of them, so it
+    must start its own instead of queueing work for threads that exist only in its parent (it would wait forever)."""
+    rows = [bytes([i]) * 5000 for i in range(6)]
+    want = [digest_bytes(r, "blake3") for r in rows]
+    assert digest_many(rows, "blake3") == want  # the parent's threads exist now
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if digest_many(rows, "blake3") == want else 1)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the forked child hung or hashed wrong"
