@@ -118,28 +118,42 @@ class PushTSim:
         except ImportError:
             raise UserError("--env pusht needs the [sim] extra: pip install -e '.[sim]' (gym-pusht)") from None
         render = WORLD if camera == "agent" else size  # agent: one px per world px, cropped in image()
-        self.env = PushTEnv(obs_type="pixels_agent_pos", observation_width=render, observation_height=render)
-        self.obs = None
+        # stepped with state observations, so a step is physics only; its pixel observation is rendered when
+        # asked (the oracle plays 5 control steps per candidate and looks at the last: 5x fewer renders)
+        self.env = PushTEnv(obs_type="state", observation_width=render, observation_height=render)
+        self._pixels: np.ndarray | None = None
 
     def reset(self, sim_state: np.ndarray) -> None:
-        self.obs, _ = self.env.reset(options={"reset_to_state": np.asarray(sim_state, np.float64)})
+        self.env.reset(options={"reset_to_state": np.asarray(sim_state, np.float64)})
+        self._pixels = None
 
     def step(self, control: np.ndarray) -> None:
-        self.obs = self.env.step(np.clip(np.asarray(control, np.float64), 0, WORLD))[0]
+        self.env.step(np.clip(np.asarray(control, np.float64), 0, WORLD))
+        self._pixels = None
+
+    def _frame(self) -> np.ndarray:
+        """gym-pusht's pixel observation of the current state (rendered once per state)."""
+        if self._pixels is None:
+            self.env.obs_type = "pixels"
+            try:
+                self._pixels = self.env.get_obs()
+            finally:
+                self.env.obs_type = "state"
+        return self._pixels
 
     def image(self) -> np.ndarray:
         if self.camera == "top":
-            return np.ascontiguousarray(self.obs["pixels"])
+            return np.ascontiguousarray(self._frame())
         import cv2  # gym-pusht's own dependency
 
         # the agent camera: a window one world wide centred on the agent, the floor beyond the walls dark
         half = WORLD // 2
         x, y = np.clip(np.round(self.agent()), 0, WORLD - 1).astype(int)  # pixel row = world y
-        floor = np.pad(self.obs["pixels"], ((half, half), (half, half), (0, 0)), constant_values=FLOOR)
+        floor = np.pad(self._frame(), ((half, half), (half, half), (0, 0)), constant_values=FLOOR)
         return cv2.resize(floor[y:y + WORLD, x:x + WORLD], (self.size, self.size), interpolation=cv2.INTER_AREA)
 
     def agent(self) -> np.ndarray:
-        return np.asarray(self.obs["agent_pos"], np.float32)
+        return np.asarray(self.env.agent.position, np.float32)
 
     def sim_state(self) -> np.ndarray:
         """The state as `reset` takes it. gym-pusht's reset places the block at angle 0, then turns it

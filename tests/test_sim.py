@@ -84,6 +84,26 @@ def test_pusht_sim_state_resets_to_the_same_scene():
 
 
 @needs_pusht
+def test_pusht_frames_are_gym_pushts_own_observations():
+    """The simulator steps without rendering and draws a frame only when asked: it must be the pixel
+    observation gym-pusht's own step returns, at every step."""
+    from gym_pusht.envs import PushTEnv
+
+    sim, own = make_sim("pusht", size=64), PushTEnv(obs_type="pixels_agent_pos", observation_width=64,
+                                                    observation_height=64)
+    rng = np.random.default_rng(4)
+    start = sim.random_start(rng)
+    sim.reset(start)
+    obs = own.reset(options={"reset_to_state": start})[0]
+    for control in sim.explore(rng, 30):
+        assert np.array_equal(sim.image(), obs["pixels"])
+        assert np.array_equal(sim.agent(), obs["agent_pos"].astype(np.float32))
+        sim.step(control)
+        obs = own.step(control)[0]
+    assert np.array_equal(sim.image(), obs["pixels"])
+
+
+@needs_pusht
 def test_pusht_state_delta_actions_move_the_agent_by_the_delta():
     """A state-delta model's action (the agent's displacement per stored frame) runs as a held target:
     from rest, one frame-skipped step covers nearly all of it, in its direction."""
