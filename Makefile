@@ -84,10 +84,10 @@ bench-s3: setup
 	$(S3_BENCH_ENV) $(PY) cli.py bench extract --corpus-url s3://bench/corpus --preset vit_g_mini --batch 32 \
 		--repeats 3 $(BENCH_ARGS)
 
-# closed loop (~2.9 h on 2 CPU cores): reach in the demo world on the demo run's checkpoints; then gym-pusht
-# filmed by its agent camera, collected, extracted (random-weight vit_demo, 128 px, 10 fps: 2-D state-delta
+# closed loop (~2.6 h on 2 CPU cores, from its parts): reach in the demo world on the demo run's checkpoints;
+# then gym-pusht filmed by its agent camera, collected, extracted (random-weight vit_demo, 128 px, 10 fps: 2-D state-delta
 # actions) and trained here, reach and push; then through its top camera with ImageNet and random
-# EfficientNet-Lite0 features at 2 fps (bench encoders, ~1.4 h, the [pretrained] extra)
+# EfficientNet-Lite0 features at 2 fps (bench encoders, ~1.1 h, the [pretrained] extra)
 SIM_DIR := $(DATA)/sim
 SIM_BENCH := --horizon 1 --budget 48 --samples 25,50,100,200 --iterations 6 $(BENCH_ARGS)
 sim-bench: setup
