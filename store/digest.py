@@ -22,7 +22,7 @@ SEAL_DIGEST = "blake3"  # what new seals use
 LEGACY_DIGEST = "sha256"  # a seal that names none (format 2)
 _HASHERS: dict[str, Callable] = {"sha256": hashlib.sha256, "blake3": blake3.blake3}
 BLOCK = 1 << 22
-THREADS = min(4, len(os.sched_getaffinity(0)))  # hashing threads per process
+THREADS = min(4, os.cpu_count() or 1)  # hashing threads per process
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): threads do not survive a fork
 
 
@@ -48,9 +48,8 @@ def digest_parts(parts: list[memoryview], name: str) -> str:
 
 
 def digest_many(buffers: list[bytes | memoryview], name: str) -> list[str]:
-    """Hex digests of several buffers, on this process's hashing threads (both digests release the GIL, so
-    the rows of a window are checked on the cores a single-threaded read leaves idle: BENCHMARKS.md,
-    checked-reads)."""
+    """Hex digests of several buffers, on this process's hashing threads (both digests release the GIL):
+    `store verify`, `store migrate` and sealing hash a chunk file and its rows on several cores at once."""
     global _pool
     if _pool is None or _pool[0] != os.getpid():  # first use in this process (a forked loader worker too)
         _pool = (os.getpid(), ThreadPoolExecutor(THREADS, thread_name_prefix="digest"))
