@@ -66,9 +66,8 @@ def row_digests(data: bytes | memoryview, frame: int, name: str) -> list[str]:
     return digest_many(_rows(data, frame), name)
 
 
-def chunk_digests(path: Path | RemotePath, name: str, frame: int) -> tuple[str, list[str]]:
-    """A feature chunk file's digest and those of its rows, from one read."""
-    data = path.read_bytes()
+def chunk_digests(data: bytes | memoryview, name: str, frame: int) -> tuple[str, list[str]]:
+    """A feature chunk file's digest and those of its rows, from its bytes."""
     whole, *per_row = digest_many([data, *_rows(data, frame)], name)
     return whole, per_row
 

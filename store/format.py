@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from common.errors import StoreError
 
-from .digest import LEGACY_DIGEST, check_digest, chunk_digests, digest_bytes, digest_file
+from .digest import LEGACY_DIGEST, check_digest, digest_bytes, digest_file, row_digests
 from .location import RemotePath, list_files, where, write_bytes
 
 if TYPE_CHECKING:  # pyarrow (store.manifest) is imported where a table is read: the settings modules import this
@@ -260,4 +260,5 @@ def frame_digests(directory: Location, rows: int, chunk_frames: int, frame: int,
     """A seal's `frame_digests`: the digest of each feature row's `frame` bytes in its chunk file, in row order
     (a reader may then read and check only the rows it wants)."""
     chunks = [feature_chunk(i) for i in range(-(-rows // chunk_frames))]
-    return in_row_order({c: chunk_digests(directory / c, algorithm, frame)[1] for c in chunks}, rows, chunk_frames)
+    return in_row_order({c: row_digests((directory / c).read_bytes(), frame, algorithm) for c in chunks}, rows,
+                        chunk_frames)

@@ -79,7 +79,7 @@ def check_shard(root: Location, unit: int, config: StoreConfig, planned: list[in
     actual, row_digests = {}, {}
     for f in files:
         if frame is not None and f.startswith(FEATURE_CHUNKS_DIR):  # the file's digest and its rows', one read
-            actual[f], row_digests[f] = chunk_digests(d / f, seal["digest"], frame)
+            actual[f], row_digests[f] = chunk_digests((d / f).read_bytes(), seal["digest"], frame)
         elif chunks or not f.startswith(FEATURE_CHUNKS):
             actual[f] = digest_file(d / f, seal["digest"])
     bad = [f"{name}: checksum mismatch in {f}" for f in sorted(expected) if f in actual and actual[f] != expected[f]]

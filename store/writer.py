@@ -44,7 +44,7 @@ from .format import (
     unsealed_units,
     update_root_attrs,
 )
-from .digest import SEAL_DIGEST, digest_bytes, digest_file, row_digests
+from .digest import SEAL_DIGEST, chunk_digests, digest_bytes, digest_file
 from .location import RemotePath, list_files, remove_tree, upload, where, write_bytes
 from .stats import robot_stats
 
@@ -289,9 +289,10 @@ def reseal(root: Location | str, algorithm: str = SEAL_DIGEST, on_shard: Callabl
             files, rows = {}, {}
             for rel, want in seal["files"].items():
                 data = read_checked(folder / rel, want, seal["digest"])
-                files[rel] = digest_bytes(data, algorithm)
                 if frame is not None and rel.startswith(FEATURE_CHUNKS_DIR):
-                    rows[rel] = row_digests(data, frame, algorithm)
+                    files[rel], rows[rel] = chunk_digests(data, algorithm, frame)
+                else:
+                    files[rel] = digest_bytes(data, algorithm)
             new = {**seal, "digest": algorithm, "files": files}
             if frame is not None:
                 new["frame_digests"] = in_row_order(rows, seal["rows"], config.chunk_frames)
