@@ -60,10 +60,27 @@ def _task(b: EncodersBench, task: str, **kw) -> SimTask:
                       "size": SIZE, **kw})
 
 
+def _folders(b: EncodersBench, camera: str, encoder: str, conditioning: str) -> tuple[Path, Path]:
+    """A store's folder (its features, and their oracle) and a row's (its run and sim results)."""
+    features = b.directory / f"{camera}-{encoder}"
+    return features, features if conditioning == "token" else features / conditioning
+
+
+def _kept(b: EncodersBench, folder: Path, task: str, oracle: bool = False) -> Path:
+    """Where a sim eval's result is kept: its settings in the name, so a rerun with others measures again."""
+    name, episodes = ("sim-oracle", b.oracle_episodes) if oracle else ("sim", b.episodes)
+    return folder / f"{name}-{task}-{episodes}x{b.budget}steps-cem{b.samples}x{b.iterations}.json"
+
+
+def _done(b: EncodersBench, camera: str, encoder: str, conditioning: str) -> bool:
+    """Whether a row's last results are kept (every stage before them is then kept too)."""
+    features, row = _folders(b, camera, encoder, conditioning)
+    return _kept(b, row, "push").exists() and (not b.oracle_episodes or _kept(b, features, "push", True).exists())
+
+
 def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stage: Callable[[str], None]) -> dict:
-    corpus, features = b.directory / f"corpus-{camera}", b.directory / f"{camera}-{encoder}"
-    store, row = features / "store", features if conditioning == "token" else features / conditioning
-    run = row / "run"
+    corpus, (features, row) = b.directory / f"corpus-{camera}", _folders(b, camera, encoder, conditioning)
+    store, run = features / "store", row / "run"
     if not (corpus / "sim-000000.tar").exists():
         on_stage(f"{camera}: sim collect")
         run_collect(CollectConfig(out=corpus, env="pusht", episodes=b.corpus_episodes, steps=80, size=SIZE,
@@ -82,35 +99,20 @@ def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stag
     metrics = _cached(row / f"eval-step{b.steps}.json",
                       lambda: run_eval(EvalConfig(checkpoint=last, store=str(store))).metrics)
     cem = CEMConfig(samples=b.samples, iterations=b.iterations, elites=min(10, b.samples))
-    setup = _setup(b)
     result = {"h1_over_copy": metrics["rollout_l1"][0] / metrics["copy_l1"][0],
               "shuffled_over_true": metrics["shuffled_over_true"][0]}
     for task in ("reach", "push"):
         on_stage(f"{camera}-{encoder}-{conditioning}: sim eval {task}")
         cfg = SimEvalConfig(checkpoint=last, out=row / f"sim-{task}", videos=2, sim=_task(b, task), cem=cem)
-        result[task] = _cached(row / f"sim-{task}-{b.episodes}x{setup}.json",
-                               lambda: run_sim_eval(cfg).report["policies"])
+        result[task] = _cached(_kept(b, row, task), lambda: run_sim_eval(cfg).report["policies"])
     for task in ("reach", "push") if b.oracle_episodes else ():  # the simulator as the world model, with the
         # same CEM and horizon: what they allow whatever the predictor; one per store (its features)
         on_stage(f"{camera}-{encoder}: oracle {task}")
         cfg = SimEvalConfig(checkpoint=last, out=features / f"sim-oracle-{task}", videos=0, baselines=False,
                             sim=_task(b, task, oracle=True, episodes=b.oracle_episodes), cem=cem)
-        result[f"oracle_{task}"] = _cached(features / f"sim-oracle-{task}-{b.oracle_episodes}x{setup}.json",
+        result[f"oracle_{task}"] = _cached(_kept(b, features, task, oracle=True),
                                            lambda: run_sim_eval(cfg).report["policies"])["oracle"]
     return result
-
-
-def _setup(b: EncodersBench) -> str:
-    """In the names of the kept results: a rerun with other settings measures again."""
-    return f"{b.budget}steps-cem{b.samples}x{b.iterations}"
-
-
-def _done(b: EncodersBench, camera: str, encoder: str, conditioning: str) -> bool:
-    """Whether a row's last results are kept (every stage before them is then kept too)."""
-    features = b.directory / f"{camera}-{encoder}"
-    row = features if conditioning == "token" else features / conditioning
-    oracle = features / f"sim-oracle-push-{b.oracle_episodes}x{_setup(b)}.json"
-    return (row / f"sim-push-{b.episodes}x{_setup(b)}.json").exists() and (not b.oracle_episodes or oracle.exists())
 
 
 def _rate(m: dict) -> str:
