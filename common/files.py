@@ -52,6 +52,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def read_flushed(path: Path) -> bytes:
+    """A file's bytes, flushed to disk while it is open (a seal must not name bytes a crash can still lose)."""
+    with open(path, "rb") as f:
+        data = f.read()
+        os.fsync(f.fileno())
+    return data
+
+
 def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
 
@@ -135,12 +143,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def sha256_file(path: Path, fsync: bool = False) -> str:
-    """Hex SHA-256 of a file's bytes (optionally flushing it to disk while it is open)."""
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)
-        if fsync:
-            os.fsync(f.fileno())
     return h.hexdigest()

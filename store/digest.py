@@ -61,25 +61,18 @@ def _rows(data: bytes | memoryview, frame: int) -> list[memoryview]:
     return [data[i:i + frame] for i in range(0, len(data), frame)]
 
 
-def row_digests(data: bytes | memoryview, frame: int, name: str) -> list[str]:
-    """Hex digests of each `frame` bytes of a feature chunk's bytes (one per row)."""
-    return digest_many(_rows(data, frame), name)
-
-
 def chunk_digests(data: bytes | memoryview, name: str, frame: int) -> tuple[str, list[str]]:
     """A feature chunk file's digest and those of its rows, from its bytes."""
     whole, *per_row = digest_many([data, *_rows(data, frame)], name)
     return whole, per_row
 
 
-def digest_file(path: Path | RemotePath, name: str, fsync: bool = False) -> str:
-    """Hex digest of a file's bytes (a local one optionally flushed to disk while it is open)."""
+def digest_file(path: Path | RemotePath, name: str) -> str:
+    """Hex digest of a file's bytes, read in blocks."""
     if isinstance(path, RemotePath):
         return digest_bytes(path.read_bytes(), name)
     h = _HASHERS[name]()
     with open(path, "rb") as f:
         while block := f.read(BLOCK):
             h.update(block)
-        if fsync:
-            os.fsync(f.fileno())
     return h.hexdigest()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from common.errors import StoreError
 
-from .digest import LEGACY_DIGEST, check_digest, digest_bytes, digest_file, row_digests
+from .digest import LEGACY_DIGEST, check_digest, chunk_digests, digest_bytes
 from .location import RemotePath, list_files, where, write_bytes
 
 if TYPE_CHECKING:  # pyarrow (store.manifest) is imported where a table is read: the settings modules import this
@@ -245,9 +246,18 @@ def shard_files(directory: Location) -> list[str]:
     return [rel for rel in list_files(directory) if rel != SEAL_FILE and not rel.startswith(f".{SEAL_FILE}")]
 
 
-def file_digests(directory: Location, algorithm: str, fsync: bool = False) -> dict[str, str]:
-    """The digest of every file of a shard but its seal."""
-    return {rel: digest_file(directory / rel, algorithm, fsync=fsync) for rel in shard_files(directory)}
+def shard_digests(names: list[str], read: Callable[[str], bytes], algorithm: str, frame: int | None
+                  ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The digests of some files of a shard, each read once by `read(name)`: {name: digest}, and where `frame`
+    is given (the feature chunks hold the rows as they are), {chunk name: its rows' digests} (in_row_order)."""
+    files, rows = {}, {}
+    for rel in names:
+        data = read(rel)
+        if frame is not None and rel.startswith(FEATURE_CHUNKS_DIR):  # the file and its rows, hashed at once
+            files[rel], rows[rel] = chunk_digests(data, algorithm, frame)
+        else:
+            files[rel] = digest_bytes(data, algorithm)
+    return files, rows
 
 
 def in_row_order(chunk_rows: dict[str, list[str]], rows: int, chunk_frames: int) -> list[str]:
@@ -256,9 +266,3 @@ def in_row_order(chunk_rows: dict[str, list[str]], rows: int, chunk_frames: int)
     return [d for i in range(-(-rows // chunk_frames)) for d in chunk_rows[feature_chunk(i)]][:rows]
 
 
-def frame_digests(directory: Location, rows: int, chunk_frames: int, frame: int, algorithm: str) -> list[str]:
-    """A seal's `frame_digests`: the digest of each feature row's `frame` bytes in its chunk file, in row order
-    (a reader may then read and check only the rows it wants)."""
-    chunks = [feature_chunk(i) for i in range(-(-rows // chunk_frames))]
-    return in_row_order({c: row_digests((directory / c).read_bytes(), frame, algorithm) for c in chunks}, rows,
-                        chunk_frames)

@@ -16,9 +16,8 @@ from common.errors import StoreError
 from . import codecs, manifest
 from .format import (
     FEATURE_CHUNKS_DIR, MANIFEST_FILE, Location, StoreConfig, in_row_order, read_checked, read_plan,
-    read_root_attrs, read_seal, sealed_units, shard_dir, shard_episodes, shard_files, unsealed_units,
+    read_root_attrs, read_seal, sealed_units, shard_digests, shard_dir, shard_episodes, shard_files, unsealed_units,
 )
-from .digest import chunk_digests, digest_file
 from .location import where
 from .reader import shard_arrays
 
@@ -76,12 +75,8 @@ def check_shard(root: Location, unit: int, config: StoreConfig, planned: list[in
         return [str(e)], None
     expected, files = seal["files"], shard_files(d)
     frame = codecs.frame_bytes(config) if chunks and "frame_digests" in seal else None
-    actual, row_digests = {}, {}
-    for f in files:
-        if frame is not None and f.startswith(FEATURE_CHUNKS_DIR):  # the file's digest and its rows', one read
-            actual[f], row_digests[f] = chunk_digests((d / f).read_bytes(), seal["digest"], frame)
-        elif chunks or not f.startswith(FEATURE_CHUNKS):
-            actual[f] = digest_file(d / f, seal["digest"])
+    hashed = [f for f in files if chunks or not f.startswith(FEATURE_CHUNKS)]
+    actual, row_digests = shard_digests(hashed, lambda f: (d / f).read_bytes(), seal["digest"], frame)
     bad = [f"{name}: checksum mismatch in {f}" for f in sorted(expected) if f in actual and actual[f] != expected[f]]
     bad += [f"{name}: missing file {f}" for f in sorted(set(expected) - set(files))]
     bad += [f"{name}: unexpected file {f}" for f in sorted(set(files) - set(expected))]

@@ -18,12 +18,11 @@ import torch
 import zarr
 
 from common.errors import StoreError
-from common.files import disk_full, fsync_dir, output_dir, remove_stale_temps, temp_name
+from common.files import disk_full, fsync_dir, output_dir, read_flushed, remove_stale_temps, temp_name
 
 from . import codecs, manifest
 from .format import (
     EPISODES_FILE,
-    FEATURE_CHUNKS_DIR,
     FORMAT_VERSION,
     MANIFEST_FILE,
     PLAN_FILE,
@@ -31,20 +30,20 @@ from .format import (
     SHARDS_DIR,
     Location,
     StoreConfig,
-    file_digests,
-    frame_digests,
     in_row_order,
     read_checked,
     read_plan,
     read_root_attrs,
     read_seal,
     sealed_units,
+    shard_digests,
     shard_dir,
+    shard_files,
     shard_episodes,
     unsealed_units,
     update_root_attrs,
 )
-from .digest import SEAL_DIGEST, chunk_digests, digest_bytes, digest_file
+from .digest import SEAL_DIGEST, digest_bytes, digest_file
 from .location import RemotePath, list_files, remove_tree, upload, where, write_bytes
 from .stats import robot_stats
 
@@ -242,12 +241,13 @@ class ShardWriter:
         table = pa.Table.from_pylist(self.records, schema=manifest.SCHEMA)
         manifest.write_table(table, self.dir / EPISODES_FILE)
         remote = self.dir != self.target
+        frame, load = codecs.frame_bytes(self.config), Path.read_bytes if remote else read_flushed
         with disk_full(self.dir):  # flushing the shard's files to disk can be where a full disk shows
-            files = file_digests(self.dir, SEAL_DIGEST, fsync=not remote)
+            files, rows = shard_digests(shard_files(self.dir), lambda rel: load(self.dir / rel), SEAL_DIGEST, frame)
         seal = {"unit": self.unit, "rows": self.rows, "episodes": len(self.records), "digest": SEAL_DIGEST,
                 "files": files}
-        if (frame := codecs.frame_bytes(self.config)) is not None:  # (a second read, from the page cache)
-            seal["frame_digests"] = frame_digests(self.dir, self.rows, self.config.chunk_frames, frame, SEAL_DIGEST)
+        if frame is not None:
+            seal["frame_digests"] = in_row_order(rows, self.rows, self.config.chunk_frames)
         if remote:
             upload({rel: self.dir / rel for rel in seal["files"]}, self.target)
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -286,13 +286,9 @@ def reseal(root: Location | str, algorithm: str = SEAL_DIGEST, on_shard: Callabl
         if isinstance(folder, Path):
             remove_stale_temps(folder, SEAL_FILE)  # of a run that was killed while replacing this seal
         if seal["digest"] != algorithm or (frame is not None and "frame_digests" not in seal):
-            files, rows = {}, {}
-            for rel, want in seal["files"].items():
-                data = read_checked(folder / rel, want, seal["digest"])
-                if frame is not None and rel.startswith(FEATURE_CHUNKS_DIR):
-                    files[rel], rows[rel] = chunk_digests(data, algorithm, frame)
-                else:
-                    files[rel] = digest_bytes(data, algorithm)
+            old = seal["files"]  # each file checked against its old digest as it is read for the new ones
+            files, rows = shard_digests(sorted(old), lambda rel: read_checked(folder / rel, old[rel], seal["digest"]),
+                                        algorithm, frame)
             new = {**seal, "digest": algorithm, "files": files}
             if frame is not None:
                 new["frame_digests"] = in_row_order(rows, seal["rows"], config.chunk_frames)

@@ -18,7 +18,7 @@ from extract.config import ExtractConfig
 from extract.job import run_extract
 from store import verify
 from store.cache import ChunkCache
-from store.format import SEAL_FILE, file_digests, unsealed_units
+from store.format import SEAL_FILE, shard_digests, shard_files, unsealed_units
 from tests.conftest import JOB_CONFIG, ROOT, assert_one_error_line, assert_same_store, extract_args
 from tests.fake_store import tiny_store
 
@@ -84,8 +84,9 @@ def test_a_rerun_repairs_what_two_writers_left_and_skips_a_unit_another_process_
     doc["shape"][0] = 0
     meta.write_text(json.dumps(doc))
     seal = json.loads((shards / "00001" / SEAL_FILE).read_text())
-    (shards / "00001" / SEAL_FILE).write_text(json.dumps({**seal, "files": file_digests(shards / "00001",
-                                                                                              seal["digest"])}))
+    files, _ = shard_digests(shard_files(shards / "00001"), lambda rel: (shards / "00001" / rel).read_bytes(),
+                             seal["digest"], None)
+    (shards / "00001" / SEAL_FILE).write_text(json.dumps({**seal, "files": files}))
     shutil.rmtree(shards / "00002" / "features")
     (shards / "00003" / SEAL_FILE).unlink()
     shutil.rmtree(shards / "00003" / "features")
