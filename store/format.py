@@ -8,9 +8,9 @@ module holds its constants, the root metadata, the plan, and the paths of a stor
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from common.errors import StoreError
@@ -264,5 +264,3 @@ def in_row_order(chunk_rows: dict[str, list[str]], rows: int, chunk_frames: int)
     """Per-row digests by chunk file name -> a seal's `frame_digests`, one per row in row order (the padding rows
     of the last chunk dropped)."""
     return [d for i in range(-(-rows // chunk_frames)) for d in chunk_rows[feature_chunk(i)]][:rows]
-
-
