@@ -143,9 +143,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
+def file_digest(path: Path, new: Callable = hashlib.sha256) -> str:
+    """Hex digest of a file's bytes, read in blocks (SHA-256 unless `new` makes another hasher)."""
+    h = new()
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)

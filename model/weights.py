@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-from common.files import sha256_file
+from common.files import file_digest
 
 PREFIXES = ("module.", "backbone.")
 
@@ -120,7 +120,7 @@ def read_transformers(path: Path) -> tuple[dict[str, torch.Tensor], dict | None,
             tensors.update(load_file(f))
         except Exception as e:  # noqa: BLE001 - missing or damaged file: the user's to fix
             raise UserError(f"cannot read {f} as safetensors ({type(e).__name__}: {e})") from None
-        digests.append(sha256_file(f))
+        digests.append(file_digest(f))
     weights_id = digests[0] if len(digests) == 1 else hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
     return tensors, config, weights_id
 

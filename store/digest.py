@@ -15,13 +15,13 @@ from pathlib import Path
 import blake3
 
 from common.errors import StoreError
+from common.files import file_digest
 
 from .location import RemotePath
 
 SEAL_DIGEST = "blake3"  # what new seals use
 LEGACY_DIGEST = "sha256"  # a seal that names none (format 2)
 _HASHERS: dict[str, Callable] = {"sha256": hashlib.sha256, "blake3": blake3.blake3}
-BLOCK = 1 << 22
 THREADS = min(4, os.cpu_count() or 1)  # hashing threads per process
 _pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool): threads do not survive a fork
 
@@ -68,11 +68,7 @@ def chunk_digests(data: bytes | memoryview, name: str, frame: int) -> tuple[str,
 
 
 def digest_file(path: Path | RemotePath, name: str) -> str:
-    """Hex digest of a file's bytes, read in blocks."""
+    """Hex digest of a file's bytes (a local one read in blocks)."""
     if isinstance(path, RemotePath):
         return digest_bytes(path.read_bytes(), name)
-    h = _HASHERS[name]()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, _HASHERS[name])

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-from common.files import sha256_file
+from common.files import file_digest
 
 from .. import RANDOM_INIT
 from ..preprocess import InputSpec
@@ -79,7 +79,7 @@ def build(stride: int = 16, size: int = IMAGE_SIZE, seed: int | None = None) -> 
         weights_id = f"{RANDOM_INIT}{seed}"
     else:
         path = weights_file()
-        weights_id = sha256_file(path)
+        weights_id = file_digest(path)
         if weights_id != WEIGHTS_SHA256:
             raise UserError(f"{path} is not the EfficientNet-Lite0 ImageNet checkpoint (sha256 {weights_id[:12]}...)")
         with contextlib.redirect_stdout(io.StringIO()):  # it prints that it loaded them

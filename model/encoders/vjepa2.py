@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
-from common.files import sha256_file
+from common.files import file_digest
 
 from .. import RANDOM_INIT
 from ..vit import ENCODER_PRESETS, LARGE_PRESETS, PATCH, TUBELET, EncoderPreset, VisionTransformer, encoder_preset
@@ -85,7 +85,7 @@ def build(preset: str, checkpoint: Path | None = None, random_init: bool = False
         return _from_state(spec, "encoder", transformers_encoder_state(tensors), str(checkpoint)), weights_id
     if checkpoint is not None:
         name, state = checkpoint_entry(load_checkpoint(Path(checkpoint)), ENCODER_ENTRIES, checkpoint)
-        return _from_state(spec, name, state, str(checkpoint)), sha256_file(checkpoint)
+        return _from_state(spec, name, state, str(checkpoint)), file_digest(checkpoint)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VisionTransformer(spec)
