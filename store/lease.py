@@ -121,6 +121,8 @@ class UnitLocks:
                             continue
                     except FileNotFoundError:
                         pass
+                    except (OSError, StoreError):  # the store is down: try again at the next beat (4 per life)
+                        continue
                     self.lost.add(unit)
 
     def confirm(self, unit: int) -> None:
