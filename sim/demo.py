@@ -83,35 +83,32 @@ class Renderer:
         self.vv, self.uu = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
         self.exterior_table = self.table.color(*from_pixels(self.uu, self.vv))
 
-    def window(self, u: float, v: float, r: float) -> tuple[slice, slice]:
-        """Rows and columns holding every pixel within r of (u, v): a shape is drawn by testing only these
-        pixels (the same test on fewer of them: the same image, faster)."""
-        return (slice(max(0, int(v - r) - 1), max(0, int(v + r) + 2)),
-                slice(max(0, int(u - r) - 1), max(0, int(u + r) + 2)))
+    def near(self, img: np.ndarray, u: float, v: float, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pixel coordinates (uu, vv) and the view of `img` of a window holding every pixel within r of
+        (u, v): a shape is drawn by testing only these pixels (the same test on fewer: the same image, faster)."""
+        rows = slice(max(0, int(v - r) - 1), max(0, int(v + r) + 2))
+        cols = slice(max(0, int(u - r) - 1), max(0, int(u + r) + 2))
+        return self.uu[rows, cols], self.vv[rows, cols], img[rows, cols]
 
     def exterior(self, state: np.ndarray, block: np.ndarray) -> np.ndarray:
         img = self.exterior_table.copy()
         bu, bv = to_pixels(block[0], block[1])
         half = BLOCK_HALF / 0.2 * 100
-        w = self.window(bu, bv, half)
-        uu, vv, part = self.uu[w], self.vv[w], img[w]
+        uu, vv, part = self.near(img, bu, bv, half)
         part[(abs(uu - bu) < half) & (abs(vv - bv) < half)] = (200, 30, 30)
         x, y, z, _, _, yaw, grip = state
         u, v = to_pixels(x, y)
         scale = 1.0 + 2.0 * z  # higher = closer to the camera = larger
-        w = self.window(u, v, 13 * scale)
-        uu, vv, part = self.uu[w], self.vv[w], img[w]
+        uu, vv, part = self.near(img, u, v, 13 * scale)
         part[(uu - u) ** 2 + (vv - v) ** 2 < (13 * scale) ** 2] *= 0.55  # shadow
         gu, gv = u, v - 60 * z  # lifted: drawn above its shadow
-        w = self.window(gu, gv, 12 * scale)
-        uu, vv, part = self.uu[w], self.vv[w], img[w]
+        uu, vv, part = self.near(img, gu, gv, 12 * scale)
         part[(uu - gu) ** 2 + (vv - gv) ** 2 < (12 * scale) ** 2] = (90, 90, 100)
         spread = (1.0 - grip) * 9 * scale + 5  # open gripper = fingers apart
         c, s = np.cos(yaw), np.sin(yaw)
         for side in (-1, 1):
             fu, fv = gu + side * spread * c, gv + side * spread * s
-            w = self.window(fu, fv, 10 * scale)  # a finger is 6 x 18 (x scale), turned by yaw
-            uu, vv, part = self.uu[w], self.vv[w], img[w]
+            uu, vv, part = self.near(img, fu, fv, 10 * scale)  # a finger is 6 x 18 (x scale), turned by yaw
             du, dv = uu - fu, vv - fv
             along, across = du * c + dv * s, -du * s + dv * c
             part[(abs(along) < 3 * scale) & (abs(across) < 9 * scale)] = (230, 230, 240)
@@ -130,8 +127,8 @@ class Renderer:
         img *= min(1.0, 0.5 + 4.0 * z)  # the lower the gripper, the darker its shadow on the table
         spread = 20 + 45 * (1.0 - grip)
         for side in (-1, 1):
-            w = self.window(WIDTH / 2 + side * spread, HEIGHT, 55)
-            img[w][(np.abs(self.uu[w] - WIDTH / 2 - side * spread) < 9) & (self.vv[w] > HEIGHT - 55)] = (230, 230, 240)
+            uu, vv, part = self.near(img, WIDTH / 2 + side * spread, HEIGHT, 55)
+            part[(np.abs(uu - WIDTH / 2 - side * spread) < 9) & (vv > HEIGHT - 55)] = (230, 230, 240)
         return np.clip(img, 0, 255).astype(np.uint8)
 
 
