@@ -1,5 +1,6 @@
 """A loopback proxy in front of an S3-compatible server that injects the faults a real object store shows:
-outages (every connection dropped, new ones refused) and 503 SlowDown answers (throttling). For the
+outages (every connection dropped, new ones refused), 503 SlowDown answers (throttling) and answers lost on
+the way back (the request took effect; the client sees its connection drop and sends it again). For the
 object-store tests and `bench soak`; the server behind it (moto, data in memory) stays up throughout.
 """
 
@@ -28,7 +29,8 @@ class S3Proxy:
     closes the port until `restore()`; `outage_after(n, seconds)` cuts when the n-th request comes. With
     `slow_down` > 0 that fraction of HTTP/1.1 requests, drawn at random, is answered 503 SlowDown instead of being
     forwarded (requests are told apart by their Content-Length; a request framed otherwise is forwarded with the
-    rest of its connection untouched)."""
+    rest of its connection untouched). `lose_answer(line)` lets the next request whose request line contains
+    `line` reach the server and drops the client's connection once the server has answered it."""
 
     def __init__(self, upstream: str, slow_down: float = 0.0, seed: int = 0):
         self.upstream = (urlparse(upstream).hostname, urlparse(upstream).port)
@@ -38,6 +40,7 @@ class S3Proxy:
         self.slow_down, self.random = slow_down, random.Random(seed)
         self.requests = self.slowed = 0  # requests seen, and answered SlowDown
         self.cut_at: tuple[int, float | None] | None = None
+        self.lose: list[str] = []  # request lines (parts of) whose next answer is lost
         self.down = self.closed = False
         self.open: set[socket.socket] = set()
         self.lock, self.switch = threading.Lock(), threading.Lock()
@@ -58,15 +61,19 @@ class S3Proxy:
             threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
-    def _slow(self) -> bool:
-        """Counts a request; whether to answer it SlowDown."""
+    def _fate(self, head: bytes) -> str:
+        """Counts a request; what to do with it: "lose" its answer, answer it "slow" (SlowDown) or "forward" it."""
+        line = head.decode("latin-1").split("\r\n", 1)[0]
         with self.lock:
             self.requests += 1
             if self.cut_at and self.requests == self.cut_at[0]:
                 threading.Thread(target=self.outage, args=(self.cut_at[1],), daemon=True).start()
+            if (lost := next((part for part in self.lose if part in line), None)) is not None:
+                self.lose.remove(lost)
+                return "lose"
             slow = self.random.random() < self.slow_down
             self.slowed += slow
-        return slow
+        return "slow" if slow else "forward"
 
     def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
         """Client to server, one request at a time (a client sends the next only after the answer)."""
@@ -80,7 +87,18 @@ class S3Proxy:
                         upstream.sendall(data)
                     break
                 length = int(fields.get("content-length", 0))
-                if not self._slow():
+                fate = self._fate(head)
+                if fate == "lose":
+                    with socket.create_connection(self.upstream) as aside:  # (this connection's answer never comes)
+                        aside.sendall(head)
+                        if "100-continue" in fields.get("expect", ""):
+                            client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")  # (the body comes now)
+                        _copy(reader, aside, length)
+                        aside.shutdown(socket.SHUT_WR)
+                        while aside.recv(1 << 16):  # the server answers, then closes: it has done the request
+                            pass
+                    break
+                if fate == "forward":
                     upstream.sendall(head)
                     _copy(reader, upstream, length)
                 elif "100-continue" in fields.get("expect", ""):  # its body waits for an answer: never sent
@@ -140,6 +158,12 @@ class S3Proxy:
     def outage_after(self, requests: int, seconds: float | None = None) -> None:
         """An outage of `seconds` (None: until `restore()`) once the proxy has seen `requests` requests in all."""
         self.cut_at = (requests, seconds)
+
+    def lose_answer(self, line: str) -> None:
+        """The next request whose request line ("PUT /bucket/key HTTP/1.1") contains `line` reaches the server,
+        but its answer does not reach the client: its connection drops after the server has answered."""
+        with self.lock:
+            self.lose.append(line)
 
     def close(self) -> None:
         self.closed = True

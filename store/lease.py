@@ -92,15 +92,16 @@ class UnitLocks:
         for _ in range(2):  # a second try after removing a stale lease
             try:
                 path.call("pipe_file", path.key, body, mode="create")
-            except FileExistsError:
+            except FileExistsError:  # held; or this PUT took effect, its answer was lost and the retry was refused
                 try:
                     held, info = json.loads(path.read_bytes()), path.call("info", path.key)
                 except FileNotFoundError:  # released meanwhile
                     continue
-                if not _stale(held, (datetime.now(UTC) - info["LastModified"]).total_seconds()):
-                    return held["owner"]
-                path.call("rm", path.key)
-                continue
+                if held.get("token") != token:
+                    if not _stale(held, (datetime.now(UTC) - info["LastModified"]).total_seconds()):
+                        return held["owner"]
+                    path.call("rm", path.key)
+                    continue
             if json.loads(path.read_bytes())["token"] != token:  # (a server that ignored If-None-Match)
                 return "another writer"
             with self.guard:

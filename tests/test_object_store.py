@@ -373,6 +373,29 @@ def test_unit_leases_on_s3(s3):
         second.close()
 
 
+def test_a_lease_whose_answer_was_lost_is_still_its_writers(s3):
+    """The PUT that creates a lease takes effect but its answer is lost: the retry is refused (If-None-Match), and
+    the writer must still know the lease for its own. (Taken for another writer's, its unit was written by nobody
+    and a two-rank extraction through a cut ended without a manifest.)"""
+    from store.lease import UnitLocks
+
+    proxy = S3Proxy(s3["env"]["AWS_ENDPOINT_URL"])
+    locks = None
+    try:
+        with environment({"AWS_ENDPOINT_URL": proxy.url}):
+            root = where(f"s3://{BUCKET}/lost-answer")
+            proxy.lose_answer(f"PUT /{BUCKET}/lost-answer/shards/00000.lease ")
+            locks = UnitLocks(root)
+            assert locks.take(0) is None and not proxy.lose  # (the answer was lost: the PUT was sent again)
+            assert UnitLocks(root).take(0) == f"{socket.gethostname()} pid {os.getpid()}"
+            locks.release(0)
+            assert not (root / "shards" / "00000.lease").exists()
+    finally:
+        if locks is not None:
+            locks.close()
+        proxy.close()
+
+
 def test_a_lease_outlives_an_outage_shorter_than_its_life(s3, monkeypatch):
     """The heartbeat that renews a writer's lease rides out beats the object store does not answer: the lease is
     still this writer's after the store is back (the heartbeat did not die with a traceback)."""
