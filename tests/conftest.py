@@ -60,6 +60,13 @@ def cli_main(*args) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def cli_ok(*args) -> str:
+    """`cli_main` that must succeed; its stdout."""
+    code, out, err = cli_main(*args)
+    assert code == 0, f"cli.py {' '.join(map(str, args))} failed ({code}):\n{out}\n{err}"
+    return out
+
+
 def assert_one_error_line(code: int, err: str, message: str, exit_code: int = 2) -> None:
     """Exit code, exactly one `error:` line holding `message`, and no traceback."""
     errors = [line for line in err.splitlines() if line.startswith("error:")]

@@ -13,7 +13,7 @@ import torch
 from model.checkpoint import RELEASED_META
 from model.predictor import PREDICTOR_PRESETS, ACPredictor
 from store import StoredEpisode, open_store, write_store
-from tests.conftest import assert_one_error_line, cli_main, run_cli
+from tests.conftest import assert_one_error_line, cli_main, cli_ok
 from train.config import CEMConfig, PlanConfig
 from train.data import ClipDataset
 from train.evaluate import evaluate
@@ -117,8 +117,8 @@ def test_eval_cli_on_the_demo_model(demo_run, demo_store, tmp_path):
     from train.evaluate import EvalReport
 
     run, _ = demo_run
-    run_cli("eval", "--checkpoint", run / "latest.pt", "--store", demo_store, "--out", tmp_path / "eval",
-            "--max-clips", 48)
+    cli_ok("eval", "--checkpoint", run / "latest.pt", "--store", demo_store, "--out", tmp_path / "eval",
+           "--max-clips", 48)
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["clips"] == 48 and len(report["rollout_l1"]) == 3  # the 4-frame training clip
     assert (tmp_path / "eval" / "horizon.png").read_bytes()[:4] == b"\x89PNG"
@@ -131,8 +131,8 @@ def test_eval_cli_on_the_demo_model(demo_run, demo_store, tmp_path):
 def test_offline_planning_beats_the_zero_action(demo_run, demo_store, tmp_path):
     run, _ = demo_run
     # demo moves are at most ~5 cm per stored frame: search +-5 cm (the reference wrapper's default)
-    run_cli("plan-eval", "--checkpoint", run / "latest.pt", "--store", demo_store, "--pairs", 16,
-            "--samples", 100, "--iterations", 6, "--energy-batch", 100, "--maxnorm", 0.05, "--out", tmp_path / "pe")
+    cli_ok("plan-eval", "--checkpoint", run / "latest.pt", "--store", demo_store, "--pairs", 16,
+           "--samples", 100, "--iterations", 6, "--energy-batch", 100, "--maxnorm", 0.05, "--out", tmp_path / "pe")
     result = json.loads((tmp_path / "pe" / "report.json").read_text())
     m = result["mean"]
     assert result["pairs"] == 16
@@ -145,8 +145,8 @@ def test_plan_with_landscape(demo_run, demo_store, tmp_path):
     store = open_store(demo_store)
     episode = store.ok_episodes[0]
     png = tmp_path / "landscape.png"
-    run_cli("plan", "--checkpoint", run / "latest.pt", "--store", demo_store, "--episode", episode,
-            "--start", 2, "--samples", 64, "--iterations", 3, "--landscape", png)
+    cli_ok("plan", "--checkpoint", run / "latest.pt", "--store", demo_store, "--episode", episode,
+           "--start", 2, "--samples", 64, "--iterations", 3, "--landscape", png)
     assert png.read_bytes()[:4] == b"\x89PNG"
     result = run_plan(PlanConfig(checkpoint=run / "latest.pt", store=demo_store, episode=episode, start=2,
                                  horizon=2, cem=CEMConfig(samples=64, iterations=3)))
@@ -167,9 +167,9 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
     for i, f in enumerate(frames):
         Image.fromarray(f).save(tmp_path / f"{i}.png")
     run, _ = demo_run
-    run_cli("plan", "--checkpoint", run / "latest.pt", "--image", tmp_path / "0.png", "--goal-image",
-            tmp_path / "1.png", "--state", ",".join(f"{v:.5f}" for v in ep.state[0]), "--samples", 64,
-            "--iterations", 3)
+    cli_ok("plan", "--checkpoint", run / "latest.pt", "--image", tmp_path / "0.png", "--goal-image",
+           tmp_path / "1.png", "--state", ",".join(f"{v:.5f}" for v in ep.state[0]), "--samples", 64,
+           "--iterations", 3)
     result = run_plan(PlanConfig(checkpoint=run / "latest.pt", image=tmp_path / "0.png", goal_image=tmp_path / "1.png",
                                  state=",".join(f"{v:.5f}" for v in ep.state[0]), cem=CEMConfig(samples=64, iterations=3)))
     assert result.plan.actions.shape == (1, 7) and result.true_actions is None and np.isfinite(result.plan.energy)

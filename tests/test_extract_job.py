@@ -19,8 +19,8 @@ from extract.job import run_extract
 from store import open_store, verify
 from store.format import SEAL_FILE, unsealed_units
 from tests import corpora
-from tests.conftest import (JOB_CONFIG, ROOT, assert_one_error_line, assert_same_store, cli_main, extract_args, run_cli,
-                            signalled)
+from tests.conftest import (JOB_CONFIG, ROOT, assert_one_error_line, assert_same_store, cli_main, cli_ok, extract_args,
+                            run_cli, signalled)
 
 
 def test_store_contents(reference, demo_corpus):
@@ -123,11 +123,11 @@ def test_two_ranks_under_torchrun_match_one_rank(reference, demo_corpus, tmp_pat
 
 def test_slurm_style_ranks_and_store_merge(reference, demo_corpus, tmp_path):
     out = tmp_path / "store"
-    run_cli(*extract_args(demo_corpus, out, "--rank", 1, "--world-size", 2, "--workers", 0))
+    cli_ok(*extract_args(demo_corpus, out, "--rank", 1, "--world-size", 2, "--workers", 0))
     assert open_store(out).sealed == [1, 3] and not (out / "manifest.parquet").exists()  # rank 1's units only
-    run_cli(*extract_args(demo_corpus, out, "--rank", 0, "--world-size", 2, "--workers", 0))
+    cli_ok(*extract_args(demo_corpus, out, "--rank", 0, "--world-size", 2, "--workers", 0))
     (out / "manifest.parquet").unlink()
-    run_cli("store", "merge", out)
+    cli_ok("store", "merge", out)
     assert_same_store(out, reference)
 
 

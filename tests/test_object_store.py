@@ -37,6 +37,7 @@ from tests.conftest import (
     assert_one_error_line,
     assert_same_store,
     cli_main,
+    cli_ok,
     extract_args,
     run_cli,
 )
@@ -143,7 +144,7 @@ def test_extract_with_two_ranks_from_s3_to_s3_rides_out_a_cut(s3, reference, s3_
     retried = [int(n) for n in re.findall(r"object-store requests retried\D*(\d+)", r.stdout)]
     assert len(retried) == 2 and sum(retried) > 0, r.stdout  # each rank's summary
     assert_same_store(url, reference)
-    assert run_cli("store", "verify", url, env=s3["env"]).returncode == 0
+    cli_ok("store", "verify", url)
     root = where(url)
     for u in sealed_units(root):  # each seal lists exactly its shard's other objects
         shard = root / "shards" / f"{u:05d}"
@@ -182,9 +183,9 @@ def test_sigkill_then_rerun_on_s3(s3, reference, s3_corpus):
     data = bytearray((root / chunk).read_bytes())
     data[len(data) // 2] ^= 0x01
     root.call("pipe_file", f"{root.key}/{chunk}", bytes(data))
-    r = run_cli("store", "verify", url, env=s3["env"], check=False)
+    code, out, _ = cli_main("store", "verify", url)
     unit = chunk.split("/")[1]
-    assert r.returncode == 1 and f"shard {unit}: checksum mismatch in {chunk.split('/', 2)[2]}" in r.stdout
+    assert code == 1 and f"shard {unit}: checksum mismatch in {chunk.split('/', 2)[2]}" in out
 
 
 def test_every_corpus_format_reads_from_a_bucket_as_from_disk(s3, tmp_path):
@@ -270,15 +271,15 @@ def test_training_from_s3_with_and_without_cache_equals_local(s3, reference, tmp
     runs = {}
     for name, extra in [("s3", ["--workers", 2]), ("cold", ["--workers", 2, "--cache", tmp_path / "cache"])]:
         runs[name] = tmp_path / name
-        r = run_cli("train", "--store", s3_copy, "--out", runs[name], *TRAIN, *extra, env=s3["env"])
-        assert "object-store requests retried: 0 (all ranks and their DataLoader workers)" in r.stdout, r.stdout
+        out = cli_ok("train", "--store", s3_copy, "--out", runs[name], *TRAIN, *extra)
+        assert "object-store requests retried: 0 (all ranks and their DataLoader workers)" in out, out
     cached = list_files(tmp_path / "cache")
     assert cached, "the cache stayed empty"
     # eval reads the store at a URL like a local one; the run records the URL, never a secret
     reports = []
     for store in (reference, s3_copy):
-        run_cli("eval", "--checkpoint", local / "latest.pt", "--store", store, "--max-clips", 8,
-                "--out", tmp_path / "eval", env=s3["env"])
+        cli_ok("eval", "--checkpoint", local / "latest.pt", "--store", store, "--max-clips", 8,
+               "--out", tmp_path / "eval")
         reports.append({k: v for k, v in json.loads((tmp_path / "eval" / "report.json").read_text()).items()
                         if k != "store"})
     assert reports[0] == reports[1]
@@ -299,8 +300,8 @@ def test_training_from_s3_with_and_without_cache_equals_local(s3, reference, tmp
     gone = [rel for rel in list_files(root) if "/features/c/" in rel]
     root.call("rm", [f"{root.key}/{rel}" for rel in gone])
     runs["warm"] = tmp_path / "warm"
-    run_cli("train", "--store", s3_copy, "--out", runs["warm"], *TRAIN, "--workers", 2, "--cache",
-            tmp_path / "cache", env=s3["env"])
+    cli_ok("train", "--store", s3_copy, "--out", runs["warm"], *TRAIN, "--workers", 2, "--cache",
+           tmp_path / "cache")
     expect = _losses(local)
     assert len(expect) == 6
     for name, run in runs.items():

@@ -15,7 +15,7 @@ import zarr
 from store import StoredEpisode, open_store, write_store
 from store.format import shard_dir
 from tests import corpora
-from tests.conftest import assert_one_error_line, cli_main, run_cli
+from tests.conftest import assert_one_error_line, cli_main, cli_ok
 from tests.fake_store import tiny_store
 from train.config import TrainConfig
 from train.data import ClipDataset
@@ -27,7 +27,7 @@ EXTRACT = ["--preset", "vit_test", "--workers", 0, "--format", "lerobot"]
 def test_lerobot_v30_2d_state_with_column_actions_at_stride_3(tmp_path):
     names = {"observation.state": ["x", "y"], "action": {"axes": ["tx", "ty"]}}
     corpus = corpora.lerobot_v30(tmp_path / "v3", [14, 23, 9], state_dim=2, action_dim=2, names=names)
-    run_cli("extract", "--corpus", corpus, "--out", tmp_path / "s", *EXTRACT, "--fps", 5)  # 15 / 5: stride 3
+    cli_ok("extract", "--corpus", corpus, "--out", tmp_path / "s", *EXTRACT, "--fps", 5)  # 15 / 5: stride 3
     store = open_store(tmp_path / "s")
     c = store.config
     assert (c.actions, c.state_dim, c.action_dim) == ("column:action", 2, 6)  # the default: the dataset's column
@@ -54,7 +54,7 @@ def test_lerobot_v21_14d_state_with_state_delta(tmp_path):
     rng = np.random.default_rng(0)
     corpus = corpora.lerobot_v21(tmp_path / "aloha", [13, 17], state_dim=14, action_dim=14,
                                  state_of=lambda e, n: rng.normal(size=(n, 14)).astype(np.float32))
-    run_cli("extract", "--corpus", corpus, "--out", tmp_path / "s", *EXTRACT, "--actions", "state-delta")
+    cli_ok("extract", "--corpus", corpus, "--out", tmp_path / "s", *EXTRACT, "--actions", "state-delta")
     store = open_store(tmp_path / "s")
     assert (store.config.actions, store.config.state_dim, store.config.action_dim) == ("state-delta", 14, 14)
     assert not (shard_dir(tmp_path / "s", 0) / "action").exists()  # computed from the states, not stored
@@ -84,8 +84,8 @@ def test_droid_stores_keep_their_arrays_and_version_1_opens_alike(tmp_path):
     actions: pose deltas from the states), and a version-1 store reads as S = 7 with pose-delta actions."""
     for name in ("a", "b"):
         corpora.droid_episode(tmp_path / "corpus", name, steps=30)
-    run_cli("extract", "--corpus", tmp_path / "corpus", "--out", tmp_path / "v2", "--preset", "vit_test",
-            "--workers", 0)
+    cli_ok("extract", "--corpus", tmp_path / "corpus", "--out", tmp_path / "v2", "--preset", "vit_test",
+           "--workers", 0)
     assert sorted(p.name for p in shard_dir(tmp_path / "v2", 0).iterdir() if p.is_dir()) == [
         "episode", "features", "frame_index", "state", "timestamp"]
     shard = zarr.open_group(shard_dir(tmp_path / "v2", 0), mode="r")
@@ -161,16 +161,16 @@ def point(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_2d_robot_trains_evaluates_and_plans(point, tmp_path):
     store, ckpt = point
-    run_cli("eval", "--checkpoint", ckpt, "--store", store, "--out", tmp_path / "eval")
+    cli_ok("eval", "--checkpoint", ckpt, "--store", store, "--out", tmp_path / "eval")
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["rollout_l1"][0] < report["copy_l1"][0]  # the toy is learnable in a few seconds
     assert np.mean(report["shuffled_over_true"]) > 1.05  # and the model uses its 2-D actions
-    run_cli("plan", "--checkpoint", ckpt, "--store", store, "--episode", 0, "--start", 3, "--samples", 64,
-            "--iterations", 3, "--dims", "dx", "--landscape", tmp_path / "energy.png")
+    cli_ok("plan", "--checkpoint", ckpt, "--store", store, "--episode", 0, "--start", 3, "--samples", 64,
+           "--iterations", 3, "--dims", "dx", "--landscape", tmp_path / "energy.png")
     assert (tmp_path / "energy.png").read_bytes()[:4] == b"\x89PNG"
     # offline planning recovers the moves between held-out frames better than not moving
-    run_cli("plan-eval", "--checkpoint", ckpt, "--store", store, "--pairs", 24, "--samples", 200, "--iterations", 6,
-            "--out", tmp_path / "pe")
+    cli_ok("plan-eval", "--checkpoint", ckpt, "--store", store, "--pairs", 24, "--samples", 200, "--iterations", 6,
+           "--out", tmp_path / "pe")
     mean = json.loads((tmp_path / "pe" / "report.json").read_text())["mean"]
     error, noop = mean["action_error"], mean["noop_error"]
     assert all(a < b for a, b in zip(error, noop)) and sum(error) < 0.8 * sum(noop), mean
@@ -182,7 +182,7 @@ def test_bad_robot_input_gives_one_error_line(point, tmp_path):
         (np.arange(n) == 4)[:, None] & (e == 1), np.nan, corpora.lerobot_actions(first, n, 7)).astype(np.float32))
     code, _, err = cli_main("extract", "--corpus", corpus, "--out", tmp_path / "s", *EXTRACT, "--actions", "column:nope")
     assert_one_error_line(code, err, "--actions column:nope: no column 'nope'")
-    run_cli("extract", "--corpus", corpus, "--out", tmp_path / "s", *EXTRACT)  # default: column:action
+    cli_ok("extract", "--corpus", corpus, "--out", tmp_path / "s", *EXTRACT)  # default: column:action
     rows = open_store(tmp_path / "s").episodes.to_pylist()
     assert rows[0]["status"] == "ok" and rows[1]["status"] == "skipped"
     assert rows[1]["reason"] == "action column 'action' holds NaN or Inf in 1 of 11 rows (first: row 4)"

@@ -21,7 +21,7 @@ from sim.config import CollectConfig
 from sim.envs import make_sim
 from sim.evaluate import frame_skip
 from store import open_store
-from tests.conftest import assert_one_error_line, cli_main, run_cli
+from tests.conftest import assert_one_error_line, cli_main, cli_ok
 from train.config import CEMConfig
 from train.plan import Planner, SearchSpace, cem
 
@@ -53,8 +53,8 @@ def test_pusht_collect_is_deterministic_and_round_trips_through_extract(tmp_path
     assert np.array_equal(Video(video).frames(range(26)), np.stack(rendered))
 
     store = tmp_path / "store"
-    run_cli("extract", "--format", "webdataset", "--corpus", tmp_path / "a", "--out", store, "--preset", "vit_test",
-            "--fps", 2, "--workers", 0, "--device", "cpu", "--batch-size", 16)
+    cli_ok("extract", "--format", "webdataset", "--corpus", tmp_path / "a", "--out", store, "--preset", "vit_test",
+           "--fps", 2, "--workers", 0, "--device", "cpu", "--batch-size", 16)
     s = open_store(store)
     assert (s.config.state_dim, s.config.action_dim, s.config.actions) == (2, 10, "column:action")
     for e, row in enumerate(s.episodes.to_pylist()):
@@ -175,7 +175,7 @@ def test_cem_pick_best_keeps_a_plan_that_no_sample_beats():
 def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
     run, _ = demo_run
     out = tmp_path / "sim"
-    r = run_cli("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "demo", "--task", "reach",
+    said = cli_ok("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "demo", "--task", "reach",
                 "--episodes", 4, "--budget", 12, "--horizon", 1, "--samples", 64, "--iterations", 3,
                 "--elites", 8, "--videos", 1, "--oracle", "--out", out, "--device", "cpu")
     report = json.loads((out / "report.json").read_text())
@@ -189,13 +189,13 @@ def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
     # planning with the model takes the agent to the goal where random actions do not (measured: 4 of 4 episodes
     # vs 1; 4 vs 0 and 3 vs 0 at other task and CEM seeds), and ends nearer to it (median 0.011 m vs 0.11 m; 0.008
     # vs 0.13 and 0.023 vs 0.079 at the other seeds)
-    assert reached(m) >= reached(rnd) + 2, r.stdout
-    assert m["final_distance_median"] < 0.5 * rnd["final_distance_median"], r.stdout
-    assert m["final_distance_median"] < hold["final_distance_median"], r.stdout  # it moves towards the goals
+    assert reached(m) >= reached(rnd) + 2, said
+    assert m["final_distance_median"] < 0.5 * rnd["final_distance_median"], said
+    assert m["final_distance_median"] < hold["final_distance_median"], said  # it moves towards the goals
     # a perfect world model over the same features plans at least as well as holding still
-    assert oracle["final_distance_median"] < hold["final_distance_median"], r.stdout
+    assert oracle["final_distance_median"] < hold["final_distance_median"], said
     assert (out / "grid.png").stat().st_size > 10_000 and (out / "episode_000.mp4").stat().st_size > 1000
-    assert "success" in r.stdout and "model" in r.stdout
+    assert "success" in said and "model" in said
 
 
 def test_sim_errors(demo_run, tmp_path):
