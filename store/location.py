@@ -11,7 +11,9 @@ from the standard environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_END
 client is ever pickled or shared across a fork: `fs` asks fsspec, whose instance cache is per process.
 Transient failures (connection errors, timeouts, 5xx, SlowDown) are retried with exponential backoff and
 jitter (botocore's standard mode), VJEPA_S3_ATTEMPTS times per request; after that, one line. Each request
-sent again is counted (`retries`), by this process and the workers it forks, in one shared counter.
+botocore sends again is counted (`retries`), by this process and the workers it forks, in one shared counter
+(aiohttp also resends a GET, HEAD, PUT or DELETE once, uncounted, where a kept-alive connection drops before
+its answer).
 """
 
 from __future__ import annotations

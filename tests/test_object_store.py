@@ -374,27 +374,25 @@ def test_unit_leases_on_s3(s3):
         second.close()
 
 
-def test_a_lease_whose_answer_was_lost_is_still_its_writers(s3):
-    """The PUT that creates a lease takes effect but its answer is lost: the retry is refused (If-None-Match), and
-    the writer must still know the lease for its own. (Taken for another writer's, its unit was written by nobody
-    and a two-rank extraction through a cut ended without a manifest.)"""
-    from store.lease import UnitLocks
-
+def test_an_extraction_whose_writes_lose_their_answers_is_complete(s3, reference, demo_corpus):
+    """Each kind of write an extraction makes takes effect once with its answer lost, so the client sends it again:
+    the store's creation, a unit's lease (its conditional PUT is then refused, and the writer must still know the
+    lease for its own: taken for another writer's, its unit was written by nobody and a two-rank run through a cut
+    ended without a manifest), a shard file, a seal, a lease's release, the manifest and the merged attributes."""
+    url = f"s3://{BUCKET}/lost-answers"
     proxy = S3Proxy(s3["env"]["AWS_ENDPOINT_URL"])
-    locks = None
+    writes = ["plan.parquet", "zarr.json", "shards/00000.lease", "shards/00001/episodes.parquet",
+              "shards/00002/sealed.json", "manifest.parquet", "zarr.json"]  # (zarr.json: created, then merged)
     try:
+        for key in writes:
+            proxy.lose_answer(f"PUT /{BUCKET}/lost-answers/{key} ")
+        proxy.lose_answer(f"POST /{BUCKET}?delete")  # (a lease released)
         with environment({"AWS_ENDPOINT_URL": proxy.url}):
-            root = where(f"s3://{BUCKET}/lost-answer")
-            proxy.lose_answer(f"PUT /{BUCKET}/lost-answer/shards/00000.lease ")
-            locks = UnitLocks(root)
-            assert locks.take(0) is None and not proxy.lose  # (the answer was lost: the PUT was sent again)
-            assert UnitLocks(root).take(0) == f"{socket.gethostname()} pid {os.getpid()}"
-            locks.release(0)
-            assert not (root / "shards" / "00000.lease").exists()
+            summary = run_extract(ExtractConfig(corpus=demo_corpus, out=url, workers=0, **JOB_CONFIG))
     finally:
-        if locks is not None:
-            locks.close()
         proxy.close()
+    assert proxy.lose == [] and summary.units == 4 and summary.merged  # every answer was lost once
+    assert_same_store(url, reference)
 
 
 def test_a_lease_outlives_an_outage_shorter_than_its_life(s3, monkeypatch):
