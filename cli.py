@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -35,8 +36,8 @@ app = typer.Typer(help="Train V-JEPA 2-AC world models from cached V-JEPA 2 feat
 store_app = typer.Typer(help="Inspect, verify, merge and migrate feature stores.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: each prints its results and writes its section of BENCHMARKS.md.",
                         no_args_is_help=True)
-sim_app = typer.Typer(help="Closed loop in a simulator (gym-pusht with the [sim] extra, or the demo world): "
-                           "collect a corpus, evaluate a trained model by planning.", no_args_is_help=True)
+sim_app = typer.Typer(help=escape("Closed loop in a simulator (gym-pusht with the [sim] extra, or the demo world): "
+                                  "collect a corpus, evaluate a trained model by planning."), no_args_is_help=True)
 app.add_typer(store_app, name="store")
 app.add_typer(sim_app, name="sim")
 app.add_typer(bench_app, name="bench")

@@ -11,6 +11,7 @@ import typing
 from collections.abc import Callable
 
 import typer
+from rich.markup import escape
 
 from .settings import leaf_fields, limits_text
 
@@ -23,6 +24,7 @@ def _params(cls: type) -> list[inspect.Parameter]:
         text = m["help"] + (f" [{limits_text(f)}]" if limits_text(f) else "")
         text += f" [one of: {', '.join(m['choices'])}]" if m["choices"] else ""
         default = ... if f.default is dataclasses.MISSING else f.default
+        text = escape(text)  # (typer renders help as rich markup: "[hf]", an extra's name, would vanish)
         info = typer.Argument(default, help=text) if m["arg"] else typer.Option(default, help=text)
         out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
     return out
@@ -43,7 +45,7 @@ def command(group: typer.Typer, name: str, cls: type) -> Callable:
         params = _params(cls)
         run.__signature__ = inspect.Signature(params)
         run.__annotations__ = {p.name: p.annotation for p in params}
-        run.__doc__ = fn.__doc__ or cls.__doc__
+        run.__doc__ = escape(fn.__doc__ or cls.__doc__)
         run.config = cls  # for the generated command reference (docs/reference.py)
         group.command(name)(run)
         return fn

@@ -57,3 +57,12 @@ def test_every_documented_command_line_parses(page, line):
 def test_the_docs_have_command_lines():
     pages = {page for page, _ in cli_lines()}
     assert {"README.md", "extract.md", "train.md", "evaluate-and-plan.md", "your-robot.md"} <= pages
+
+
+def test_help_shows_the_extras_by_name():
+    """--help says which extra a feature needs: "[hf]" reaches the reader (typer renders help as rich markup)."""
+    from tests.conftest import cli_main
+
+    assert "the [sim] extra" in cli_main("sim", "--help")[1]
+    said = " ".join(cli_main("extract", "--help")[1].replace("│", " ").split())
+    assert "the [hf] extra" in said and "the [pretrained] extra" in said
