@@ -142,13 +142,15 @@ class EncodersBench(BenchConfig):
 class SoakBench(DirBench):
     """Faults a cluster throws, at random: SIGKILLs and SIGTERMs of random ranks and object-store outages during a
     2-rank extraction into a loopback S3 server and a 2-rank training run from it (torchrun, CPU), with 503
-    SlowDown answers throughout; every failed run relaunched, then the store, checkpoint and metrics compared
-    with uninterrupted runs ([test] extra: moto)."""
+    SlowDown answers and lost answers throughout; every failed run relaunched, then the store, checkpoint and
+    metrics compared with uninterrupted runs ([test] extra: moto)."""
 
     kills: int = setting(3, "SIGKILLs or SIGTERMs (drawn at random) of a random rank, per run.", min=0)
     outages: int = setting(2, "Object-store outages per run, short (ridden out) and long (the run fails) in turn.",
                            min=0)
     slow_down: float = setting(0.02, "Fraction of object-store requests answered 503 SlowDown.", min=0, max=0.5)
+    lost_answers: float = setting(0.01, "Fraction of object-store requests done by the server whose answer is lost "
+                                  "(the client sends them again).", min=0, max=0.5)
     episodes: int = setting(24, "Demo corpus episodes, one extraction unit each.", min=4)
     steps: int = setting(60, "Training steps (checkpoint every 5).", min=10)
     seed: int = setting(0, "Seed of the faults' kinds, ranks and moments.", min=0)

@@ -28,17 +28,18 @@ class S3Proxy:
     """A TCP proxy on 127.0.0.1 (its `url` is the endpoint to give clients). `cut()` drops every connection and
     closes the port until `restore()`; `outage_after(n, seconds)` cuts when the n-th request comes. With
     `slow_down` > 0 that fraction of HTTP/1.1 requests, drawn at random, is answered 503 SlowDown instead of being
-    forwarded (requests are told apart by their Content-Length; a request framed otherwise is forwarded with the
-    rest of its connection untouched). `lose_answer(line)` lets the next request whose request line contains
-    `line` reach the server and drops the client's connection once the server has answered it."""
+    forwarded; with `lost_answers` > 0 another such fraction reaches the server, which does it, but the client's
+    connection drops before the answer (the client sends it again). Requests are told apart by their
+    Content-Length; a request framed otherwise is forwarded with the rest of its connection untouched.
+    `lose_answer(line)` loses the answer of the next request whose request line contains `line`."""
 
-    def __init__(self, upstream: str, slow_down: float = 0.0, seed: int = 0):
+    def __init__(self, upstream: str, slow_down: float = 0.0, lost_answers: float = 0.0, seed: int = 0):
         self.upstream = (urlparse(upstream).hostname, urlparse(upstream).port)
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.slow_down, self.random = slow_down, random.Random(seed)
-        self.requests = self.slowed = 0  # requests seen, and answered SlowDown
+        self.slow_down, self.lost_answers, self.random = slow_down, lost_answers, random.Random(seed)
+        self.requests = self.slowed = self.lost = 0  # requests seen, answered SlowDown, and whose answer was lost
         self.cut_at: tuple[int, float | None] | None = None
         self.lose: list[str] = []  # request lines (parts of) whose next answer is lost
         self.down = self.closed = False
@@ -68,10 +69,13 @@ class S3Proxy:
             self.requests += 1
             if self.cut_at and self.requests == self.cut_at[0]:
                 threading.Thread(target=self.outage, args=(self.cut_at[1],), daemon=True).start()
-            if (lost := next((part for part in self.lose if part in line), None)) is not None:
-                self.lose.remove(lost)
+            if (part := next((part for part in self.lose if part in line), None)) is not None:
+                self.lose.remove(part)
+            draw = self.random.random()
+            if part is not None or draw < self.lost_answers:
+                self.lost += 1
                 return "lose"
-            slow = self.random.random() < self.slow_down
+            slow = draw < self.lost_answers + self.slow_down
             self.slowed += slow
         return "slow" if slow else "forward"
 

@@ -2,7 +2,8 @@
 training run from it (torchrun, CPU), each failed run relaunched until it completes; then the store, the final
 checkpoint and the metrics against uninterrupted runs. The object store is moto's S3 server on 127.0.0.1, in this
 process (it stops with it), behind bench/proxy.py, which drops every connection and refuses new ones for the
-outages and answers a fraction of the requests 503 SlowDown.
+outages, answers a fraction of the requests 503 SlowDown and loses the answers of another fraction (the server
+did them; the client sends them again).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Phase:
     launches: list[list[str]] = field(default_factory=list)  # per launch: the faults injected, as said in the report
     endings: list[str] = field(default_factory=list)  # per launch: how it ended
     slowed: int = 0  # SlowDown answers during the phase
+    lost: int = 0  # answers lost during the phase
     retried: int | None = None  # retries the completing run reported
     complete: bool = False
 
@@ -148,7 +150,7 @@ def _soak(phase: Phase, launch: Callable[[int, Path], subprocess.Popen], progres
     """Launch; inject the next fault once `progress(since)` reaches a random point of the work left (after a
     short outage, which the run rides out, the next one too); wait; relaunch until a run completes. Faults are
     spread so each has work left to land in."""
-    slowed = proxy.slowed
+    slowed, lost = proxy.slowed, proxy.lost
     for n in range(len(phase.faults) + 3):
         since, log = time.time(), logs / f"{phase.name}-{n}.log"
         p = launch(n, log)
@@ -174,7 +176,7 @@ def _soak(phase: Phase, launch: Callable[[int, Path], subprocess.Popen], progres
         if p.returncode == 0:
             phase.complete, phase.retried = True, _retried(log)
             break
-    phase.slowed = proxy.slowed - slowed
+    phase.slowed, phase.lost = proxy.slowed - slowed, proxy.lost - lost
 
 
 def _store_bytes_lost(store: str, reference: Path) -> int:
@@ -261,7 +263,7 @@ def run(cfg: SoakBench, on_progress: Callable[[int, int], None] | None = None) -
     saved, env = dict(os.environ), {}
     server = _server(env)
     os.environ.update(env)  # this process reads the bucket straight from the server
-    proxy = S3Proxy(env["AWS_ENDPOINT_URL"], slow_down=cfg.slow_down, seed=cfg.seed)
+    proxy = S3Proxy(env["AWS_ENDPOINT_URL"], slow_down=cfg.slow_down, lost_answers=cfg.lost_answers, seed=cfg.seed)
     faulty = {**os.environ, **RETRIES, "AWS_ENDPOINT_URL": proxy.url}
     reference, store, run_dir = work / "reference", f"s3://{BUCKET}/store", work / "run"
     phases = {name: Phase(name, plan) for name, plan in plans.items()}
@@ -315,11 +317,12 @@ def _section(cfg: SoakBench, phases: dict[str, Phase], lost: dict[str, int | Non
         endings = Counter(phase.endings)
         rows.append([name, f"{len(phase.injected)} ({', '.join(f'{n} {k}' for k, n in kinds.items()) or '-'})",
                      len(phase.injected) if ok else 0, len(phase.endings), max(0, len(phase.endings) - 1),
-                     "; ".join(f"{n}x {e}" for e, n in endings.items()), phase.slowed,
+                     "; ".join(f"{n}x {e}" for e, n in endings.items()), phase.slowed, phase.lost,
                      "-" if phase.retried is None else phase.retried,
                      "not compared (incomplete)" if lost[name] is None else f"**{lost[name]}**"])
         results[name] = {"injected": phase.injected, "endings": phase.endings, "complete": phase.complete,
-                         "bytes_lost": lost[name], "slowdowns": phase.slowed, "retried": phase.retried}
+                         "bytes_lost": lost[name], "slowdowns": phase.slowed,
+                         "lost_answers": phase.lost, "retried": phase.retried}
     results["training"]["metric_rows_differing"] = rows_differing
     details = "\n".join(f"- {name} launch {n + 1}: {', '.join(faults) or 'no fault'} -> {ending}"
                         for name, phase in phases.items() for n, (faults, ending) in enumerate(zip(phase.launches,
@@ -328,7 +331,9 @@ def _section(cfg: SoakBench, phases: dict[str, Phase], lost: dict[str, int | Non
             f"`s3://` and a 2-rank training run from that store (ac_test, {cfg.steps} steps, batch 2 per rank, "
             "a checkpoint every 5 steps, 1 DataLoader worker per rank). The object store: moto's S3 server on "
             "127.0.0.1 behind the fault proxy (bench/proxy.py), which answers "
-            f"{cfg.slow_down:.0%} of the requests 503 SlowDown throughout and, for the outages, drops every "
+            f"{cfg.slow_down:.0%} of the requests 503 SlowDown throughout, lets another {cfg.lost_answers:.0%} reach "
+            "the server but drops the connection before its answer (so the client sends the request again) and, for "
+            "the outages, drops every "
             f"connection and refuses new ones (short: {SHORT_OUTAGE:g} s, to be ridden out; long: until the run "
             f"gave up, with VJEPA_S3_ATTEMPTS=5, VJEPA_S3_TIMEOUT=5). Per run, the faults (seed {cfg.seed}) land at "
             f"random points of the work left (sealed units, steps): {cfg.kills} kills (SIGKILL or SIGTERM, drawn "
@@ -339,7 +344,7 @@ def _section(cfg: SoakBench, phases: dict[str, Phase], lost: dict[str, int | Non
             f"Metric rows differing (metrics.csv and val.csv, timings aside): **{rows_differing}**. Logs of every "
             f"launch in {cfg.directory / 'soak' / 'logs'}.\n\n"
             + table(["run", "faults injected", "faults survived (completed, nothing lost)", "runs launched",
-                     "runs relaunched", "how the launches ended", "SlowDown answers",
+                     "runs relaunched", "how the launches ended", "SlowDown answers", "answers lost",
                      "retries counted by the completing run", "bytes lost"], rows)
             + f"\n\nEach launch: its faults (at: the progress when each landed / the total) and how it ended:\n\n"
             f"{details}\n")

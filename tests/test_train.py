@@ -195,10 +195,11 @@ def read_losses(run: Path) -> list[tuple]:
         return [(int(r["step"]), r["loss"], r["tf_loss"], r["rollout_loss"], r["grad_norm"]) for r in csv.DictReader(f)]
 
 
-def test_preempted_run_resumes_with_the_same_losses(tmp_path):
+def test_preempted_run_resumes_with_the_same_losses(tmp_path, monkeypatch):
     """SIGTERM after step 5 of 8, to the process group (its DataLoader worker's too, as scancel sends it): the step
     is finished and checkpointed although --ckpt-every is 2, the exit code is 3, and --resume gives the
-    uninterrupted run's losses and weights. A second signal exits at once."""
+    uninterrupted run's losses and weights. A second signal exits at once. A run that dies while validating a
+    step it checkpoints resumes with that validation too."""
     store = tiny_store(tmp_path / "store")
     base = dict(store=store, preset="ac_test", frames=4, steps=8, batch_size=3, ckpt_every=2, val_every=4,
                 workers=0, lr=1e-3, seed=5)
@@ -228,6 +229,24 @@ def test_preempted_run_resumes_with_the_same_losses(tmp_path):
     r = signalled("TWICE", 5, 0, *args, "--out", tmp_path / "c")
     assert r.returncode == -signal.SIGTERM and "preempted" not in r.stderr, r.stderr
     assert torch.load(tmp_path / "c" / "latest.pt", weights_only=True)["step"] == 4
+
+    import train.loop
+
+    validate, calls = train.loop._validate, []
+
+    def dies_at_step_4(run):  # (the untrained baseline is the first validation, step 4's the second)
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("the object store went away")
+        return validate(run)
+
+    monkeypatch.setattr(train.loop, "_validate", dies_at_step_4)
+    with pytest.raises(OSError):
+        run_train(TrainConfig(out=tmp_path / "d", **base))
+    monkeypatch.setattr(train.loop, "_validate", validate)
+    run_train(TrainConfig(out=tmp_path / "d", resume=True, **base))
+    assert read_losses(tmp_path / "d") == a
+    assert (tmp_path / "d" / "val.csv").read_text() == (tmp_path / "a" / "val.csv").read_text()
 
 
 def test_a_concat_conditioned_model_is_rebuilt_as_trained(tmp_path):

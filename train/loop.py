@@ -316,19 +316,21 @@ def _preempt(run: _Run, done: int, stop: StopRequest) -> None:
 
 
 def _after_step(run: _Run, row: dict) -> dict | None:
-    """Rank 0: log the step, write a checkpoint and validate when due. Returns the validation, if run."""
+    """Rank 0: log the step, validate and write a checkpoint when due. Returns the validation, if run.
+
+    Validation comes first: a run that dies while validating resumes from the checkpoint before and validates
+    this step again (checkpointed first, its validation would be lost)."""
     cfg, done = run.cfg, row["step"]
     if run.rank != 0:
         return None
     run.log.step(row)
-    last = done == cfg.steps
-    if done % cfg.ckpt_every == 0 or last:
-        _checkpoint(run, done)
+    last, val = done == cfg.steps, None
     if run.val_loader is not None and ((cfg.val_every and done % cfg.val_every == 0) or last):
         val = _validate(run)
         run.log.val(done, val)
-        return val
-    return None
+    if done % cfg.ckpt_every == 0 or last:
+        _checkpoint(run, done)
+    return val
 
 
 def _retries(run: _Run) -> int | None:
