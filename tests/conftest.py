@@ -187,7 +187,7 @@ def assert_same_store(a, b) -> None:
 @pytest.fixture(scope="session")
 def reference(demo_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ref") / "store"
-    run_cli(*extract_args(demo_corpus, out, "--workers", 2))
+    cli_ok(*extract_args(demo_corpus, out, "--workers", 2))
     return out
 
 
