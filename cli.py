@@ -29,6 +29,7 @@ from common.errors import PREEMPTED_EXIT, PeerLost, Preempted, TrainingDiverged,
 from common.files import human_bytes, output_file
 from extract.config import ExtractConfig
 from sim.config import CollectConfig, DemoCorpusConfig, SimEvalConfig
+from store.digest import DIGESTS, SEAL_DIGEST
 from train.config import EvalConfig, ExportConfig, PlanConfig, PlanEvalConfig, TrainConfig
 
 app = typer.Typer(help="Train V-JEPA 2-AC world models from cached V-JEPA 2 features.", no_args_is_help=True,
@@ -328,15 +329,20 @@ def store_verify(path: str = StorePath) -> None:
 
 
 @store_app.command("migrate")
-def store_migrate(path: str = StorePath) -> None:
-    """Reseal every shard with BLAKE3 digests (store format 3) and, for uncompressed bf16/fp16 features, a digest
-    per row (so training reads only the rows it needs); each file is checked against its old seal first. Safe to
+def store_migrate(path: str = StorePath,
+                  digest: str = typer.Option(SEAL_DIGEST, help=f"Digest of the new seals: {', '.join(DIGESTS)} "
+                                             "(docs/store-format.md, \"Seals\": blake3 where a store must be "
+                                             "tamper-evident).")) -> None:
+    """Reseal every shard with xxh3-128 digests (or --digest's; store format 3) and, for uncompressed bf16/fp16
+    features, a digest per row (so training reads only the rows it needs); each file is checked against its old seal first. Safe to
     kill: run it again to finish."""
     from store import reseal, sealed_units
-    from store.digest import SEAL_DIGEST
 
-    changed = _counted("resealing shards", len(sealed_units(path)), lambda tick: reseal(path, on_shard=tick))
-    console.print(f"{path}: {changed} shard(s) resealed with {SEAL_DIGEST} (and row digests where the chunks "
+    if digest not in DIGESTS:
+        raise UserError(f"--digest {digest!r} is not one of: {', '.join(DIGESTS)}")
+    changed = _counted("resealing shards", len(sealed_units(path)),
+                       lambda tick: reseal(path, digest, on_shard=tick))
+    console.print(f"{path}: {changed} shard(s) resealed with {digest} (and row digests where the chunks "
                   "hold rows as they are), the others already were")
 
 

@@ -52,7 +52,7 @@ class CheckedReadsBench(DirBench):
 
     frames: int = setting(1320, "Frames in the benchmark store (ViT-g size: 704 KiB each).", min=66)
     clips: int = setting(200, "Clips read per measurement.", min=8)
-    repeats: int = setting(5, "Runs per variant, alternating (the median is reported).", min=1)
+    repeats: int = setting(9, "Runs per variant, alternating (the median is reported).", min=1)
 
 
 @dataclass

@@ -49,7 +49,7 @@ def make_store(directory: Path, frames: int, chunk_frames: int, episode_frames: 
     per size in `directory`."""
     root = directory / f"vitg-bf16-{frames}f-chunk{chunk_frames}"
     if (root / "manifest.parquet").exists():
-        reseal(root)  # one made before format 3 gets the BLAKE3 seals a new store has
+        reseal(root)  # one made by older code gets the seals a new store has
         return root
     shutil.rmtree(root, ignore_errors=True)
     episodes = RandomEpisodes(max(1, frames // episode_frames), episode_frames)

@@ -288,8 +288,9 @@ def test_training_from_s3_with_and_without_cache_equals_local(s3, reference, tmp
     assert not any(secret in p.read_bytes() for p in written)
     # a damaged cached copy is dropped and fetched again
     root = where(s3_copy)
-    digest = read_seal(root, 0)["files"][feature_chunk(0)]
-    copy = tmp_path / "cache" / digest[:2] / f"blake3-{digest}"
+    seal = read_seal(root, 0)
+    digest = seal["files"][feature_chunk(0)]
+    copy = tmp_path / "cache" / digest[:2] / f"{seal['digest']}-{digest}"
     copy.write_bytes(b"!" + copy.read_bytes()[1:])
     first = next(r["episode_id"] for r in open_store(reference).episodes.to_pylist()
                  if r["unit"] == r["first_row"] == 0)

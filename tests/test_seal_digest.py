@@ -1,4 +1,5 @@
-"""Seal digests: BLAKE3 seals (format 3), format-2 stores (SHA-256) still read, `store migrate`, the cache's keys."""
+"""Seal digests: xxh3-128 seals, stores sealed with BLAKE3 or SHA-256 (format 2) still read, `store migrate`, the
+cache's keys."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from store import ChunkCache, open_store, sealed_units, verify, writer
 from common.errors import StoreError
-from store.digest import digest_bytes, digest_many
+from store.digest import SEAL_DIGEST, digest_bytes, digest_many
 from store.format import SEAL_FILE, feature_chunk, read_root_attrs, read_seal, shard_dir
 from tests.conftest import ROOT, assert_one_error_line, cli_main
 from tests.fake_store import tiny_store
@@ -39,10 +40,11 @@ def windows(root: Path) -> list[torch.Tensor]:
     return [store.read_window(e, 0, store.num_frames(e))[0] for e in store.ok_episodes]
 
 
-def test_new_stores_are_sealed_with_blake3_and_a_flipped_byte_is_caught(tmp_path):
+def test_new_stores_are_sealed_with_xxh3_and_a_flipped_byte_is_caught(tmp_path):
     root = tiny_store(tmp_path / "s", episodes=4, frames=8)
-    assert read_root_attrs(root)["format_version"] == 3
-    assert all(s["digest"] == "blake3" for s in seals(root).values()) and verify(root) == []
+    assert read_root_attrs(root)["format_version"] == 3 and SEAL_DIGEST == "xxh3-128"
+    assert all(s["digest"] == "xxh3-128" and len(s["files"]["features/c/1/0/0"]) == 32 for s in seals(root).values())
+    assert verify(root) == []
     chunk = shard_dir(root, 0) / "features/c/1/0/0"
     data = bytearray(chunk.read_bytes())
     data[5] ^= 0x01
@@ -75,18 +77,27 @@ def test_migrate_reseals_in_place_and_a_killed_run_is_finished_by_the_next(forma
     stale = shard_dir(format2, 1) / f".{SEAL_FILE}.tmp-{socket.gethostname()}-999999999"  # a torn write's leftover
     stale.write_text("{")
     half = seals(format2)
-    assert half[0]["digest"] == "blake3" and "digest" not in half[1]  # mixed, yet a valid format-3 store:
+    assert half[0]["digest"] == "xxh3-128" and "digest" not in half[1]  # mixed, yet a valid format-3 store:
     assert read_root_attrs(format2)["format_version"] == 3 and verify(format2) == []  # older code refuses it
     code, out, err = cli_main("store", "migrate", format2)
-    assert code == 0 and "1 shard(s) resealed with blake3" in out, (out, err)
+    assert code == 0 and "1 shard(s) resealed with xxh3-128" in out, (out, err)
     after = seals(format2)
-    assert all(s["digest"] == "blake3" for s in after.values()) and not stale.exists()
+    assert all(s["digest"] == "xxh3-128" for s in after.values()) and not stale.exists()
     for u, seal in after.items():  # the same files, each under its new digest
         assert seal["files"].keys() == original[u]["files"].keys()
         assert not set(seal["files"].values()) & set(original[u]["files"].values())
     assert verify(format2) == [] and all(torch.equal(a, b) for a, b in zip(before, windows(format2)))
     code, out, _ = cli_main("store", "migrate", format2)
     assert code == 0 and "0 shard(s) resealed" in out
+    # BLAKE3 seals (earlier format-3 code's, or `--digest blake3` for tamper-evidence) read, verify and migrate back
+    code, out, _ = cli_main("store", "migrate", format2, "--digest", "blake3")
+    assert code == 0 and "2 shard(s) resealed with blake3" in out
+    assert all(s["digest"] == "blake3" and len(s["files"]["features/c/0/0/0"]) == 64 for s in seals(format2).values())
+    assert verify(format2) == [] and all(torch.equal(a, b) for a, b in zip(before, windows(format2)))
+    code, out, _ = cli_main("store", "migrate", format2)
+    assert code == 0 and "2 shard(s) resealed with xxh3-128" in out and seals(format2) == after
+    code, _, err = cli_main("store", "migrate", format2, "--digest", "md5")
+    assert_one_error_line(code, err, "--digest 'md5' is not one of: xxh3-128, blake3, sha256")
 
 
 def test_migrate_refuses_damage_instead_of_sealing_it(format2):
@@ -106,14 +117,13 @@ def test_a_seal_naming_an_unknown_digest_is_one_line(tmp_path):
     for command in (["store", "ls", root], ["store", "show", root, 3]):
         code, _, err = cli_main(*command)
         assert_one_error_line(code, err, "shard 00001: its seal names an unknown digest 'md5'")
-    assert verify(root) == ["shard 00001: its seal names an unknown digest 'md5' (this code knows sha256, "
-                            "blake3); upgrade the package"]
+    assert verify(root) == ["shard 00001: its seal names an unknown digest 'md5' (this code knows xxh3-128, "
+                            "blake3, sha256); upgrade the package"]
 
 
-@pytest.mark.parametrize("fmt", ["format2", "format3"])
-def test_cache_keys_follow_the_seal_digest(fmt, format2, tmp_path):
-    root = format2 if fmt == "format2" else tiny_store(tmp_path / "s", episodes=6, frames=8, per_unit=3)
-    algorithm = "sha256" if fmt == "format2" else "blake3"
+@pytest.mark.parametrize("algorithm", ["sha256", "xxh3-128"])
+def test_cache_keys_follow_the_seal_digest(algorithm, format2, tmp_path):
+    root = format2 if algorithm == "sha256" else tiny_store(tmp_path / "s", episodes=6, frames=8, per_unit=3)
     store = open_store(root, cache=ChunkCache(tmp_path / "cache", 10**8))
     store.read_window(store.ok_episodes[0], 0, 4)
     names = {p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()}
@@ -155,11 +165,11 @@ def test_hashing_threads_work_in_a_process_forked_after_they_started():
     """`store verify` hashes on a pool of threads; a forked child (a DataLoader worker) has none of them, so it
     must start its own instead of queueing work for threads that exist only in its parent (it would wait forever)."""
     rows = [bytes([i]) * 5000 for i in range(6)]
-    want = [digest_bytes(r, "blake3") for r in rows]
-    assert digest_many(rows, "blake3") == want  # the parent's threads exist now
+    want = [digest_bytes(r, SEAL_DIGEST) for r in rows]
+    assert digest_many(rows, SEAL_DIGEST) == want  # the parent's threads exist now
     pid = os.fork()
     if pid == 0:
-        os._exit(0 if digest_many(rows, "blake3") == want else 1)
+        os._exit(0 if digest_many(rows, SEAL_DIGEST) == want else 1)
     deadline = time.monotonic() + 60
     while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)

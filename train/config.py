@@ -73,9 +73,9 @@ class TrainConfig:
     seed: int = setting(0, "Seed of the model init, the data order and the split.", min=0)
     workers: int = setting(2, "DataLoader worker processes.", min=0, max=256)
     verify_reads: bool = setting(True, "Check every chunk read against its shard's seal, so damaged data stops "
-                                       "training (BLAKE3 digests of the rows read: ~1.8 ms of CPU per ViT-g clip, 80-98% "
-                                       "of unchecked clips/s at 1 worker on 2 cores; SHA-256 for a format-2 store: "
-                                       "BENCHMARKS.md, checked reads).")
+                                       "training (xxh3-128 digests of the rows read: ~0.7 ms of CPU per ViT-g clip, 92% "
+                                       "of unchecked clips/s at 1 worker on 2 cores; slower for stores sealed by "
+                                       "older code: BENCHMARKS.md, checked reads).")
     cache: Path | None = setting(None, "Keep a local copy of the chunks read from a remote store in this folder, "
                                        "so epochs after the first read from local disk (checked against the "
                                        "seals; workers and runs may share it).")
