@@ -334,8 +334,8 @@ def store_migrate(path: str = StorePath,
                                              "(docs/store-format.md, \"Seals\": blake3 where a store must be "
                                              "tamper-evident).")) -> None:
     """Reseal every shard with xxh3-128 digests (or --digest's; store format 3) and, for uncompressed bf16/fp16
-    features, a digest per row (so training reads only the rows it needs); each file is checked against its old seal first. Safe to
-    kill: run it again to finish."""
+    features, a digest per row (so training reads only the rows it needs); each file is checked against its old
+    seal first. Safe to kill: run it again to finish."""
     from store import reseal, sealed_units
 
     if digest not in DIGESTS:
