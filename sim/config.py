@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
 from common.settings import check, device_setting, setting
 from train.config import CEMConfig
 
@@ -67,12 +68,16 @@ class SimEvalConfig:
     checkpoint: Path = setting(help="Predictor checkpoint (RUN/latest.pt) trained on a store of this simulator.")
     out: Path | None = setting(None, "Report folder (default: sim-ENV-TASK/ beside the checkpoint).")
     videos: int = setting(3, "Closed-loop episodes written as MP4 (goal inset).", min=0)
+    model: bool = setting(True, "Plan with the checkpoint's model (--no-model: only the baselines and the oracle, "
+                                "to measure what the planner allows whatever the predictor).")
     baselines: bool = setting(True, "Also run random actions and holding still on the same starts and goals.")
     sim: SimTask = setting(factory=SimTask)
     cem: CEMConfig = setting(factory=CEMConfig)
 
     def __post_init__(self) -> None:
         check(self)
+        if not (self.model or self.baselines or self.sim.oracle):
+            raise UserError("--no-model --no-baselines leaves no policy to run: add --oracle or drop one of them")
 
 
 @dataclass

