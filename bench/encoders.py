@@ -108,8 +108,8 @@ def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stag
     for task in ("reach", "push") if b.oracle_episodes else ():  # the simulator as the world model, with the
         # same CEM and horizon: what they allow whatever the predictor; one per store (its features)
         on_stage(f"{camera}-{encoder}: oracle {task}")
-        cfg = SimEvalConfig(checkpoint=last, out=features / f"sim-oracle-{task}", videos=0, model=False, baselines=False,
-                            sim=_task(b, task, oracle=True, episodes=b.oracle_episodes), cem=cem)
+        cfg = SimEvalConfig(checkpoint=last, out=features / f"sim-oracle-{task}", videos=0, model=False,
+                            baselines=False, sim=_task(b, task, oracle=True, episodes=b.oracle_episodes), cem=cem)
         result[f"oracle_{task}"] = _cached(_kept(b, features, task, oracle=True),
                                            lambda: run_sim_eval(cfg).report["policies"])["oracle"]
     return result
