@@ -69,7 +69,7 @@ def run(cfg: CheckedReadsBench) -> Section:
     ratio = {a: median(c / u for c, u in zip(rates[a], rates["unchecked"])) for a in DIGESTS}  # of runs side by side
     hash_mb = {a: digest_rate(feature_files(root), a) for a in DIGESTS}
     verify_mb = {a: verify_rate(stores[a]) for a in DIGESTS}
-    for a, store in stores.items():
+    for store in stores.values():
         if store != root:
             shutil.rmtree(store)
     clip_mb = 8 * TOKENS * VITG_DIM * 2 / 1e6
