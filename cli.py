@@ -100,7 +100,7 @@ def _counted(label: str, total: int, run: Callable[[Callable], T]) -> T:
 
 
 def _table(title: str, header: list[str] | None, rows: list[list]) -> None:
-    t = Table(title=title, show_header=header is not None)
+    t = Table(title=escape(title), show_header=header is not None)  # titles hold paths, never markup
     for col in header or ["", ""]:
         t.add_column(col, justify="right" if header else "left")
     for row in rows:
@@ -278,7 +278,7 @@ def store_info(path: str = StorePath) -> None:
     from store.inspect import summary
 
     s = summary(open_store(path))
-    _table(str(path), None, [[k, v] for k, v in s.attrs.items()] + [
+    _table(str(path), None, [[k, escape(str(v))] for k, v in s.attrs.items()] + [
         ["units sealed", f"{s.units_sealed}/{s.num_units}"], ["episodes ok", s.episodes_ok],
         ["episodes skipped", s.episodes_skipped], ["frames", s.frames], ["hours", f"{s.hours:.3f}"],
         ["size", human_bytes(s.bytes)]])
@@ -296,12 +296,12 @@ def store_show(path: str = StorePath, episode: int = typer.Argument(..., help="E
         output_file(png, "--png")
     store = open_store(path)
     s = episode_summary(store, episode)
-    console.print(f"[bold]episode {episode}[/bold]  status={s.row['status']} {s.row['reason']}")
+    console.print(f"[bold]episode {episode}[/bold]  status={s.row['status']} {escape(str(s.row['reason']))}")
     for k in ("source", "camera", "task", "success", "num_frames", "native_fps", "stride", "note", "unit"):
-        console.print(f"  {k}: {s.row[k]}")
+        console.print(f"  {k}: {escape(str(s.row[k]))}")  # a dataset's own strings: a task may hold "[...]"
     if not s.state:
         return
-    console.print("  state       " + ", ".join(s.state["names"]))
+    console.print("  state       " + escape(", ".join(s.state["names"])))
     for k in ("first", "last", "min", "max"):
         console.print(f"  state {k:5s} [" + ", ".join(f"{x:.3f}" for x in s.state[k]) + "]")
     console.print(f"  path length: {s.state['path_length']:.4f}")
@@ -321,11 +321,11 @@ def store_verify(path: str = StorePath) -> None:
 
     problems = _counted("verifying shards", len(sealed_units(path)), lambda tick: verify(path, on_shard=tick))
     for problem in problems:
-        console.print(f"[red]BAD[/red] {problem}")
+        console.print(f"[red]BAD[/red] {escape(problem)}")
     if problems:
-        console.print(f"[red]{len(problems)} problem(s) in {path}[/red]")
+        console.print(f"[red]{len(problems)} problem(s) in {escape(path)}[/red]")
         raise typer.Exit(1)
-    console.print(f"[green]OK[/green] {path}: every unit sealed, checksums and manifest consistent")
+    console.print(f"[green]OK[/green] {escape(path)}: every unit sealed, checksums and manifest consistent")
 
 
 @store_app.command("migrate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -88,6 +89,13 @@ def test_info(store):
     assert {k: rows[k] for k in ("units sealed", "episodes ok", "episodes skipped", "frames", "hours", "size")} == {
         "units sealed": "3/3", "episodes ok": "12", "episodes skipped": "3", "frames": str(frames),
         "hours": f"{frames / 4.0 / 3600:.3f}", "size": kib(folder_bytes(store))}
+
+
+def test_a_path_with_brackets_prints_as_it_is(store, tmp_path):
+    """rich reads "[word]" as a style tag: a store's path (and a dataset's strings) must print unchanged."""
+    odd = Path(shutil.copytree(store, tmp_path / "[run]" / "store"))
+    assert "[run]" in printed("store", "info", odd)
+    assert f"OK {odd}: every unit sealed" in printed("store", "verify", odd)
 
 
 def test_show_and_png(store, tmp_path):
