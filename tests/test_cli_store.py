@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from store.format import shard_dir
-from tests.conftest import cli_main
+from tests.conftest import cli_main, cli_ok
 from tests.fake_store import (
     DIM,
     PER_UNIT,
@@ -31,12 +31,6 @@ def cli(*args) -> subprocess.CompletedProcess:
     """`python cli.py ARGS`, run in this process (4-5 s less each than starting Python and torch again)."""
     code, out, err = cli_main(*args)
     return subprocess.CompletedProcess(args, code or 0, out, err)
-
-
-def printed(*args) -> str:
-    r = cli(*args)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -72,7 +66,7 @@ def store(tmp_path_factory) -> Path:
 
 
 def test_ls(store):
-    out = printed("store", "ls", store)
+    out = cli_ok("store", "ls", store)
     assert "(3 of 3 units present)" in " ".join(out.split())
     ids = [range(u * PER_UNIT, (u + 1) * PER_UNIT) for u in range(len(UNITS))]
     assert table_rows(out) == [[f"{u:05d}", "sealed", str(PER_UNIT), str(frames_of(ids[u])),
@@ -80,7 +74,7 @@ def test_ls(store):
 
 
 def test_info(store):
-    rows = {row[0]: row[1] for row in table_rows(printed("store", "info", store)) if row[0]}
+    rows = {row[0]: row[1] for row in table_rows(cli_ok("store", "info", store)) if row[0]}
     frames = frames_of(range(15))
     assert frames == 104
     assert {k: rows[k] for k in ("encoder", "num_units", "feature_dim", "grid", "fps", "codec", "actions")} == {
@@ -94,13 +88,13 @@ def test_info(store):
 def test_a_path_with_brackets_prints_as_it_is(store, tmp_path):
     """rich reads "[word]" as a style tag: a store's path (and a dataset's strings) must print unchanged."""
     odd = Path(shutil.copytree(store, tmp_path / "[run]" / "store"))
-    assert "[run]" in printed("store", "info", odd)
-    assert f"OK {odd}: every unit sealed" in printed("store", "verify", odd)
+    assert "[run]" in cli_ok("store", "info", odd)
+    assert f"OK {odd}: every unit sealed" in cli_ok("store", "verify", odd)
 
 
 def test_show_and_png(store, tmp_path):
     png = tmp_path / "ep.png"
-    out = printed("store", "show", store, 2, "--png", png)
+    out = cli_ok("store", "show", store, 2, "--png", png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in out
     lines = [line.strip() for line in out.splitlines()]
     features, state = stored_features(2), episode_data(2)[1]
@@ -119,14 +113,14 @@ def test_show_and_png(store, tmp_path):
                          np.r_[0, np.abs(np.diff(f, axis=0)).mean((1, 2))]], 1)
     assert np.allclose(table[:, 3:], expected, atol=6e-4)  # printed to 4 (token norm: 3) decimals
 
-    out = printed("store", "show", store, 3)  # a skipped episode: its row, nothing else
+    out = cli_ok("store", "show", store, 3)  # a skipped episode: its row, nothing else
     lines = [line.strip() for line in out.splitlines()]
     assert lines[0] == "episode 3  status=skipped corrupt video" and "num_frames: 0" in lines
     assert not table_rows(out) and "path length" not in out
 
 
 def test_stats(store):
-    rows = dict(table_rows(printed("store", "stats", store)))
+    rows = dict(table_rows(cli_ok("store", "stats", store)))
     f = torch.cat([stored_features(e) for e in ok_ids(range(15))])  # [frames, tokens, D]
     norms = f.norm(dim=-1)
     dim_means = f.mean((0, 1))
