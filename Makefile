@@ -84,11 +84,13 @@ bench-s3: setup
 	$(S3_BENCH_ENV) $(PY) cli.py bench extract --corpus-url s3://bench/corpus --preset vit_g_mini --batch 32 \
 		--repeats 3 $(BENCH_ARGS)
 
-# closed loop (~2.6 h on 2 CPU cores, from its parts): reach in the demo world on the demo run's checkpoints;
+# closed loop (~2.3 h on 2 CPU cores, from its parts): reach in the demo world on the demo run's checkpoints;
 # then gym-pusht filmed by its agent camera, collected, extracted (random-weight vit_demo, 128 px, 10 fps: 2-D state-delta
-# actions) and trained here, reach and push; then through its top camera with ImageNet and random
-# EfficientNet-Lite0 features at 2 fps (bench encoders, ~1.1 h, the [pretrained] extra)
+# actions) and trained here, reach and push; then through its top camera at 256 px with ImageNet EfficientNet-Lite0
+# features at 2 fps, the map at stride 32 (bench encoders, ~46 min, the [pretrained] extra; SIM_ENCODERS=
+# effnet-imagenet,effnet-random adds the random-weight row beside it, ~45 min more)
 SIM_DIR := $(DATA)/sim
+SIM_ENCODERS := effnet-imagenet
 SIM_BENCH := --horizon 1 --budget 48 --samples 25,50,100,200 --iterations 6 $(BENCH_ARGS)
 sim-bench: setup
 	test -f $(DEMO_RUN)/step_00000900.pt || $(MAKE) demo
@@ -105,8 +107,8 @@ sim-bench: setup
 		--samples 25,50,100
 	$(PY) cli.py bench sim --run $(SIM_DIR)/pusht-run --env pusht --task push --size 128 $(SIM_BENCH) \
 		--samples 25,50,100
-	$(PY) cli.py bench encoders --directory $(SIM_DIR)/encoders --fps 2 --encoders effnet-imagenet,effnet-random \
-		--cameras top --conditionings token --episodes 10 --oracle-episodes 5
+	$(PY) cli.py bench encoders --directory $(SIM_DIR)/encoders --fps 2 --size 256 --feature-stride 32 \
+		--encoders $(SIM_ENCODERS) --cameras top --conditionings token --episodes 10 --oracle-episodes 5
 
 clean-demo:
 	rm -rf $(DEMO_CORPUS) $(DEMO_STORE) $(DEMO_RUN)

@@ -161,8 +161,8 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
     side = b.size // b.feature_stride
     body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {b.size} "
             f"px, extracted at {b.fps:g} fps with state-delta actions by each encoder ({side} x {side} tokens: "
-            f"`vit_demo`'s patches, EfficientNet-Lite0's stride-{b.feature_stride} map, its channels as the "
-            f"feature dim); the same "
+            + ("`vit_demo`'s patches, " if (b.size, b.feature_stride) == VIT_DEMO else "")
+            + f"EfficientNet-Lite0's stride-{b.feature_stride} map, its channels as the feature dim); the same "
             f"ac_demo predictor trained {b.steps} steps (batch 8, lr 1e-3) on each store, its actions given as "
             f"V-JEPA 2-AC's action token (token) or also joined to every frame token (concat, DINO-WM's "
             f"conditioning: `train --action-conditioning concat`). h = 1 / copy-last and "
