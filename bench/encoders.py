@@ -3,7 +3,8 @@ through each encoder and camera (collect, extract, train, eval, sim eval reach a
 
 Each row's corpus, store, run and reports live under DIRECTORY/<camera>-<encoder>/ and are reused, so an
 interrupted benchmark resumes where it stopped; the table also shows the rows of earlier runs with the same
-settings, so rows can be measured a few at a time."""
+settings, so rows can be measured a few at a time. A folder keeps the rows of one corpus size, frame rate and
+training length (its settings.json); other ones need another folder."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from model import ACTION_CONDITIONING
 from model.encoders import efficientnet
 from sim.collect import run_collect
 from sim.config import CollectConfig, SimEvalConfig, SimTask
+from sim.envs import pusht_env_class
 from sim.evaluate import run_sim_eval
 from train.config import CEMConfig, EvalConfig, TrainConfig
 from train.evaluate import run_eval
@@ -45,6 +47,18 @@ def _names(text: str, known, option: str) -> list[str]:
     if unknown or not names:
         raise UserError(f"{option} {text!r}: choose from {', '.join(known)}")
     return names
+
+
+def _same_settings(b: EncodersBench) -> None:
+    """The settings folder names do not carry are kept in the folder: a rerun with others would reuse rows made
+    with the first ones, so it is refused."""
+    mine = {"corpus_episodes": b.corpus_episodes, "fps": b.fps, "steps": b.steps}
+    kept = b.directory / "settings.json"
+    if not kept.exists():
+        kept.write_text(json.dumps(mine))
+    elif (theirs := json.loads(kept.read_text())) != mine:
+        made = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in theirs.items())
+        raise UserError(f"--directory {b.directory} holds rows made with {made}; use those or another --directory")
 
 
 def _cached(path: Path, make: Callable[[], dict]) -> dict:
@@ -138,7 +152,13 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
         raise UserError(f"--size {b.size} --feature-stride {b.feature_stride}: vit_demo takes {VIT_DEMO[0]} px "
                         f"frames in {VIT_DEMO[1]} px patches only")
     efficientnet.check(b.feature_stride, b.size, "--size")
+    pusht_env_class()  # the extras, before the first hour's work
+    if any(e.startswith("effnet") for e in encoders):
+        efficientnet.network_class()
+    if "effnet-imagenet" in encoders:
+        efficientnet.weights_file()
     output_dir(b.directory, "--directory")
+    _same_settings(b)
     rows, results = [], {}
     order = [(c, e, a) for c in CAMERAS for e in ENCODERS for a in ACTION_CONDITIONING]
     asked = {(c, e, a) for c in cameras for e in encoders for a in conditionings}

@@ -100,6 +100,15 @@ class DemoSim:
         return 0.0
 
 
+def pusht_env_class() -> type:
+    """gym-pusht's environment, or the [sim] extra's one-line message."""
+    try:
+        from gym_pusht.envs import PushTEnv
+    except ImportError:
+        raise UserError("--env pusht needs the [sim] extra: pip install -e '.[sim]' (gym-pusht)") from None
+    return PushTEnv
+
+
 class PushTSim:
     """gym-pusht: sim state [agent_x, agent_y, block_x, block_y, block_angle] (px of 512, rad)."""
 
@@ -113,10 +122,7 @@ class PushTSim:
             raise UserError(f"the PushT simulator films with the {' or '.join(PUSHT_CAMERAS)} camera, not {camera!r} "
                             f"(sim eval: the camera of the model's store; evaluate a model trained on a PushT corpus)")
         self.deltas, self.camera, self.size = actions == STATE_DELTA, camera, size
-        try:
-            from gym_pusht.envs import PushTEnv
-        except ImportError:
-            raise UserError("--env pusht needs the [sim] extra: pip install -e '.[sim]' (gym-pusht)") from None
+        PushTEnv = pusht_env_class()
         render = WORLD if camera == "agent" else size  # agent: one px per world px, cropped in image()
         # stepped with state observations, so a step is physics only; its pixel observation is rendered when
         # asked (the oracle plays 5 control steps per candidate and looks at the last: 5x fewer renders)

