@@ -25,8 +25,9 @@ def paths(tmp_path_factory) -> dict[str, str]:
     (root / "file.txt").write_text("not a folder")
     (root / "bench").mkdir()
     (root / "bench" / "settings.json").write_text('{"corpus_episodes": 800, "fps": 2.0, "steps": 3000}')
-    return {"BENCH": str(root / "bench"), "CORPUS": str(root / "corpus"), "STORE": str(store), "CKPT": str(root / "run" / "latest.pt"),
-            "FILE": str(root / "file.txt"), "NEW": str(root / "new"), "NOWHERE": str(root / "missing" / "x.png")}
+    return {"CORPUS": str(root / "corpus"), "STORE": str(store), "CKPT": str(root / "run" / "latest.pt"),
+            "FILE": str(root / "file.txt"), "NEW": str(root / "new"), "NOWHERE": str(root / "missing" / "x.png"),
+            "BENCH": str(root / "bench")}
 
 
 EXTRACT = ["extract", "--corpus", "CORPUS", "--out", "NEW", "--preset", "vit_test"]
