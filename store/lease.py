@@ -92,6 +92,7 @@ class UnitLocks:
         for _ in range(2):  # a second try after removing a stale lease
             try:
                 path.call("pipe_file", path.key, body, mode="create")
+                held = json.loads(path.read_bytes())  # read back: a server may ignore If-None-Match
             except FileExistsError:  # held; or this PUT took effect, its answer was lost and the retry was refused
                 try:
                     held, info = json.loads(path.read_bytes()), path.call("info", path.key)
@@ -102,7 +103,7 @@ class UnitLocks:
                         return held["owner"]
                     path.call("rm", path.key)
                     continue
-            if json.loads(path.read_bytes())["token"] != token:  # (a server that ignored If-None-Match)
+            if held.get("token") != token:  # another writer's PUT won on a server that ignored the condition
                 return "another writer"
             with self.guard:
                 self.held[unit] = body
