@@ -19,6 +19,7 @@ from extract.config import ExtractConfig
 from extract.job import run_extract
 from model import ACTION_CONDITIONING
 from model.encoders import efficientnet
+from model.predictor import PREDICTOR_PRESETS
 from sim.collect import run_collect
 from sim.config import CollectConfig, SimEvalConfig, SimTask
 from sim.envs import pusht_env_class
@@ -84,10 +85,12 @@ def _tag(b: EncodersBench) -> str:
     return _px(b) + ("" if b.feature_stride == VIT_DEMO[1] else f"-stride{b.feature_stride}")
 
 
-def _folders(b: EncodersBench, camera: str, encoder: str, conditioning: str) -> tuple[Path, Path]:
-    """A store's folder (its features, and their oracle) and a row's (its run and sim results)."""
+def _folders(b: EncodersBench, camera: str, encoder: str, conditioning: str, predictor: str) -> tuple[Path, Path]:
+    """A store's folder (its features, and their oracle) and a row's (its run and sim results): the store's, or
+    a subfolder per conditioning and predictor other than the defaults."""
     features = b.directory / f"{camera}{_tag(b)}-{encoder}"
-    return features, features if conditioning == "token" else features / conditioning
+    return features, features.joinpath(*(x for x, default in ((conditioning, "token"), (predictor, "ac_demo"))
+                                          if x != default))
 
 
 def _kept(b: EncodersBench, folder: Path, task: str, oracle: bool = False) -> Path:
@@ -96,14 +99,16 @@ def _kept(b: EncodersBench, folder: Path, task: str, oracle: bool = False) -> Pa
     return folder / f"{name}-{task}-{episodes}x{b.budget}steps-cem{b.samples}x{b.iterations}.json"
 
 
-def _done(b: EncodersBench, camera: str, encoder: str, conditioning: str) -> bool:
+def _done(b: EncodersBench, *row_key: str) -> bool:
     """Whether a row's last results are kept (every stage before them is then kept too)."""
-    features, row = _folders(b, camera, encoder, conditioning)
+    features, row = _folders(b, *row_key)
     return _kept(b, row, "push").exists() and (not b.oracle_episodes or _kept(b, features, "push", True).exists())
 
 
-def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stage: Callable[[str], None]) -> dict:
-    corpus, (features, row) = b.directory / f"corpus-{camera}{_px(b)}", _folders(b, camera, encoder, conditioning)
+def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, predictor: str,
+         on_stage: Callable[[str], None]) -> dict:
+    corpus = b.directory / f"corpus-{camera}{_px(b)}"
+    features, row = _folders(b, camera, encoder, conditioning, predictor)
     store, run = features / "store", row / "run"
     if not (corpus / "sim-000000.tar").exists():
         on_stage(f"{camera}: sim collect")
@@ -116,19 +121,19 @@ def _row(b: EncodersBench, camera: str, encoder: str, conditioning: str, on_stag
                                                                    "feature_stride": b.feature_stride})))
     last = run / f"step_{b.steps:08d}.pt"
     if not last.exists():
-        on_stage(f"{camera}-{encoder}-{conditioning}: train")
-        run_train(TrainConfig(store=str(store), out=run, preset="ac_demo", action_conditioning=conditioning,
+        on_stage(f"{camera}-{encoder}-{conditioning}-{predictor}: train")
+        run_train(TrainConfig(store=str(store), out=run, preset=predictor, action_conditioning=conditioning,
                               steps=b.steps, batch_size=8, lr=1e-3, start_lr=2e-4, anneal=b.steps // 5, val_every=0,
                               ckpt_every=b.steps, workers=1,
                               resume=(run / "latest.pt").exists()))
-    on_stage(f"{camera}-{encoder}-{conditioning}: eval")
+    on_stage(f"{camera}-{encoder}-{conditioning}-{predictor}: eval")
     metrics = _cached(row / f"eval-step{b.steps}.json",
                       lambda: run_eval(EvalConfig(checkpoint=last, store=str(store))).metrics)
     cem = CEMConfig(samples=b.samples, iterations=b.iterations, elites=min(10, b.samples))
     result = {"h1_over_copy": metrics["rollout_l1"][0] / metrics["copy_l1"][0],
               "shuffled_over_true": metrics["shuffled_over_true"][0]}
     for task in ("reach", "push"):
-        on_stage(f"{camera}-{encoder}-{conditioning}: sim eval {task}")
+        on_stage(f"{camera}-{encoder}-{conditioning}-{predictor}: sim eval {task}")
         cfg = SimEvalConfig(checkpoint=last, out=row / f"sim-{task}", videos=2, sim=_task(b, task), cem=cem)
         result[task] = _cached(_kept(b, row, task), lambda: run_sim_eval(cfg).report["policies"])
     for task in ("reach", "push") if b.oracle_episodes else ():  # the simulator as the world model, with the
@@ -148,6 +153,7 @@ def _rate(m: dict) -> str:
 def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None) -> Section:
     encoders, cameras = _names(b.encoders, ENCODERS, "--encoders"), _names(b.cameras, CAMERAS, "--cameras")
     conditionings = _names(b.conditionings, ACTION_CONDITIONING, "--conditionings")
+    predictors = _names(b.predictors, PREDICTOR_PRESETS, "--predictors")
     if (b.size, b.feature_stride) != VIT_DEMO and "vit_demo" in encoders:
         raise UserError(f"--size {b.size} --feature-stride {b.feature_stride}: vit_demo takes {VIT_DEMO[0]} px "
                         f"frames in {VIT_DEMO[1]} px patches only")
@@ -160,14 +166,14 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
     output_dir(b.directory, "--directory")
     _same_settings(b)
     rows, results = [], {}
-    order = [(c, e, a) for c in CAMERAS for e in ENCODERS for a in ACTION_CONDITIONING]
-    asked = {(c, e, a) for c in cameras for e in encoders for a in conditionings}
+    order = [(c, e, a, p) for c in CAMERAS for e in ENCODERS for a in ACTION_CONDITIONING for p in PREDICTOR_PRESETS]
+    asked = {(c, e, a, p) for c in cameras for e in encoders for a in conditionings for p in predictors}
     todo = [r for r in order if r in asked or _done(b, *r)]  # and the rows of earlier runs with these settings
-    for i, (camera, encoder, conditioning) in enumerate(todo):
-        r = _row(b, camera, encoder, conditioning,
+    for i, (camera, encoder, conditioning, predictor) in enumerate(todo):
+        r = _row(b, camera, encoder, conditioning, predictor,
                  lambda stage: log.info("bench encoders %d/%d: %s", i + 1, len(todo), stage))
-        results[f"{camera}-{encoder}-{conditioning}"] = r
-        rows.append([ENCODERS[encoder][0], camera, conditioning, f"{r['h1_over_copy']:.2f}",
+        results["-".join((camera, encoder, conditioning, predictor))] = r
+        rows.append([ENCODERS[encoder][0], camera, conditioning, predictor, f"{r['h1_over_copy']:.2f}",
                      f"{r['shuffled_over_true']:.2f}",
                      *(_rate(r[f"oracle_{t}"]) if b.oracle_episodes else "-" for t in ("reach", "push")),
                      f"**{_rate(r['reach']['model'])}**",
@@ -182,19 +188,21 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
     body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {b.size} "
             f"px, extracted at {b.fps:g} fps with state-delta actions by each encoder ({side} x {side} tokens: "
             + ("`vit_demo`'s patches, " if (b.size, b.feature_stride) == VIT_DEMO else "")
-            + f"EfficientNet-Lite0's stride-{b.feature_stride} map, its channels as the feature dim); the same "
-            f"ac_demo predictor trained {b.steps} steps (batch 8, lr 1e-3) on each store, its actions given as "
+            + f"EfficientNet-Lite0's stride-{b.feature_stride} map, its channels as the feature dim); the "
+            f"predictor each row names (`train --preset`: ac_demo is 128 wide and 3 blocks deep, ac_vitg_mini 256 "
+            f"and 5) trained {b.steps} steps (batch 8, lr 1e-3) on each store, its actions given as "
             f"V-JEPA 2-AC's action token (token) or also joined to every frame token (concat, DINO-WM's "
             f"conditioning: `train --action-conditioning concat`). h = 1 / copy-last and "
             f"shuffled / true: `eval` on the held-out episodes (rollout L1 at one step over the copy-last "
             f"frame's; with other clips' actions over the true ones: above 1 means the model uses its actions). "
             f"Reach and push: `sim eval`, {b.episodes} episodes (task seed 0), budget {b.budget} control steps, "
-            f"horizon 1, CEM {b.samples} x {b.iterations}, success within 20 px; oracle: the same CEM with the "
-            f"simulator as the world model and the same features {oracle}, what the planner allows with a perfect "
-            f"model. Baselines on the same starts and goals ({todo[0][0]} camera): {baselines}. Everything under "
+            f"horizon 1, CEM {b.samples} x {b.iterations}, success within 20 px (push: agent and block together, "
+            f"and the block's angle within 20 degrees); oracle: the same CEM with the simulator as the world "
+            f"model and the same features {oracle}, what the planner allows with a perfect model. Baselines on "
+            f"the same starts and goals ({todo[0][0]} camera): {baselines}. Everything under "
             f"`{b.directory}`.\n\n"
-            + table(["encoder", "camera", "actions", "h = 1 / copy-last", "shuffled / true", "oracle reach",
-                     "oracle push", "model reach", "model push", "s per plan"], rows))
+            + table(["encoder", "camera", "actions", "predictor", "h = 1 / copy-last", "shuffled / true",
+                     "oracle reach", "oracle push", "model reach", "model push", "s per plan"], rows))
     return Section(f"encoders-{b.fps:g}fps{_tag(b)}", f"Encoders: which features let the predictor plan (PushT, "
                    f"{b.fps:g} fps, {b.size} px, stride {b.feature_stride})",
                    body, results)
