@@ -80,6 +80,7 @@ CASES = [
      "--size 200: EfficientNet-Lite0 takes a multiple of 32 pixels"),
     (["bench", "encoders", "--directory", "NEW", "--encoders", "effnet-random", "--feature-stride", "8"],
      "--feature-stride 8: EfficientNet-Lite0's feature maps are taken at stride 16 or 32"),
+    (["bench", "encoders", "--directory", "NEW", "--predictors", "ac_huge"], "--predictors 'ac_huge': choose from"),
     (["bench", "encoders", "--directory", "BENCH", "--encoders", "effnet-random", "--fps", "2"],
      "holds rows made with --corpus-episodes 800 --fps 2 --steps 3000; use those or another --directory"),
 ]
