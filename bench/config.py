@@ -127,7 +127,7 @@ class EncodersBench(BenchConfig):
     conditionings: str = setting("token,concat", "Predictor action conditionings, comma-separated (train "
                                                  "--action-conditioning): token, concat.")
     predictors: str = setting("ac_demo", "Predictor presets, comma-separated (train --preset): ac_demo, "
-                                         "ac_vitg_mini (4x its compute per step), ...")
+                                         "ac_vitg_mini (~5x ac_demo's training step time), ...")
     corpus_episodes: int = setting(400, "Scripted episodes collected per camera.", min=10)
     fps: float = setting(10.0, "Stored frames per second (PushT runs at 10 Hz: 2 stores every 5th frame, and the "
                                "planner's action spans 5 control steps).", gt=0, max=10)

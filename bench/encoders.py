@@ -185,6 +185,7 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
                           for t in ("reach", "push"))
     oracle = f"({b.oracle_episodes} episodes per task)" if b.oracle_episodes else "(not run here)"
     side = b.size // b.feature_stride
+    kept = ["/".join(r) for r in todo if r not in asked]
     body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {b.size} "
             f"px, extracted at {b.fps:g} fps with state-delta actions by each encoder ({side} x {side} tokens: "
             + ("`vit_demo`'s patches, " if (b.size, b.feature_stride) == VIT_DEMO else "")
@@ -200,7 +201,8 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
             f"and the block's angle within 20 degrees); oracle: the same CEM with the simulator as the world "
             f"model and the same features {oracle}, what the planner allows with a perfect model. Baselines on "
             f"the same starts and goals ({todo[0][0]} camera): {baselines}. Everything under "
-            f"`{b.directory}`.\n\n"
+            f"`{b.directory}`" + (f"; the rows this command did not ask for ({', '.join(kept)}) are kept from "
+                                  f"earlier runs in it" if kept else "") + ".\n\n"
             + table(["encoder", "camera", "actions", "predictor", "h = 1 / copy-last", "shuffled / true",
                      "oracle reach", "oracle push", "model reach", "model push", "s per plan"], rows))
     return Section(f"encoders-{b.fps:g}fps{_tag(b)}", f"Encoders: which features let the predictor plan (PushT, "
