@@ -186,12 +186,14 @@ def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None)
     oracle = f"({b.oracle_episodes} episodes per task)" if b.oracle_episodes else "(not run here)"
     side = b.size // b.feature_stride
     kept = ["/".join(r) for r in todo if r not in asked]
+    sizes = "; ".join(f"{p}: width {PREDICTOR_PRESETS[p].width}, depth {PREDICTOR_PRESETS[p].depth}"
+                      for p in dict.fromkeys(r[3] for r in todo))
     body = (f"PushT (gym-pusht), {b.corpus_episodes} scripted episodes of 80 control steps per camera at {b.size} "
             f"px, extracted at {b.fps:g} fps with state-delta actions by each encoder ({side} x {side} tokens: "
             + ("`vit_demo`'s patches, " if (b.size, b.feature_stride) == VIT_DEMO else "")
             + f"EfficientNet-Lite0's stride-{b.feature_stride} map, its channels as the feature dim); the "
-            f"predictor each row names (`train --preset`: ac_demo is 128 wide and 3 blocks deep, ac_vitg_mini 256 "
-            f"and 5) trained {b.steps} steps (batch 8, lr 1e-3) on each store, its actions given as "
+            f"predictor each row names (`train --preset`: {sizes}) trained {b.steps} steps (batch 8, lr 1e-3) "
+            f"on each store, its actions given as "
             f"V-JEPA 2-AC's action token (token) or also joined to every frame token (concat, DINO-WM's "
             f"conditioning: `train --action-conditioning concat`). h = 1 / copy-last and "
             f"shuffled / true: `eval` on the held-out episodes (rollout L1 at one step over the copy-last "
