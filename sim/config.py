@@ -53,6 +53,10 @@ class SimTask:
     oracle: bool = setting(False, "Also plan with the simulator as the world model: CEM's candidates played from "
                                   "the current state, their frames encoded. What a perfect predictor could do "
                                   "with these features; slow (samples x iterations rollouts per plan).")
+    state_oracle: bool = setting(False, "Also plan with the simulator as the world model and the task's own score "
+                                        "(distance; push: and the block's angle) as the energy: what CEM, horizon "
+                                        "and budget allow with a perfect model and a perfect energy, whatever the "
+                                        "encoder; no frame rendered, so fast.")
     encoder_checkpoint: Path | None = setting(None, "The store's encoder weights (not needed for a "
                                                     "random-init encoder: it is rebuilt from its seed).")
     device: str | None = device_setting()
@@ -76,8 +80,9 @@ class SimEvalConfig:
 
     def __post_init__(self) -> None:
         check(self)
-        if not (self.model or self.baselines or self.sim.oracle):
-            raise UserError("--no-model --no-baselines leaves no policy to run: add --oracle or drop one of them")
+        if not (self.model or self.baselines or self.sim.oracle or self.sim.state_oracle):
+            raise UserError("--no-model --no-baselines leaves no policy to run: add --oracle or --state-oracle, or "
+                            "drop one of them")
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Each episode: reset to a start, render the goal, then until the budget of control steps is spent:
 encode the camera frame, plan `horizon` frame-skipped actions with CEM towards the goal's features
-(`train.plan.Planner`), execute the first, replan. The random and hold baselines, and the oracle
-(the same CEM with the simulator itself as the world model), run the same starts and goals.
+(`train.plan.Planner`), execute the first, replan. The random and hold baselines and the oracles (the same
+CEM with the simulator itself as the world model, scoring the encoded frame or the task's own score of the
+state) run the same starts and goals.
 Success is judged on the final simulator state.
 """
 
@@ -74,13 +75,26 @@ def distance(sim, task: str, state: np.ndarray, goal: np.ndarray) -> float:
     return float(np.linalg.norm(sim.positions(state) - sim.positions(goal)))
 
 
+def angle_error(sim, state: np.ndarray, goal: np.ndarray) -> float:
+    """The block's angle to the goal's, in radians of -pi..pi."""
+    return (sim.block_angle(state) - sim.block_angle(goal) + np.pi) % (2 * np.pi) - np.pi
+
+
 def succeeded(sim, task: str, state: np.ndarray, goal: np.ndarray) -> bool:
     if distance(sim, task, state, goal) >= sim.reach_tolerance:
         return False
     if task == "push" and sim.angle_tolerance is not None:
-        error = (sim.block_angle(state) - sim.block_angle(goal) + np.pi) % (2 * np.pi) - np.pi
-        return abs(error) < sim.angle_tolerance
+        return abs(angle_error(sim, state, goal)) < sim.angle_tolerance
     return True
+
+
+def task_energy(sim, task: str, state: np.ndarray, goal: np.ndarray) -> float:
+    """The task's own score as an energy: the distance, and for push the block's angle error weighted so that its
+    tolerance weighs as much as the distance's (the state oracle's energy)."""
+    energy = distance(sim, task, state, goal)
+    if task == "push" and sim.angle_tolerance is not None:
+        energy += abs(angle_error(sim, state, goal)) * sim.reach_tolerance / sim.angle_tolerance
+    return energy
 
 
 def run_episode(sim, task: str, policy: Callable[[np.ndarray, np.ndarray], np.ndarray], start: np.ndarray,
@@ -103,33 +117,50 @@ def run_episode(sim, task: str, policy: Callable[[np.ndarray, np.ndarray], np.nd
             "first_success_step": first, "seconds_per_plan": float(np.mean(seconds)), "frames": frames}
 
 
-def oracle_policy(sim, twin, planner: Planner, goal_image: np.ndarray, horizon: int, stride: int) -> Callable:
-    """CEM whose energies come from the simulator: each candidate sequence played on `twin` from `sim`'s
-    current state (PushT: at rest), its last frame encoded and compared with the goal's features."""
-    goal = planner.encode([goal_image])[0]
+def oracle_policy(sim, twin, planner: Planner, horizon: int, stride: int, look: Callable,
+                  energy: Callable[[list], torch.Tensor]) -> Callable:
+    """CEM whose energies come from the simulator: each candidate sequence played on `twin` from `sim`'s current
+    state (PushT: at rest), `look(twin)` taken where it ends and the S looks scored by `energy` ([S])."""
 
     def act(image: np.ndarray, state: np.ndarray) -> np.ndarray:
         now = sim.sim_state()
 
         def energies(actions: torch.Tensor) -> torch.Tensor:  # [S, H, A] -> [S]
-            frames = []
+            ends = []
             for sequence in actions.numpy():
                 twin.reset(now)
                 for action in sequence:
                     for control in twin.controls(action, stride):
                         twin.step(control)
-                frames.append(twin.image())
-            z = torch.cat([planner.encode(frames[i:i + 64]) for i in range(0, len(frames), 64)])
-            return (z - goal).abs().mean((1, 2))
+                ends.append(look(twin))
+            return energy(ends)
 
         return cem(energies, planner.space(torch.as_tensor(state)), planner.cfg, horizon).actions[0].numpy()
 
     return act
 
 
+def feature_oracle(sim, twin, planner: Planner, goal_image: np.ndarray, horizon: int, stride: int) -> Callable:
+    """The oracle: a candidate's energy is the L1 distance of its last frame's features to the goal image's."""
+    goal = planner.encode([goal_image])[0]
+
+    def energy(frames: list[np.ndarray]) -> torch.Tensor:
+        z = torch.cat([planner.encode(frames[i:i + 64]) for i in range(0, len(frames), 64)])
+        return (z - goal).abs().mean((1, 2))
+
+    return oracle_policy(sim, twin, planner, horizon, stride, lambda t: t.image(), energy)
+
+
+def state_oracle(sim, twin, planner: Planner, task: str, goal: np.ndarray, horizon: int, stride: int) -> Callable:
+    """The state oracle: a candidate's energy is the task's own score of the state it ends in (no frame rendered)."""
+    return oracle_policy(sim, twin, planner, horizon, stride, lambda t: t.sim_state(),
+                         lambda ends: torch.tensor([task_energy(sim, task, s, goal) for s in ends]))
+
+
 def policy_names(cfg: SimEvalConfig) -> list[str]:
     """The policies a run plays, in order; the first one's episodes are drawn (grid.png, videos)."""
-    return ["model"] * cfg.model + ["random", "hold"] * cfg.baselines + ["oracle"] * cfg.sim.oracle
+    return (["model"] * cfg.model + ["random", "hold"] * cfg.baselines + ["oracle"] * cfg.sim.oracle
+            + ["state-oracle"] * cfg.sim.state_oracle)
 
 
 @dataclass
@@ -166,17 +197,19 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                                                                                                  generator=rng)
         return a.numpy()
 
-    twin = new_sim() if t.oracle else None  # the oracle's imagination
-    policies = {"model": lambda goal: lambda image, state: planner.act(image, state, goal, t.horizon),
-                "random": lambda goal: random_action,
-                "hold": lambda goal: lambda image, state: planner.space(torch.as_tensor(state)).mean.numpy(),
-                "oracle": lambda goal: oracle_policy(sim, twin, planner, goal, t.horizon, stride)}
+    twin = new_sim() if t.oracle or t.state_oracle else None  # the oracles' imagination
+    policies = {  # name -> (goal state, goal image) -> policy
+        "model": lambda goal, image: lambda now, state: planner.act(now, state, image, t.horizon),
+        "random": lambda goal, image: random_action,
+        "hold": lambda goal, image: lambda now, state: planner.space(torch.as_tensor(state)).mean.numpy(),
+        "oracle": lambda goal, image: feature_oracle(sim, twin, planner, image, t.horizon, stride),
+        "state-oracle": lambda goal, image: state_oracle(sim, twin, planner, t.task, goal, t.horizon, stride)}
     out = output_dir(cfg.out or Path(cfg.checkpoint).parent / f"sim-{t.env}-{t.task}", "--out")
     results, finals, names = {}, [], policy_names(cfg)
     for name in names:
         outcomes = []
         for i, ((start, goal), goal_image) in enumerate(zip(tasks, goals)):
-            outcome = run_episode(sim, t.task, policies[name](goal_image), start, goal, t.budget, stride)
+            outcome = run_episode(sim, t.task, policies[name](goal, goal_image), start, goal, t.budget, stride)
             frames = outcome.pop("frames")
             if name == names[0]:
                 finals.append((frames[0], goal_image, frames[-1]))

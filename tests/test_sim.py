@@ -19,7 +19,7 @@ from model.checkpoint import ModelMeta
 from sim.collect import rollout_episode, run_collect
 from sim.config import CollectConfig
 from sim.envs import make_sim
-from sim.evaluate import frame_skip
+from sim.evaluate import frame_skip, make_tasks, run_episode, state_oracle, task_energy
 from store import open_store
 from tests.conftest import assert_one_error_line, cli_main, cli_ok
 from train.config import CEMConfig
@@ -172,6 +172,27 @@ def test_cem_pick_best_keeps_a_plan_that_no_sample_beats():
     assert cem(well, space, CEMConfig(samples=50, iterations=3, elites=5)).actions.abs().max() > 0.01
 
 
+@needs_pusht
+def test_pusht_state_oracle_pushes_the_block_towards_the_goal():
+    """The state oracle (the simulator as the model, the task's own score as the energy) on PushT push episodes:
+    it ends nearer the goal than it started, where holding still stays; its energy is zero at the goal and
+    weighs an angle error of the angle tolerance as much as a distance of the distance tolerance."""
+    sim, twin = make_sim("pusht", size=32, actions="state-delta"), make_sim("pusht", size=32, actions="state-delta")
+    meta = ModelMeta("ac_test", 8, (2, 2), 2, 2, "state-delta",
+                     stats={"action": {"p01": [-80.0, -80.0], "p99": [80.0, 80.0]}})
+    planner = Planner(torch.nn.Identity(), meta, CEMConfig(samples=32, iterations=3, elites=6, seed=1,
+                                                           state_from_action="target"), torch.device("cpu"))
+    (start, goal), = make_tasks(sim, "push", 1, 0)
+    assert task_energy(sim, "push", goal, goal) == 0
+    turned = goal.copy()
+    turned[4] += sim.angle_tolerance
+    assert task_energy(sim, "push", turned, goal) == pytest.approx(sim.reach_tolerance)
+    before = task_energy(sim, "push", start, goal)
+    outcome = run_episode(sim, "push", state_oracle(sim, twin, planner, "push", goal, 1, 5), start, goal, 30, 5)
+    # measured: from 217 to 7.9 in 30 control steps, and it succeeds (CEM seed 1; 8.4 and 7.9 at seeds 2 and 3)
+    assert task_energy(sim, "push", sim.sim_state(), goal) < 0.3 * before, outcome
+
+
 def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
     run, _ = demo_run
     out = tmp_path / "sim"
@@ -200,10 +221,12 @@ def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
     args = ("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "demo", "--episodes", 1, "--budget", 12,
             "--horizon", 1, "--samples", 64, "--iterations", 3, "--elites", 8, "--out", out / "oracle", "--device",
             "cpu", "--no-model", "--no-baselines")
-    cli_ok(*args, "--oracle", "--videos", 1)
+    cli_ok(*args, "--oracle", "--state-oracle", "--videos", 1)
     alone = json.loads((out / "oracle" / "report.json").read_text())["policies"]
     same = ("success", "distance", "first_success_step")  # as in the run with every policy: CEM seeds each plan
-    assert list(alone) == ["oracle"] and [{k: e[k] for k in same} for e in alone["oracle"]["per_episode"]] == \
+    assert alone["state-oracle"]["final_distance_median"] < hold["per_episode"][0]["distance"], alone
+    assert list(alone) == ["oracle", "state-oracle"]
+    assert [{k: e[k] for k in same} for e in alone["oracle"]["per_episode"]] == \
         [{k: e[k] for k in same} for e in oracle["per_episode"][:1]]
     assert (out / "oracle" / "episode_000.mp4").exists()
     code, _, err = cli_main(*args)
