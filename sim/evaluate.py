@@ -120,20 +120,23 @@ def run_episode(sim, task: str, policy: Callable[[np.ndarray, np.ndarray], np.nd
 def oracle_policy(sim, twin, planner: Planner, horizon: int, stride: int, look: Callable,
                   energy: Callable[[list], torch.Tensor]) -> Callable:
     """CEM whose energies come from the simulator: each candidate sequence played on `twin` from `sim`'s current
-    state (PushT: at rest), `look(twin)` taken where it ends and the S looks scored by `energy` ([S])."""
+    state (PushT: at rest), `look(twin)` taken where it ends (with CEM's `energy` all, after each action) and
+    the looks scored by `energy` (one value each), averaged per candidate."""
+    every = planner.cfg.energy == "all"
 
     def act(image: np.ndarray, state: np.ndarray) -> np.ndarray:
         now = sim.sim_state()
 
         def energies(actions: torch.Tensor) -> torch.Tensor:  # [S, H, A] -> [S]
-            ends = []
+            looks = []
             for sequence in actions.numpy():
                 twin.reset(now)
-                for action in sequence:
+                for k, action in enumerate(sequence):
                     for control in twin.controls(action, stride):
                         twin.step(control)
-                ends.append(look(twin))
-            return energy(ends)
+                    if every or k == len(sequence) - 1:
+                        looks.append(look(twin))
+            return energy(looks).view(len(actions), -1).mean(1)
 
         return cem(energies, planner.space(torch.as_tensor(state)), planner.cfg, horizon).actions[0].numpy()
 
@@ -141,7 +144,7 @@ def oracle_policy(sim, twin, planner: Planner, horizon: int, stride: int, look: 
 
 
 def feature_oracle(sim, twin, planner: Planner, goal_image: np.ndarray, horizon: int, stride: int) -> Callable:
-    """The oracle: a candidate's energy is the L1 distance of its last frame's features to the goal image's."""
+    """The oracle: a candidate's energy is the L1 distance of its frame's features to the goal image's."""
     goal = planner.encode([goal_image])[0]
 
     def energy(frames: list[np.ndarray]) -> torch.Tensor:
@@ -220,7 +223,7 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                 on_episode(name, i)
         results[name] = {**summarize(outcomes), "per_episode": outcomes}
     write_grid(out / "grid.png", finals, names[0])
-    cem_keys = ("samples", "iterations", "elites", "pick", "state_from_action")
+    cem_keys = ("samples", "iterations", "elites", "pick", "energy", "state_from_action")
     report = {"env": t.env, "task": t.task, "episodes": t.episodes, "budget": t.budget,
               "horizon": t.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance, "unit": sim.unit,
               "checkpoint": str(cfg.checkpoint), "cem": {k: getattr(cem_cfg, k) for k in cem_keys},

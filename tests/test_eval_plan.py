@@ -113,6 +113,22 @@ def test_cached_rollouts_give_the_same_energies(horizon, conditioning):
     assert float((cached - full).abs().max()) < 1e-5 and float(full.std()) > 1e-4  # the actions matter
 
 
+def test_energy_all_is_the_mean_of_each_prefix_s_last_frame_energy():
+    """--energy all scores a sequence by every predicted frame: the mean of what --energy last gives its prefixes."""
+    from train.plan import Planner
+
+    torch.manual_seed(0)
+    model = ACPredictor(24, (2, 3), PREDICTOR_PRESETS["ac_test"]).eval()
+    g = torch.Generator().manual_seed(5)
+    z0, goal = torch.randn(6, 24, generator=g), torch.randn(6, 24, generator=g)
+    actions = torch.randn(16, 3, 7, generator=g) * 0.05
+    state = torch.tensor([0.5, 0.0, 0.1, 3.1, 0.0, 0.2, 0.5])
+    last, every = (Planner(model, RELEASED_META, CEMConfig(energy=e), torch.device("cpu")) for e in ("last", "all"))
+    prefixes = torch.stack([last.energies(z0, state, goal, actions[:, :k]) for k in (1, 2, 3)], 1)  # [16, 3]
+    torch.testing.assert_close(every.energies(z0, state, goal, actions), prefixes.mean(1))
+    assert float((prefixes[:, 2] - prefixes.mean(1)).abs().max()) > 1e-3  # the two energies differ
+
+
 def test_eval_cli_on_the_demo_model(demo_run, demo_store, tmp_path):
     from train.evaluate import EvalReport
 

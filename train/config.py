@@ -141,6 +141,10 @@ class CEMConfig:
                                 "lowest-energy candidate seen, each iteration's mean among the candidates, so "
                                 "a plan that nothing sampled beats is kept; for sparse energies).",
                         choices=("mean", "best"))
+    energy: str = setting("last", "What the energy compares with the goal: the frame after the last action (last, "
+                                  "the paper's) or every planned frame (all: their mean L1, so a plan must make "
+                                  "progress at each step; with a horizon above 1, MPC then cannot keep putting "
+                                  "the work off to a step it never executes).", choices=("last", "all"))
     energy_batch: int = setting(800, "Energies per predictor call.", min=1, max=1_000_000)
     seed: int = setting(0, "Seed of the CEM samples.", min=0)
 

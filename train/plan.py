@@ -2,7 +2,8 @@
 and the Planner (train/plan_report.py runs the `plan` and `plan-eval` commands on them).
 
 Energy of an action sequence a_0..a_{H-1} from a start frame z (with its state s) = mean L1
-between the layer-normalised prediction after the last step and the goal features. States
+between the layer-normalised prediction after the last step and the goal features (with
+`--energy all`, the mean over the predictions after every step). States
 are rolled forward by the action space's rule (store.actions: pose-delta as SPEC §6, s + a for
 state-delta, hold or target for a dataset's column).
 
@@ -169,7 +170,8 @@ class Planner:
     @torch.no_grad()
     def energies(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor,
                  actions: torch.Tensor) -> torch.Tensor:
-        """Energy [S] of S action sequences [S, H, A] from the normalised start frame z0 [N, D] with `state` [S]."""
+        """Energy [S] of S action sequences [S, H, A] from the normalised start frame z0 [N, D] with `state` [S]:
+        the mean L1 of the last predicted frame (or with `energy` all, of every one) to the goal [N, D]."""
         out = []
         for chunk in actions.to(z0.device).split(self.cfg.energy_batch):
             s, h = chunk.shape[:2]
@@ -177,9 +179,11 @@ class Planner:
             for k in range(h - 1):
                 states.append(self.next_state(states[-1], chunk[:, k]))
             with bf16_autocast(z0.device):
-                last = rollout(self.model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states, 1).float(), h,
-                               self.cached)[:, -1]
-            out.append((last.float() - goal).abs().mean((1, 2)))
+                frames = rollout(self.model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states, 1).float(), h,
+                                 self.cached)  # [s, h, N, D]
+            if self.cfg.energy == "last":
+                frames = frames[:, -1:]
+            out.append((frames.float() - goal).abs().mean((1, 2, 3)))
         return torch.cat(out)
 
     @torch.inference_mode()
