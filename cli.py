@@ -207,7 +207,7 @@ def evaluate(cfg: EvalConfig) -> None:
              f"{m['shuffled_over_true'][h]:.3f}", f"{m['zero_over_true'][h]:.3f}"] for h in range(r.frames - 1)])
     console.print(f"teacher-forcing L1 {m['tf_l1']:.4f} ± {m['tf_l1_se']:.4f}")
     console.print(f"with other clips' actions the rollout error is {100 * r.shuffled_worse:+.1f}% on average "
-                  f"({'the model uses its actions' if r.uses_actions else 'the model barely uses its actions'})")
+                  f"({r.verdict})")
     console.print(f"wrote {r.out / 'report.json'} and {r.out / 'horizon.png'}")
 
 

@@ -1,6 +1,6 @@
 """The pipeline's exceptions, in one place, free of heavy imports (the CLI imports this first)."""
 
-PREEMPTED_EXIT = 3  # exit code of a command stopped by SIGTERM or SIGUSR1 after saving its work (README, "Faults")
+PREEMPTED_EXIT = 3  # exit code of a command stopped by SIGTERM or SIGUSR1 after saving its work (docs/faults.md)
 
 
 class UserError(Exception):

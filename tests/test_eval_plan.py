@@ -144,6 +144,17 @@ def test_eval_cli_on_the_demo_model(demo_run, demo_store, tmp_path):
     assert EvalReport(report, 8, tmp_path / "eval").uses_actions
 
 
+def test_eval_verdict_follows_the_action_sensitivity(tmp_path):
+    from train.evaluate import EvalReport
+
+    def verdict(*ratios: float) -> str:
+        return EvalReport({"shuffled_over_true": list(ratios)}, 8, tmp_path).verdict
+
+    assert verdict(1.0, 1.01) == "the model barely uses its actions"
+    assert "a little" in verdict(1.05, 1.10)  # BENCHMARKS.md's models at 1.10 did not plan
+    assert "as much as the models that planned" in verdict(1.1, 1.3)
+
+
 def test_offline_planning_beats_the_zero_action(demo_run, demo_store, tmp_path):
     run, _ = demo_run
     # demo moves are at most ~5 cm per stored frame: search +-5 cm (the reference wrapper's default)
