@@ -75,7 +75,7 @@ def run(cfg: CheckedReadsBench) -> Section:
     clip_mb = 8 * TOKENS * VITG_DIM * 2 / 1e6
     # hashed per window: its rows (row digests), or the whole chunks a random 8-frame window touches (format 2)
     read_mb = {a: (7 / CHUNK + 1) * CHUNK / 8 * clip_mb if a == "sha256" else clip_mb for a in DIGESTS}
-    rows = [[f"checked against {label} seals ({role})", f"{clips[a]:.0f}", f"**{ratio[a]:.0%}**",
+    rows = [[f"checked against {label} seals ({role})", f"{clips[a]:.0f}", f"**{ratio[a]:.1%}**",
              f"{hash_mb[a]:.0f}", f"{1e3 * read_mb[a] / hash_mb[a]:.1f}", f"{verify_mb[a]:.0f}"]
             for a, (label, role) in DIGESTS.items()]
     rows.append(["unchecked", f"{clips['unchecked']:.0f}", "100%", "-", "-", "-"])

@@ -51,7 +51,7 @@ class CheckedReadsBench(DirBench):
     """What checking every chunk read against the shard's seal costs the trainer's data path."""
 
     frames: int = setting(1320, "Frames in the benchmark store (ViT-g size: 704 KiB each).", min=66)
-    clips: int = setting(200, "Clips read per measurement.", min=8)
+    clips: int = setting(1000, "Clips read per measurement (runs of seconds: steadier than short ones).", min=8)
     repeats: int = setting(9, "Runs per variant, alternating (the median is reported).", min=1)
 
 

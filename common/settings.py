@@ -8,6 +8,7 @@ one-line errors as a CLI user.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import MISSING, field, fields, is_dataclass
@@ -91,6 +92,8 @@ def env_number(name: str, default: float, minimum: float) -> float:
     raw = os.environ.get(name)
     try:
         value = default if raw is None else float(raw)
+        if not math.isfinite(value):
+            raise ValueError
     except ValueError:
         raise UserError(f"{name}={raw!r} is not a number") from None
     if value < minimum:

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.device import bf16_autocast, pick_device, rank_world
-from common.errors import Preempted, SkipEpisode
+from common.errors import Preempted, SkipEpisode, UserError
 from common.media import free_decoders
 from common.stop import StopRequest, ignore_stop_signals, stop_signals
 from model.encoders import build_encoder
@@ -163,6 +163,8 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
                          cfg.native_fps)
     robot = corpus.robot(cfg.fps)
     sources = corpus.sources()[: cfg.limit]
+    if not sources:  # (a store of no units would read as damaged metadata)
+        raise UserError(f"{cfg.corpus}: the {corpus.format} corpus lists no episodes")
     units = plan_units(sources, cfg.episodes_per_unit)
     encoder, weights_id = build_encoder(cfg.preset, cfg.checkpoint, cfg.random_init, family=cfg.encoder,
                                         feature_stride=cfg.feature_stride, image_size=cfg.image_size)

@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from common.files import output_dir, temp_name
 
+from .digest import DIGESTS
+
 log = logging.getLogger(__name__)
 TRIM_EVERY = 8  # look at the folder's size after adding 1/8 of the bound
 TRIM_TO = 0.9
+_COPY = re.compile(rf"\.?(?:{'|'.join(map(re.escape, DIGESTS))})-([0-9a-f]{{2}})[0-9a-f]*")  # a copy (or its temp
+# file): ALGORITHM-DIGEST in the folder named by the digest's first two characters
 
 
 class ChunkCache:
@@ -70,11 +75,14 @@ class ChunkCache:
             self.trim()
 
     def trim(self) -> None:
-        """Remove the least recently used copies while the folder holds more than the bound."""
+        """Remove the least recently used copies while the folder holds more than the bound. Only the cache's
+        own files count and go: `--cache` may name a folder that holds other files too."""
         self.added = 0
         entries = []
         for sub in self.dir.iterdir():
             for f in sub.iterdir() if sub.is_dir() else ():
+                if (m := _COPY.match(f.name)) is None or m.group(1) != sub.name:
+                    continue
                 try:
                     st = f.stat()
                 except FileNotFoundError:  # another worker removed it meanwhile

@@ -16,6 +16,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from .format import CODECS, COMPRESSIONS
 STORED_DTYPE = {"bf16": np.uint16, "fp16": np.float16, "int8": np.int8}
+FRAME_ARRAYS = ("features", "scales")  # chunked by chunk_frames and compressed as the store says; the rest per row
 FEATURE_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float16}  # what decode gives
 AS_STORED = ("bf16", "fp16")  # codecs whose stored bytes are the decoded features' bytes
 
@@ -59,6 +60,19 @@ def stored_view(features: torch.Tensor, codec: str) -> np.ndarray | None:
     if codec not in AS_STORED:
         return None
     return features.view(torch.int16).numpy().view(np.uint16) if codec == "bf16" else features.numpy()
+
+
+def shard_layout(config) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The arrays a shard of this store holds: the shape of one row and the dtype of each (the writer creates
+    them so, readers open them and `store verify` checks them)."""
+    c = config
+    layout = {"features": ((c.tokens, c.feature_dim), STORED_DTYPE[c.codec]), "state": ((c.state_dim,), np.float32),
+              "frame_index": ((), np.int64), "timestamp": ((), np.float64), "episode": ((), np.int64)}
+    if c.stored_actions:  # an episode's last row has no next frame: NaN
+        layout["action"] = ((c.action_dim,), np.float32)
+    if c.codec == "int8":
+        layout["scales"] = ((c.tokens,), np.float16)
+    return {name: (shape, np.dtype(dtype)) for name, (shape, dtype) in layout.items()}
 
 
 def frame_bytes(config) -> int | None:

@@ -28,7 +28,6 @@ SHARDS_DIR = "shards"
 SEAL_FILE = "sealed.json"
 EPISODES_FILE = "episodes.parquet"
 FEATURE_CHUNKS_DIR = "features/c/"  # where a shard's feature chunk files are (feature_chunk)
-ROW_ARRAYS = ("features", "scales", "state", "action", "frame_index", "timestamp", "episode")
 # how a store's actions are defined (store.actions): the names, free of torch for the settings modules
 POSE_DELTA, STATE_DELTA, COLUMN = "pose-delta", "state-delta", "column:"
 STATE_RULES = ("hold", "target")  # how a column action moves the state when planning

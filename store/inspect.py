@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .format import POSE_DELTA, SEAL_FILE, SHARDS_DIR, Location, read_root_attrs, read_seal, state_names
+from .format import (
+    POSE_DELTA, Location, read_root_attrs, read_seal, sealed_units, shard_dir, state_names, unsealed_units,
+)
 from .location import tree_bytes, where
 from .reader import Store
 
 PCA_SAMPLE_TOKENS = 20_000  # tokens the principal components are fitted on (enough for 3 components)
 PCA_RANGE_EVERY = 7  # the colour range is taken from every 7th projected token (quantiles need no more)
+FILMSTRIP_FRAMES = 16  # at most this many frames of an episode in `store show --png`
 
 
 @dataclass
@@ -32,10 +35,11 @@ def shard_rows(root: Location | str) -> list[ShardRow]:
     root = where(root)
     codec = read_root_attrs(root)["codec"]
     out = []
-    for d in sorted(p for p in (root / SHARDS_DIR).iterdir() if p.name.isdigit()):
-        sealed = (d / SEAL_FILE).exists()
-        seal = read_seal(root, int(d.name)) if sealed else {}
-        out.append(ShardRow(int(d.name), sealed, seal.get("episodes"), seal.get("rows"), tree_bytes(d), codec))
+    sealed = set(sealed_units(root))
+    for unit in sorted(sealed | set(unsealed_units(root))):
+        seal = read_seal(root, unit) if unit in sealed else {}
+        out.append(ShardRow(unit, unit in sealed, seal.get("episodes"), seal.get("rows"),
+                            tree_bytes(shard_dir(root, unit)), codec))
     return out
 
 
@@ -144,7 +148,7 @@ def pca_rgb(features: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     return rgb.reshape(features.shape[0], *grid, 3).numpy()
 
 
-def episode_png(store: Store, episode_id: int, path: Path, max_frames: int = 16) -> None:
+def episode_png(store: Store, episode_id: int, path: Path) -> None:
     """A filmstrip of the episode's features (PCA to RGB) above its state trajectory."""
     import matplotlib
 
@@ -153,7 +157,7 @@ def episode_png(store: Store, episode_id: int, path: Path, max_frames: int = 16)
 
     data = store.read_episode(episode_id)
     n = len(data["state"])
-    show = np.unique(np.linspace(0, n - 1, min(n, max_frames)).round().astype(int))
+    show = np.unique(np.linspace(0, n - 1, min(n, FILMSTRIP_FRAMES)).round().astype(int))
     rgb = pca_rgb(data["features"], store.config.grid)
     fig = plt.figure(figsize=(max(8, 1.2 * len(show)), 5.5))
     grid = fig.add_gridspec(2, len(show), height_ratios=[1, 1.6])

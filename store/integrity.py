@@ -14,6 +14,7 @@ import pyarrow as pa
 from common.errors import StoreError
 
 from . import codecs, manifest
+from .digest import digest_bytes
 from .format import (
     FEATURE_CHUNKS_DIR, MANIFEST_FILE, Location, StoreConfig, in_row_order, read_checked, read_plan,
     read_root_attrs, read_seal, sealed_units, shard_digests, shard_dir, shard_episodes, shard_files, unsealed_units,
@@ -76,8 +77,20 @@ def check_shard(root: Location, unit: int, config: StoreConfig, planned: list[in
     expected, files = seal["files"], shard_files(d)
     frame = codecs.frame_bytes(config) if chunks and "frame_digests" in seal else None
     hashed = [f for f in files if chunks or not f.startswith(FEATURE_CHUNKS)]
-    actual, row_digests = shard_digests(hashed, lambda f: (d / f).read_bytes(), seal["digest"], frame)
-    bad = [f"{name}: checksum mismatch in {f}" for f in sorted(expected) if f in actual and actual[f] != expected[f]]
+    lost: dict[str, str] = {}  # files listed but not read: removed since (a relaunched writer's claim) or an I/O error
+
+    def read(f: str) -> bytes:
+        try:
+            return (d / f).read_bytes()
+        except OSError as e:
+            gone = isinstance(e, FileNotFoundError)
+            lost[f] = f"missing file {f}" if gone else f"cannot read {f} ({e.strerror or e})"
+            return b""
+
+    actual, row_digests = shard_digests(hashed, read, seal["digest"], frame)
+    bad = [f"{name}: {lost[f]}" for f in sorted(lost)]
+    bad += [f"{name}: checksum mismatch in {f}" for f in sorted(expected)
+            if f in actual and f not in lost and actual[f] != expected[f]]
     bad += [f"{name}: missing file {f}" for f in sorted(set(expected) - set(files))]
     bad += [f"{name}: unexpected file {f}" for f in sorted(set(files) - set(expected))]
     if frame is not None and not bad:  # the rows' own digests, which a reader checks the rows it reads against
@@ -93,21 +106,10 @@ def check_shard(root: Location, unit: int, config: StoreConfig, planned: list[in
         table = shard_episodes(root, unit, seal)
     except StoreError as e:
         return [str(e)], None
-    shapes = {
-        "features": ((rows, config.tokens, config.feature_dim), codecs.STORED_DTYPE[config.codec]),
-        "state": ((rows, config.state_dim), np.float32),
-        "frame_index": ((rows,), np.int64),
-        "timestamp": ((rows,), np.float64),
-        "episode": ((rows,), np.int64),
-    }
-    if config.codec == "int8":
-        shapes["scales"] = ((rows, config.tokens), np.float16)
-    if config.stored_actions:
-        shapes["action"] = ((rows, config.action_dim), np.float32)
-    for key, (shape, dtype) in shapes.items():
-        if arrays[key].shape != shape or arrays[key].dtype != np.dtype(dtype):
+    for key, (row, dtype) in codecs.shard_layout(config).items():
+        if arrays[key].shape != (rows, *row) or arrays[key].dtype != dtype:
             bad.append(f"{name}: array {key} is {arrays[key].dtype}{list(arrays[key].shape)}, "
-                       f"expected {np.dtype(dtype)}{list(shape)}")
+                       f"expected {dtype}{[rows, *row]}")
     t = table.to_pydict()
     if planned is not None and t["episode_id"] != planned:
         bad.append(f"{name}: holds episodes {t['episode_id']}, planned {planned}")
@@ -143,14 +145,14 @@ def _verify_manifest(root: Location, attrs: dict, shards: pa.Table, complete: bo
             if digest else []
     if not complete:
         return [f"{MANIFEST_FILE}: present although not every unit is sealed"]
-    bad = []
     try:
-        read_checked(path, digest)
-    except StoreError:
-        bad.append(f"{MANIFEST_FILE}: checksum mismatch (damaged, or changed after `store merge`; the merge "
-                   "rewrites it)")
+        data = read_checked(path, None)  # read once; checked against the digest here, compared row by row below
+    except StoreError as e:
+        return [str(e)]
+    bad = [] if not digest or digest_bytes(data, "sha256") == digest else [
+        f"{MANIFEST_FILE}: checksum mismatch (damaged, or changed after `store merge`; the merge rewrites it)"]
     try:
-        merged = manifest.read_table(path).to_pylist()
+        merged = manifest.parse_table(data, manifest.SCHEMA, path).to_pylist()
     except StoreError as e:
         return bad + [str(e)]
     good = {r["episode_id"]: r for r in shards.to_pylist()}  # episodes of the shards that passed their checks

@@ -70,14 +70,6 @@ def parse_table(data: bytes, schema: pa.Schema, path: Path) -> pa.Table:
         raise StoreError(f"{path}: unreadable Parquet ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
 
-def read_table(path, schema: pa.Schema = SCHEMA) -> pa.Table:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise StoreError(f"{path}: unreadable ({e.strerror})") from None
-    return parse_table(data, schema, path)
-
-
 def empty() -> pa.Table:
     return SCHEMA.empty_table()
 

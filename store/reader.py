@@ -30,7 +30,7 @@ from . import codecs, manifest
 from .cache import ChunkCache
 from .digest import digest_bytes, digest_parts
 from .format import (
-    MANIFEST_FILE, ROW_ARRAYS, Location, StoreConfig, feature_chunk, read_checked, read_plan, read_root_attrs,
+    MANIFEST_FILE, Location, StoreConfig, feature_chunk, read_checked, read_plan, read_root_attrs,
     read_seal, sealed_units, shard_dir, shard_episodes,
 )
 from .location import remote_errors, unreachable, where, zarr_store
@@ -134,11 +134,10 @@ def shard_arrays(root: Location, unit: int, config: StoreConfig, seal: dict | No
     store = zarr_store(folder, read_only=True)
     if verify:
         store = VerifiedChunks(store, seal, unit, cache)
-    absent = {"scales": config.codec != "int8", "action": not config.stored_actions}
-    names = [n for n in ROW_ARRAYS if not absent.get(n)]
     try:
         with remote_errors(str(folder)):
-            return {n: zarr.open_array(store=store, path=n, mode="r", zarr_format=3) for n in names}
+            return {name: zarr.open_array(store=store, path=name, mode="r", zarr_format=3)
+                    for name in codecs.shard_layout(config)}
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise StoreError(f"shard {unit:05d}: arrays unreadable ({type(e).__name__}: {e})") from None
 

@@ -18,7 +18,7 @@ import torch
 import zarr
 
 from common.errors import StoreError
-from common.files import disk_full, fsync_dir, output_dir, read_flushed, remove_stale_temps, temp_name
+from common.files import disk_full, fsync_path, output_dir, read_flushed, remove_stale_temps, temp_name
 
 from . import codecs, manifest
 from .format import (
@@ -114,7 +114,7 @@ def create_store(root: Location | str, config: StoreConfig, units: list[list[str
         shutil.rmtree(tmp, ignore_errors=True)
         check_compatible(root, config, plan)  # another rank created it first
         return False
-    fsync_dir(root.parent)
+    fsync_path(root.parent)
     return True
 
 
@@ -161,26 +161,12 @@ class ShardWriter:
             group = zarr.open_group(self.dir, mode="w-", attributes={"unit": unit})
             kw = dict(fill_value=0, config={"write_empty_chunks": True})
             comp = codecs.compressors(c.compression)
-            self.arrays = {
-                "features": group.create_array(
-                    "features", shape=(0, c.tokens, c.feature_dim), dtype=codecs.STORED_DTYPE[c.codec],
-                    chunks=(c.chunk_frames, c.tokens, c.feature_dim), compressors=comp, **kw),
-                "state": group.create_array(
-                    "state", shape=(0, c.state_dim), dtype="float32", chunks=(ROW_CHUNK, c.state_dim), **kw),
-                "frame_index": group.create_array(
-                    "frame_index", shape=(0,), dtype="int64", chunks=(ROW_CHUNK,), **kw),
-                "timestamp": group.create_array(
-                    "timestamp", shape=(0,), dtype="float64", chunks=(ROW_CHUNK,), **kw),
-                "episode": group.create_array(
-                    "episode", shape=(0,), dtype="int64", chunks=(ROW_CHUNK,), **kw),
-            }
-            if c.stored_actions:  # [rows, A]; an episode's last row has no next frame: NaN
-                self.arrays["action"] = group.create_array(
-                    "action", shape=(0, c.action_dim), dtype="float32", chunks=(ROW_CHUNK, c.action_dim), **kw)
-            if c.codec == "int8":
-                self.arrays["scales"] = group.create_array(
-                    "scales", shape=(0, c.tokens), dtype="float16",
-                    chunks=(c.chunk_frames, c.tokens), compressors=comp, **kw)
+            self.arrays = {}
+            for name, (shape, dtype) in codecs.shard_layout(c).items():
+                per_frame = name in codecs.FRAME_ARRAYS  # the small per-row arrays keep zarr's default compressor
+                self.arrays[name] = group.create_array(
+                    name, shape=(0, *shape), dtype=dtype, chunks=(c.chunk_frames if per_frame else ROW_CHUNK, *shape),
+                    **({"compressors": comp} if per_frame else {}), **kw)
         self.rows = 0
         self.records: list[dict] = []
 

@@ -23,11 +23,15 @@ def paths(tmp_path_factory) -> dict[str, str]:
     run_train(TrainConfig(store=store, out=root / "run", preset="ac_test", frames=4, steps=1, batch_size=2,
                           workers=0, val_every=0))
     (root / "file.txt").write_text("not a folder")
+    (root / "no-shards").mkdir()  # a store's root attributes without its shards/ folder
+    (root / "no-shards" / "zarr.json").write_bytes((store / "zarr.json").read_bytes())
+    corpora.lerobot_v21(root / "no-episodes", [])
     (root / "bench").mkdir()
     (root / "bench" / "settings.json").write_text('{"corpus_episodes": 800, "fps": 2.0, "steps": 3000}')
     return {"CORPUS": str(root / "corpus"), "STORE": str(store), "CKPT": str(root / "run" / "latest.pt"),
             "FILE": str(root / "file.txt"), "NEW": str(root / "new"), "NOWHERE": str(root / "missing" / "x.png"),
-            "BENCH": str(root / "bench")}
+            "BENCH": str(root / "bench"), "NOSHARDS": str(root / "no-shards"),
+            "NOEPISODES": str(root / "no-episodes")}
 
 
 EXTRACT = ["extract", "--corpus", "CORPUS", "--out", "NEW", "--preset", "vit_test"]
@@ -55,7 +59,7 @@ CASES = [
     (TRAIN + ["--steps", "10", "--warmup", "8", "--anneal", "8"], "warmup 8 + anneal 8 must fit in 10 steps"),
     (TRAIN + ["--batch-size", "abc"], "Invalid value for '--batch-size'"),
     (TRAIN + ["--lr", "nan"], "--lr must be a number"),
-    (EVAL + ["--max-clips", "0"], "--max-clips must be >= 1"),
+    (EVAL + ["--max-clips", "1"], "--max-clips must be >= 2"),
     (EVAL + ["--batch-size", "0"], "--batch-size must be >= 1"),
     (EVAL + ["--out", "FILE"], "a file is in the way"),
     (EVAL + ["--episodes", "some"], "--episodes 'some' is not one of: val, all"),
@@ -73,6 +77,9 @@ CASES = [
     (["demo-corpus", "FILE/sub"], "a file is in the way"),
     (["demo-corpus", "NEW", "--episodes", "100000000"], "--episodes must be >= 1, <= 100000"),
     (["store", "ls", "FILE"], "is a file, not a store directory"),
+    (["store", "ls", "NOSHARDS"], "feature store without a shards/ directory"),
+    (["extract", "--corpus", "NOEPISODES", "--format", "lerobot", "--out", "NEW", "--preset", "vit_test"],
+     "the lerobot corpus lists no episodes"),
     (["train", "--store", "STORE"], "Missing option '--out'"),
     (["bench", "loader", "--frames", "0"], "--frames must be >= 66"),
     (["bench", "encoders", "--directory", "NEW", "--size", "256"], "vit_demo takes 128 px frames in 16 px patches"),
@@ -147,3 +154,14 @@ def test_dependencies_point_down():
                     [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
                 wrong += [f"{path.relative_to(ROOT)} imports {n}" for n in names if n.split(".")[0] in forbidden]
     assert wrong == []
+
+
+@pytest.mark.parametrize("raw,message", [("nan", "is not a number"), ("inf", "is not a number"),
+                                         ("ten", "is not a number"), ("0", "is below its minimum 1")])
+def test_deployment_numbers_from_the_environment_are_checked(monkeypatch, raw, message):
+    from common.errors import UserError
+    from common.settings import env_number
+
+    monkeypatch.setenv("VJEPA_S3_ATTEMPTS", raw)
+    with pytest.raises(UserError, match=f"VJEPA_S3_ATTEMPTS='{raw}' {message}"):
+        env_number("VJEPA_S3_ATTEMPTS", 10, 1)

@@ -103,3 +103,21 @@ def test_unreadable_root_metadata(intact, tmp_path):
     for args in (["store", "verify", root], ["store", "show", root, 0]):
         code, _, err = cli_main(*args)
         assert_one_error_line(code, err, "zarr.json is unreadable or damaged")
+
+
+def test_a_chunk_removed_while_verify_reads_the_shard_is_named(intact, tmp_path, monkeypatch):
+    """A relaunched writer may clear a shard between verify's listing of it and its reads: a problem, no raise."""
+    import store.integrity
+
+    root = tmp_path / "store"
+    shutil.copytree(intact, root)
+    listed = store.integrity.shard_files
+
+    def then_removed(d):
+        files = listed(d)
+        if d == shard_dir(root, 1):
+            (d / CHUNK).unlink()
+        return files
+
+    monkeypatch.setattr(store.integrity, "shard_files", then_removed)
+    assert verify(root) == [f"shard 00001: missing file {CHUNK}"]

@@ -340,14 +340,20 @@ def test_object_store_errors(s3, s3_copy, demo_corpus, tmp_path):
     assert_one_error_line(code, err, "gcsfs")
 
 
-def test_chunk_cache_is_bounded_and_drops_damaged_copies(tmp_path):
+def test_chunk_cache_is_bounded_and_keeps_files_not_its_own(tmp_path):
+    others = [tmp_path / "c" / name for name in ("notes.txt", "photos/old.jpg", "00/notes.txt", "00/blake3-ff00")]
+    for path in others:  # `--cache` named a folder that holds other files, older and larger than the bound
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 20_000)
+        os.utime(path, (0, 0))
     cache = ChunkCache(tmp_path / "c", max_bytes=10_000)
     blobs = {f"{i:064x}": bytes([i]) * 900 for i in range(30)}
     for digest, data in blobs.items():
         cache.put("blake3", digest, data)
         time.sleep(0.002)  # distinct modification times: the oldest go first
-    held = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    held = [p for p in (tmp_path / "c").rglob("*") if p.is_file() and p not in others]
     assert sum(p.stat().st_size for p in held) <= 10_000 + 10_000 // 8
+    assert all(p.stat().st_size == 20_000 for p in others)
     assert cache.get("blake3", f"{29:064x}") == blobs[f"{29:064x}"] and cache.get("blake3", f"{0:064x}") is None
 
 

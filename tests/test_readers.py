@@ -100,10 +100,12 @@ def test_webdataset_reader(tmp_path):
         {"key": "ep1", "n": 12},  # no fps: the container's is used, and said so
         {"key": "ep2", "n": 6, "sidecar": b"{not json"},
         {"key": "ep3", "n": 10, "sidecar": b'{"task": "x"}', "npy": corpora.states(10)},
+        {"key": "ep4", "n": 6, "sidecar": b'{"state": []}'},
+        {"key": "ep5", "n": 6, "sidecar": b'{"state": 3}'},
+        {"key": "ep6", "n": 6, "fps": "fast"},
     ])
     c = WebDatasetCorpus(tmp_path)
-    assert c.sources() == ["shards/000000.tar#ep0", "shards/000000.tar#ep1",
-                           "shards/000000.tar#ep2", "shards/000000.tar#ep3"]
+    assert c.sources() == [f"shards/000000.tar#ep{i}" for i in range(7)]
     ep0 = c.load(c.sources()[0], 4)
     check_episode(ep0, 18, 4)
     assert ep0.info.task == "wipe the table" and ep0.info.note == ""
@@ -113,6 +115,11 @@ def test_webdataset_reader(tmp_path):
     with pytest.raises(SkipEpisode, match="unreadable .json sidecar"):
         c.load(c.sources()[2], 4)
     check_episode(c.load(c.sources()[3], 4), 10, 4)  # state from the .npy
+    for i in (4, 5):
+        with pytest.raises(SkipEpisode, match="sidecar 'state' is not a T x S array of numbers"):
+            c.load(c.sources()[i], 4)
+    with pytest.raises(SkipEpisode, match="sidecar 'fps' 'fast' is not a positive number"):
+        c.load(c.sources()[6], 4)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])

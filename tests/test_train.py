@@ -306,6 +306,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["predictor"].values())
 
 
+def test_a_rerun_after_a_crash_before_the_first_checkpoint_keeps_val_csv_readable(tmp_path):
+    """The step-0 validation was written, the run died before its first checkpoint and was run again from step 0:
+    val.csv starts over with its header, so a later resume can read it."""
+    from train.loop import MetricsLog
+
+    v = {"tf_l1": 0.5, "rollout_l1": [0.6], "copy_l1": [0.7]}
+    for start, steps in ((0, [0]), (0, [0, 200]), (200, [])):  # crash, rerun, resume at 200
+        log = MetricsLog(tmp_path, start)
+        for step in steps:
+            log.val(step, v)
+        log.close()
+    rows = list(csv.DictReader(open(tmp_path / "val.csv")))
+    assert [r["step"] for r in rows] == ["0", "200"] and rows[0]["copy_l1_h1"] == "0.7"
+
+
 def test_store_that_does_not_fit_is_refused(tmp_path):
     a = tiny_store(tmp_path / "a", dim=16)
     b = tiny_store(tmp_path / "b", dim=8)

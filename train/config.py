@@ -73,8 +73,8 @@ class TrainConfig:
     seed: int = setting(0, "Seed of the model init, the data order and the split.", min=0)
     workers: int = setting(2, "DataLoader worker processes.", min=0, max=256)
     verify_reads: bool = setting(True, "Check every chunk read against its shard's seal, so damaged data stops "
-                                       "training (xxh3-128 digests of the rows read: ~0.7 ms of CPU per ViT-g clip, 92% "
-                                       "of unchecked clips/s at 1 worker on 2 cores; slower for stores sealed by "
+                                       "training (xxh3-128 digests of the rows read: 0.2-0.7 ms of CPU per ViT-g clip, "
+                                       "92-95% of unchecked clips/s at 1 worker on 2 cores; slower for stores sealed by "
                                        "older code: BENCHMARKS.md, checked reads).")
     cache: Path | None = setting(None, "Keep a local copy of the chunks read from a remote store in this folder, "
                                        "so epochs after the first read from local disk (checked against the "
@@ -109,7 +109,8 @@ class EvalConfig:
     episodes: str = _episodes()
     frames: int | None = setting(None, "Frames per clip, H = frames - 1 (default: the training clip length).",
                                  min=2, max=1024)
-    max_clips: int = setting(512, "At most this many clips (evenly spaced windows).", min=1)
+    max_clips: int = setting(512, "At most this many clips (evenly spaced windows; 2 or more: the action "
+                             "sensitivity gives each clip another's actions).", min=2)
     batch_size: int = setting(8, "Clips per batch.", min=1, max=65536)
     out: Path | None = setting(None, "Report folder (default: eval/ beside the checkpoint).")
     seed: int = setting(0, "Seed of the action shuffle.", min=0)

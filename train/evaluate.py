@@ -111,8 +111,7 @@ class _WithShuffledActions(Dataset):
         return item
 
 
-def evaluate(model, clips: Dataset, device: torch.device, batch_size: int = 8, seed: int = 0,
-             workers: int = 0) -> dict:
+def evaluate(model, clips: Dataset, device: torch.device, batch_size: int = 8, seed: int = 0) -> dict:
     """Metrics with the true actions, next to copy-last, and the action sensitivity of the rollout.
 
     Returns means and standard errors over clips; `shuffled_*` and `zero_*` are the rollout
@@ -123,7 +122,7 @@ def evaluate(model, clips: Dataset, device: torch.device, batch_size: int = 8, s
         return {prefix + k: v for prefix, actions in variants.items()
                 for k, v in clip_metrics(model, batch, device, actions=actions, rollout_only=bool(prefix)).items()}
 
-    loader = DataLoader(_WithShuffledActions(clips, seed), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(_WithShuffledActions(clips, seed), batch_size=batch_size)
     model.eval()
     free_decoders()
     report = summarize(_concat_batches(with_variants(batch) for batch in loader))
@@ -192,13 +191,14 @@ def run_eval(cfg: EvalConfig) -> EvalReport:
     model, _, ckpt = load_trained(cfg.checkpoint, store)
     frames = cfg.frames or ckpt.get("split", {}).get("frames", 8)
     clips = ClipDataset(store, episodes_of(ckpt, store, cfg.episodes), frames)
-    if len(clips) == 0:
-        raise UserError(f"no episode of {cfg.store} holds {frames} frames")
+    if len(clips) < 2:  # (with one, its "other clip's actions" would be its own)
+        raise UserError(f"{cfg.episodes} episodes of {cfg.store} hold {len(clips)} clip(s) of {frames} frames; eval "
+                        "needs 2 or more: its action sensitivity gives each clip another's actions")
+    out = output_dir(cfg.out or Path(cfg.checkpoint).parent / "eval", "--out")  # before the work, not after it
     metrics = evaluate(model.to(device), Subset(clips, evenly_spaced(len(clips), cfg.max_clips)), device,
                        cfg.batch_size, cfg.seed)
     metrics.update({"checkpoint": str(cfg.checkpoint), "store": str(cfg.store), "episodes": cfg.episodes,
                     "frames": frames})
-    out = output_dir(cfg.out or Path(cfg.checkpoint).parent / "eval", "--out")
     (out / "report.json").write_text(json.dumps(metrics, indent=1))
     plot_report(metrics, out / "horizon.png")
     return EvalReport(metrics, frames, out)

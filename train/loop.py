@@ -85,8 +85,10 @@ class MetricsLog:
         if self.val_path.exists():  # validations after the checkpoint we resume from (or of an older run) go
             with open(self.val_path) as f:
                 kept = [r for r in csv.DictReader(f) if start_step and int(r["step"]) <= start_step]
-            with open(self.val_path, "w", newline="") as f:
-                if kept:
+            if not kept:  # the next validation starts the file again, header first
+                self.val_path.unlink()
+            else:
+                with open(self.val_path, "w", newline="") as f:
                     w = csv.DictWriter(f, list(kept[0]))
                     w.writeheader()
                     w.writerows(kept)

@@ -32,6 +32,7 @@ from .losses import normalize, rollout
 
 GRIPPER_INIT_STD = 1.0  # pose-delta: the gripper change is searched over its whole range [-1, 1] at first
 XYZG = [0, 1, 2, 6]  # pose-delta's dims searched by the reference: rotations stay 0
+LANDSCAPE_POINTS = 21  # per dim of `--landscape`'s grid: odd, so the search's start is on it
 
 
 def names_of(meta: ModelMeta) -> list[str]:
@@ -210,12 +211,12 @@ class Planner:
         """CEM with the world model's energy from start frame z0 (state) to the goal features."""
         return cem(lambda a: self.energies(z0, state, goal, a), self.space(state), self.cfg, horizon)
 
-    def landscape(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor,
-                  points: int = 21) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+    def landscape(self, z0: torch.Tensor, state: torch.Tensor,
+                  goal: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Energy over a grid of one-step actions varying the first two searched dims across their box
         (the others at the search's start). Returns the two dims, their values [points] each and the
         energies [points (second dim), points (first dim)]."""
-        space = self.space(state)
+        space, points = self.space(state), LANDSCAPE_POINTS
         i, j = (space.dims * 2)[:2]
         xs, ys = (torch.linspace(float(space.low[d]), float(space.high[d]), points) for d in (i, j))
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")

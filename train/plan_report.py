@@ -179,8 +179,9 @@ def run_plan_eval(cfg: PlanEvalConfig, on_pair: Callable[[dict], None] | None = 
     store = open_store(cfg.store)
     model, meta, ckpt = load_trained(cfg.checkpoint, store)
     planner = Planner(model, meta, cfg.cem, device)
+    out = output_dir(cfg.out or Path(cfg.checkpoint).parent / "plan-eval", "--out")  # before the work, not after it
     result = offline_planning(planner, store, episodes_of(ckpt, store, cfg.episodes), cfg.k, cfg.pairs, on_pair)
-    result = replace(result, out=output_dir(cfg.out or Path(cfg.checkpoint).parent / "plan-eval", "--out"))
+    result = replace(result, out=out)
     report = {"pairs": result.pairs, "k": result.k, "names": result.names, "mean": result.mean, "rows": result.rows,
               "cem": as_dict(cfg.cem)}
     (result.out / "report.json").write_text(json.dumps(report, indent=1))

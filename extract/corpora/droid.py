@@ -80,7 +80,8 @@ class DroidCorpus(Corpus):
         if not meta.get(key):
             raise SkipEpisode(f"{metas[0].name} has no {key}")
         # the stored path is relative to the lab folder on the collecting machine: keep the file name
-        mp4 = folder / "recordings" / "MP4" / str(meta[key]).split("recordings/MP4/")[-1]
+        video_name = "recordings/MP4/" + str(meta[key]).split("recordings/MP4/")[-1].lstrip("/")
+        mp4 = folder / video_name
         key = column_key(self.actions)
         try:
             with opened(folder / "trajectory.h5") as source, h5py.File(source, "r") as f:
@@ -98,7 +99,7 @@ class DroidCorpus(Corpus):
             raise SkipEpisode(f"trajectory.h5 state shapes {list(cartesian.shape)} and {list(gripper.shape)} do not fit")
         state = np.concatenate([cartesian, gripper.reshape(-1, 1)], axis=1)
         if not mp4.is_file():
-            raise SkipEpisode(f"missing video {mp4.relative_to(self.base)}")
+            raise SkipEpisode(f"missing video {video_name}")
         video = open_video(mp4)
         notes = []
         container_fps = video.fps

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 from pathlib import Path
 
@@ -93,9 +94,19 @@ class WebDatasetCorpus(Corpus):
             raise SkipEpisode("sidecar has no per-frame 'state' (T x S)")
         try:
             state = np.asarray(state, np.float32)
+            if state.ndim == 0 or state.size == 0:
+                raise ValueError
         except (TypeError, ValueError):
             raise SkipEpisode("sidecar 'state' is not a T x S array of numbers") from None
-        return meta, state.reshape(len(state), -1) if state.ndim else state
+        if meta.get("fps") is not None:
+            try:
+                fps = float(meta["fps"])
+                if not math.isfinite(fps) or fps <= 0:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise SkipEpisode(f"sidecar 'fps' {meta['fps']!r} is not a positive number") from None
+            meta = {**meta, "fps": fps}
+        return meta, state.reshape(len(state), -1)
 
     def _first_sample(self) -> tuple[dict, np.ndarray]:
         try:
