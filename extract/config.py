@@ -39,8 +39,8 @@ class ExtractConfig:
                                      "[hf] extra; a --checkpoint folder of another model than V-JEPA 2 picks it by "
                                      "itself); efficientnet-lite0 (ImageNet weights from the [pretrained] extra).",
                            choices=ENCODER_FAMILIES)
-    feature_stride: int = setting(16, "efficientnet-lite0: the feature map taken as tokens, at stride 16 (14x14) or "
-                                      "32 (7x7) at 224 px.", min=1)
+    feature_stride: int | None = setting(None, "efficientnet-lite0: the feature map taken as tokens, at stride 16 "
+                                               "(default: 14x14 at 224 px) or 32 (7x7).", min=1)
     image_size: int | None = setting(None, "efficientnet-lite0: frame size in pixels, a multiple of 32 (default 224, "
                                            "ImageNet's; 128: an 8x8 map at stride 16).", min=32, max=1024)
     preset: str = setting("auto", "Encoder: vit_large | vit_huge | vit_giant (256 px) | vit_giant_384; small: "

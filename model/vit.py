@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import UserError
+
 from .preprocess import InputSpec
 
 PATCH = 16
@@ -169,6 +171,12 @@ class EncoderPreset:
     mlp: int
     image_size: int = 256
 
+    def __post_init__(self) -> None:  # (the size: a multiple of the patch's)
+        if min(self.dim, self.depth, self.heads, self.mlp, self.image_size) < 1 or self.dim % self.heads \
+                or self.image_size % PATCH:
+            raise ValueError(f"no ViT has dim {self.dim}, depth {self.depth}, heads {self.heads}, mlp {self.mlp} at "
+                             f"{self.image_size} px: all positive, dim a multiple of heads, the size of {PATCH} px")
+
     @property
     def grid(self) -> tuple[int, int]:
         return (self.image_size // PATCH, self.image_size // PATCH)
@@ -203,9 +211,15 @@ def encoder_preset(name: str) -> EncoderPreset | None:
         return ENCODER_PRESETS[name]
     try:
         dims, size = name.removeprefix("vit_").split("@")
-        return EncoderPreset(*map(int, dims.split("x")), image_size=int(size))
-    except (ValueError, TypeError):
+        numbers = [*map(int, dims.split("x")), int(size)]
+    except ValueError:
         return None
+    if len(numbers) != 5:
+        return None
+    try:
+        return EncoderPreset(*numbers)
+    except ValueError as e:
+        raise UserError(f"--preset {name}: {e}") from None
 
 
 class VisionTransformer(nn.Module):

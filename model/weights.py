@@ -109,7 +109,10 @@ def read_transformers(path: Path) -> tuple[dict[str, torch.Tensor], dict | None,
             raise UserError(f"{path}/config.json is unreadable ({e})") from None
         index = path / "model.safetensors.index.json"
         if index.is_file():
-            files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+            try:
+                files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UserError(f"{index} is unreadable or has no weight_map ({type(e).__name__}: {e})") from None
         else:
             files = [path / "model.safetensors"]
     else:

@@ -47,6 +47,8 @@ CASES = [
     (EXTRACT + ["--limit", "-1"], "--limit must be >= 1 (got -1)"),
     (EXTRACT + ["--fps", "0"], "--fps must be > 0"),
     (EXTRACT + ["--camera", "top"], "--camera 'top' is not one of: left, right, wrist"),
+    (EXTRACT[:-1] + ["vit_64x1x3x64@64"], "no ViT has dim 64, depth 1, heads 3, mlp 64 at 64 px"),
+    (EXTRACT[:-1] + ["vit_64x1x2x64@72"], "no ViT has dim 64, depth 1, heads 2, mlp 64 at 72 px"),
     (["eval", "--checkpoint", "STORE", "--store", "STORE"], "is a folder, not a checkpoint file"),
     (TRAIN + ["--batch-size", "0"], "--batch-size must be >= 1"),
     (TRAIN + ["--ckpt-every", "0"], "--ckpt-every must be >= 1"),

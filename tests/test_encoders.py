@@ -159,6 +159,8 @@ def test_encoder_bad_input(backbones, corpus, tmp_path, monkeypatch):
                           "--image-size 100: EfficientNet-Lite0 takes a multiple of 32 pixels")
     assert_one_error_line(*cli_main(*args, "--preset", "vit_test", "--image-size", 128)[::2],
                           "--image-size is efficientnet-lite0's")
+    assert_one_error_line(*cli_main(*args, "--preset", "vit_test", "--feature-stride", 32)[::2],
+                          "--feature-stride is efficientnet-lite0's")
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from common.errors import UserError
 from model.checkpoint import load_predictor_weights, load_trained
 from model.encoders import build_encoder
 from model.predictor import PREDICTOR_PRESETS, ACPredictor
@@ -52,6 +54,16 @@ def test_transformers_encoder_gives_our_outputs(hf_model):
     single = build_encoder("vit_32x2x2x64@64", whole / "model.safetensors")[0]  # a bare file: the preset names dims
     with torch.no_grad():
         assert float((single(frames) - expected).abs().max()) < 1e-5
+
+
+def test_a_sharded_folder_with_a_bad_index_is_one_line(hf_model, tmp_path):
+    _, sharded, _ = hf_model
+    broken = tmp_path / "broken"
+    shutil.copytree(sharded, broken)
+    for text in ('{"metadata": {}}', "not json"):
+        (broken / "model.safetensors.index.json").write_text(text)
+        with pytest.raises(UserError, match="model.safetensors.index.json is unreadable or has no weight_map"):
+            build_encoder("auto", broken)
 
 
 def test_transformers_config_that_contradicts_the_preset(hf_model, tmp_path):

@@ -23,12 +23,16 @@ from . import efficientnet, hf, vjepa2
 
 
 def build_encoder(preset: str = "auto", checkpoint: Path | None = None, random_init: bool = False, seed: int = 0,
-                  family: str = "vjepa2", feature_stride: int = 16,
+                  family: str = "vjepa2", feature_stride: int | None = None,
                   image_size: int | None = None) -> tuple[nn.Module, str]:
     """The frozen encoder and the id of its weights. `vjepa2` with a checkpoint folder whose config.json is no
-    V-JEPA 2 model goes to `hf` by itself; `image_size` is efficientnet-lite0's alone (the others' is fixed)."""
-    if image_size is not None and family != "efficientnet-lite0":
-        raise UserError(f"--image-size is efficientnet-lite0's; the {family} encoder's frame size is its own")
+    V-JEPA 2 model goes to `hf` by itself; `feature_stride` and `image_size` are efficientnet-lite0's alone (the
+    others' token grid and frame size are their own)."""
+    if family != "efficientnet-lite0":
+        if image_size is not None:
+            raise UserError(f"--image-size is efficientnet-lite0's; the {family} encoder's frame size is its own")
+        if feature_stride is not None:
+            raise UserError(f"--feature-stride is efficientnet-lite0's; the {family} encoder's tokens are its patches")
     if family == "vjepa2" and checkpoint is not None and (Path(checkpoint) / "config.json").is_file() and \
             hf.read_json(Path(checkpoint) / "config.json").get("model_type") != "vjepa2":
         family = "hf"
@@ -39,7 +43,7 @@ def build_encoder(preset: str = "auto", checkpoint: Path | None = None, random_i
             raise UserError("--encoder hf needs --checkpoint: a transformers model folder, downloaded beforehand")
         return hf.build(Path(checkpoint))
     if family == "efficientnet-lite0":
-        return efficientnet.build(feature_stride, image_size or efficientnet.IMAGE_SIZE,
+        return efficientnet.build(feature_stride or efficientnet.STRIDES[0], image_size or efficientnet.IMAGE_SIZE,
                                   seed if random_init else None)
     raise UserError(f"unknown encoder {family!r}; choose one of {', '.join(FAMILIES)}")
 
