@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from statistics import median
 
+from extract.config import ExtractConfig
 from store import reseal, sealed_units, verify
 from store.digest import SEAL_DIGEST, digest_bytes
 from store.format import read_seal, shard_dir
@@ -17,10 +18,10 @@ from store.location import tree_bytes
 from store.writer import write_seal
 
 from .config import CheckedReadsBench
-from .loader import TOKENS, VITG_DIM, feature_files, loader_rate, make_store
+from .loader import CLIP_MB, feature_files, loader_rate, make_store
 from .report import Section, table
 
-CHUNK = 4  # the default chunk_frames
+CHUNK = ExtractConfig.chunk_frames  # the default
 DIGESTS = {"xxh3-128": ("xxh3-128", "default"), "blake3": ("BLAKE3", "earlier format 3"),
            "sha256": ("SHA-256", "format 2")}  # name in a seal -> name and role in the table
 
@@ -72,9 +73,8 @@ def run(cfg: CheckedReadsBench) -> Section:
     for store in stores.values():
         if store != root:
             shutil.rmtree(store)
-    clip_mb = 8 * TOKENS * VITG_DIM * 2 / 1e6
     # hashed per window: its rows (row digests), or the whole chunks a random 8-frame window touches (format 2)
-    read_mb = {a: (7 / CHUNK + 1) * CHUNK / 8 * clip_mb if a == "sha256" else clip_mb for a in DIGESTS}
+    read_mb = {a: (7 / CHUNK + 1) * CHUNK / 8 * CLIP_MB if a == "sha256" else CLIP_MB for a in DIGESTS}
     rows = [[f"checked against {label} seals ({role})", f"{clips[a]:.0f}", f"**{ratio[a]:.1%}**",
              f"{hash_mb[a]:.0f}", f"{1e3 * read_mb[a] / hash_mb[a]:.1f}", f"{verify_mb[a]:.0f}"]
             for a, (label, role) in DIGESTS.items()]
@@ -85,7 +85,7 @@ def run(cfg: CheckedReadsBench) -> Section:
             "beside it), page cache warm (so the check's CPU cost is not hidden behind disk reads). The BLAKE3 and "
             "SHA-256 stores are the same files resealed (`store migrate --digest`), the SHA-256 one without row "
             "digests, as a format-2 store holds them. Digest MB/s: one core, over the chunk files; a window hashes "
-            f"its 8 rows, {clip_mb:.1f} MB, with row digests, else the {read_mb['sha256']:.1f} MB of the chunks it "
+            f"its 8 rows, {CLIP_MB:.1f} MB, with row digests, else the {read_mb['sha256']:.1f} MB of the chunks it "
             "touches. Verify: `store verify` of the whole store (with row digests it hashes the features twice: "
             "each file, and each row, on a thread per core), page cache warm.\n\n"
             + table(["reads", "clips/s", "of unchecked", "digest MB/s (1 core)", "digest ms per clip",

@@ -13,7 +13,6 @@ from extract.corpora import DroidCorpus
 from extract.job import run_extract
 from model.checkpoint import load_trained
 from model.encoders import build_encoder
-from sim.demo import make_demo_corpus
 from store import codecs, open_store
 from store.location import tree_bytes
 from train.config import TrainConfig
@@ -22,7 +21,7 @@ from train.evaluate import collect, summarize
 from train.loop import run_train, validation_loader
 
 from .config import CodecsBench
-from .report import Section, table
+from .report import Section, demo_corpus, table
 
 PRESET = "vit_demo"
 DEMO_EPISODES = 32
@@ -34,7 +33,7 @@ def encoder_features(corpus: Path, frames: int = 256) -> torch.Tensor:
     encoder, _ = build_encoder(PRESET, random_init=True)
     out = []
     for source in c.sources():
-        ep = c.load(source, 4.0)
+        ep = c.load(source, ExtractConfig.fps)
         with torch.inference_mode():
             out.append(encoder(encoder.input.apply(ep.frames(slice(0, len(ep))))))
         if sum(len(o) for o in out) >= frames:
@@ -57,9 +56,7 @@ def val_loss(run: Path) -> float:
 
 def run(cfg: CodecsBench) -> Section:
     directory, train_steps = cfg.directory, cfg.steps
-    corpus = directory / "corpus"
-    if not corpus.exists():
-        make_demo_corpus(corpus, episodes=DEMO_EPISODES)
+    corpus = demo_corpus(directory, DEMO_EPISODES)
     reference = encoder_features(corpus)
     raw16 = reference[0].numel() * 2
     results, rows = {}, []

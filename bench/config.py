@@ -5,10 +5,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
 from common.settings import check, setting
 from sim.config import SimTask
 from train.config import CEMConfig
 
+
+
+def names(text: str, option: str, known) -> list[str]:
+    """A comma-separated list of names, each one of `known` (one-line UserError otherwise)."""
+    listed = [n.strip() for n in text.split(",") if n.strip()]
+    if not listed or any(n not in known for n in listed):
+        raise UserError(f"{option} {text!r}: choose from {', '.join(known)}")
+    return listed
+
+
+def counts(text: str, option: str) -> list[int]:
+    """A comma-separated list of whole numbers >= 1, sorted, each once (one-line UserError otherwise)."""
+    try:
+        values = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        raise UserError(f"{option} {text!r} must be whole numbers separated by commas") from None
+    if values[0] < 1:
+        raise UserError(f"{option} {text!r} must be at least 1 each")
+    return values
 
 @dataclass
 class BenchConfig:

@@ -28,7 +28,7 @@ from train.config import CEMConfig, EvalConfig, TrainConfig
 from train.evaluate import run_eval
 from train.loop import run_train
 
-from .config import EncodersBench
+from .config import EncodersBench, names
 from .report import Section, table
 
 log = logging.getLogger("bench")
@@ -40,14 +40,6 @@ ENCODERS = {  # --encoders name -> (row label, extract settings; EfficientNet-Li
     "effnet-imagenet": ("EfficientNet-Lite0, ImageNet", {"encoder": "efficientnet-lite0"}),
 }
 CAMERAS = ("top", "agent")
-
-
-def _names(text: str, known, option: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in known]
-    if unknown or not names:
-        raise UserError(f"{option} {text!r}: choose from {', '.join(known)}")
-    return names
 
 
 def _same_settings(b: EncodersBench) -> None:
@@ -151,9 +143,9 @@ def _rate(m: dict) -> str:
 
 
 def run(b: EncodersBench, on_progress: Callable[[int, int], None] | None = None) -> Section:
-    encoders, cameras = _names(b.encoders, ENCODERS, "--encoders"), _names(b.cameras, CAMERAS, "--cameras")
-    conditionings = _names(b.conditionings, ACTION_CONDITIONING, "--conditionings")
-    predictors = _names(b.predictors, PREDICTOR_PRESETS, "--predictors")
+    encoders, cameras = names(b.encoders, "--encoders", ENCODERS), names(b.cameras, "--cameras", CAMERAS)
+    conditionings = names(b.conditionings, "--conditionings", ACTION_CONDITIONING)
+    predictors = names(b.predictors, "--predictors", PREDICTOR_PRESETS)
     if (b.size, b.feature_stride) != VIT_DEMO and "vit_demo" in encoders:
         raise UserError(f"--size {b.size} --feature-stride {b.feature_stride}: vit_demo takes {VIT_DEMO[0]} px "
                         f"frames in {VIT_DEMO[1]} px patches only")

@@ -21,17 +21,17 @@ from extract.corpora import open_corpus
 from extract.job import EpisodePieces, run_extract
 from model.encoders import build_encoder
 from model.preprocess import InputSpec
-from sim.demo import WRIST_SERIAL, make_demo_corpus
+from sim.demo import WRIST_SERIAL
 from store.location import list_files, upload, where
 
 from .config import ExtractBench
-from .report import Section, table
+from .report import Section, demo_corpus, table
 
 
 def decode_only(corpus: Path, spec: InputSpec, workers: int) -> float:
     """Frames/s of the job's DataLoader alone (decode + crop + resize + normalise)."""
     c = open_corpus(corpus, "droid", camera="wrist")
-    loader = DataLoader(EpisodePieces(c, c.sources(), 4.0, spec), batch_size=None, num_workers=workers)
+    loader = DataLoader(EpisodePieces(c, c.sources(), ExtractConfig.fps, spec), batch_size=None, num_workers=workers)
     start, n = time.perf_counter(), 0
     for piece in loader:
         n += 0 if piece.frames is None else len(piece.frames)
@@ -126,9 +126,7 @@ def from_url(cfg: ExtractBench, corpus: Path, dev: torch.device) -> Section:
 def run(cfg: ExtractBench) -> Section:
     directory, preset, batch, workers, episodes = cfg.directory, cfg.preset, cfg.batch, cfg.workers, cfg.episodes
     dev = pick_device()
-    corpus = directory / "corpus"
-    if not corpus.exists():
-        make_demo_corpus(corpus, episodes=episodes)
+    corpus = demo_corpus(directory, episodes)
     if cfg.corpus_url:
         return from_url(cfg, corpus, dev)
     out = directory / f"job-{preset}"

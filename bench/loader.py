@@ -23,6 +23,7 @@ from .config import LoaderBench
 from .report import Section, table
 
 VITG_DIM, TOKENS = 1408, 256
+CLIP_MB = 8 * TOKENS * VITG_DIM * 2 / 1e6  # one 8-frame ViT-g clip in bf16
 PREDICTOR_TFLOP_PER_CLIP = 5.2  # SPEC §5: ac_vitg fwd+bwd with the rollout pass, 8-frame clip
 H100_EFFECTIVE_TFLOPS = 400.0
 
@@ -106,7 +107,6 @@ def run(cfg: LoaderBench, workers=(1, 2, 4), chunks=(1, 4, 8), repeats: int = 3)
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on 2 cores: on purpose
     if cfg.store_url:
         return object_store(cfg, workers, repeats)
-    clip_mb = 8 * TOKENS * VITG_DIM * 2 / 1e6
     need_clips = H100_EFFECTIVE_TFLOPS / PREDICTOR_TFLOP_PER_CLIP
     results, rows = {}, []
     for chunk in chunks:
@@ -121,17 +121,17 @@ def run(cfg: LoaderBench, workers=(1, 2, 4), chunks=(1, 4, 8), repeats: int = 3)
                 cold.append(loader_rate(root, w, clips))
                 warm.append(loader_rate(root, w, clips))
             cold_cps, warm_cps, plain_mb = median(cold), median(warm), median(plain)
-            cold_mb = cold_cps * clip_mb
-            ratio = median(c * clip_mb / p for c, p in zip(cold, plain))
+            cold_mb = cold_cps * CLIP_MB
+            ratio = median(c * CLIP_MB / p for c, p in zip(cold, plain))
             results[f"chunk{chunk}_workers{w}"] = {"cold_clips_s": cold_cps, "warm_clips_s": warm_cps,
                                                   "cold_mb_s": cold_mb, "plain_read_mb_s": plain_mb,
                                                   "loader_over_plain": ratio}
             rows.append([chunk, f"{files_per_window:.2f}", w, f"{cold_cps:.0f}", f"{cold_mb:.0f}", f"{plain_mb:.0f}",
                          f"**{ratio:.0%}**", f"{warm_cps:.0f}"])
     body = (
-        f"Store: {frames} random ViT-g frames (256 x 1408, bf16, {clip_mb:.2f} MB per 8-frame clip, "
-        f"{frames * clip_mb / 8 / 1e3:.1f} GB), episodes of 66 frames; windows drawn by the trainer's shuffled "
-        f"sampler, batches of 8, {clips} clips ({clips * clip_mb / 1e3:.1f} GB of windows) per measurement, "
+        f"Store: {frames} random ViT-g frames (256 x 1408, bf16, {CLIP_MB:.2f} MB per 8-frame clip, "
+        f"{frames * CLIP_MB / 8 / 1e3:.1f} GB), episodes of 66 frames; windows drawn by the trainer's shuffled "
+        f"sampler, batches of 8, {clips} clips ({clips * CLIP_MB / 1e3:.1f} GB of windows) per measurement, "
         f"median of {repeats}. Cold: the store's files evicted from the page cache (posix_fadvise DONTNEED) "
         "before the run; warm: the same run again at once (CPU-bound). Plain read: every feature chunk "
         "file read once in order, cold, just before each cold run; loader / plain is the median of those "
@@ -141,7 +141,7 @@ def run(cfg: LoaderBench, workers=(1, 2, 4), chunks=(1, 4, 8), repeats: int = 3)
                  "plain read MB/s", "loader / plain", "warm clips/s"], rows)
         + f"\n\nPer-GPU need of the ac_vitg predictor on an H100: {PREDICTOR_TFLOP_PER_CLIP} TFLOP per clip "
         f"(SPEC §5) / {H100_EFFECTIVE_TFLOPS:.0f} TFLOP/s effective = {1e3 * PREDICTOR_TFLOP_PER_CLIP / H100_EFFECTIVE_TFLOPS:.1f} "
-        f"ms per clip = {need_clips:.0f} clips/s = {need_clips * clip_mb:.0f} MB/s."
+        f"ms per clip = {need_clips:.0f} clips/s = {need_clips * CLIP_MB:.0f} MB/s."
     )
     results["need_clips_s"] = need_clips
     return Section("loader", "Data loader vs plain read", body, results)
@@ -153,7 +153,6 @@ def object_store(cfg: LoaderBench, workers: Sequence[int], repeats: int) -> Sect
     remote = where(cfg.store_url)
     if not (remote / "manifest.parquet").exists():
         upload({rel: local / rel for rel in list_files(local)}, remote)
-    clip_mb = 8 * TOKENS * VITG_DIM * 2 / 1e6
     chunks = [f"{remote.key}/{rel}" for rel in list_files(remote) if "/features/c/" in rel]
     start = time.perf_counter()
     got = sum(map(len, remote.call("cat", chunks).values()))  # all at once: fsspec's concurrent GETs
@@ -175,11 +174,11 @@ def object_store(cfg: LoaderBench, workers: Sequence[int], repeats: int) -> Sect
             runs["cached"].append(loader_rate(cfg.store_url, w, cfg.clips, cache=cache))
         m = {k: median(v) for k, v in runs.items()}
         results[f"workers{w}"] = {f"{k}_clips_s": v for k, v in m.items()}
-        rows.append([w, f"{m['local']:.0f}", f"{m['local'] * clip_mb:.0f}", f"{m['remote']:.0f}",
+        rows.append([w, f"{m['local']:.0f}", f"{m['local'] * CLIP_MB:.0f}", f"{m['remote']:.0f}",
                      f"**{m['remote'] / m['local']:.0%}**", f"{m['fill']:.0f}", f"{m['cached']:.0f}",
                      f"**{m['cached'] / m['local']:.0%}**"])
     body = (
-        f"Store: {cfg.frames} random ViT-g frames in 4-frame chunks ({clip_mb:.2f} MB per 8-frame clip), on "
+        f"Store: {cfg.frames} random ViT-g frames in 4-frame chunks ({CLIP_MB:.2f} MB per 8-frame clip), on "
         f"local disk and copied to `{cfg.store_url}`; the trainer's DataLoader, batches of 8, {cfg.clips} clips "
         f"per measurement, every chunk checked against its seal, median of {repeats}. Local: page cache "
         "evicted first. Object store: first epoch, no cache. Cache fill: the first epoch through `--cache` "

@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from sim.demo import make_demo_corpus
+from common.errors import UserError
 
 from .config import MemoryBench
-from .report import PeakRSS, Section, table
+from .report import PeakRSS, Section, demo_corpus, table
 
 DEMO_EPISODES = 32
 
@@ -22,19 +23,21 @@ def peak(args: list[str]) -> tuple[int, float]:
     import time
 
     start = time.perf_counter()
-    p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with PeakRSS(p.pid) as rss:
-        if p.wait() != 0:
-            raise RuntimeError(f"cli.py {' '.join(args)} failed")
+    with tempfile.TemporaryFile() as err:  # (a file, not a pipe: a long job's progress would fill a pipe)
+        p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=err)
+        with PeakRSS(p.pid) as rss:
+            code = p.wait()
+        if code != 0:
+            err.seek(0)
+            said = err.read().decode(errors="replace").strip().splitlines() or [f"exit code {code}"]
+            raise UserError(f"cli.py {' '.join(args[:1])} failed in the memory bench: {said[-1]}")
     return rss.peak, time.perf_counter() - start
 
 
 def run(cfg: MemoryBench) -> Section:
     directory, episodes = cfg.directory, DEMO_EPISODES
-    corpus = directory / "corpus"
-    if not corpus.exists():
-        make_demo_corpus(corpus, episodes=episodes)
+    corpus = demo_corpus(directory, episodes)
     store, train_out = directory / "mem-store", directory / "mem-run"
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(train_out, ignore_errors=True)

@@ -11,13 +11,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from common.device import bf16_autocast, pick_device
+from common.errors import UserError
 from extract.config import ExtractConfig
 from extract.corpora import DroidCorpus
 from extract.job import run_extract
 from model.encoders import build_encoder
-from model.predictor import build_model
+from model.predictor import PREDICTOR_PRESETS, build_model
 from model.preprocess import preprocess
-from sim.demo import make_demo_corpus
+from model.vit import ENCODER_PRESETS
 from store import open_store
 from store.actions import actions_from_states
 from train.data import ClipDataset, ShuffledStream, collate
@@ -25,7 +26,7 @@ from train.loop import param_groups
 from train.losses import normalize, training_losses
 
 from .config import OnlineBench
-from .report import Section, median_time, table
+from .report import Section, demo_corpus, median_time, table
 
 DEMO_EPISODES = 24
 
@@ -150,11 +151,13 @@ def flops_per_clip(encoder_preset: str, predictor_preset: str) -> tuple[float, f
 def run(cfg: OnlineBench) -> Section:
     dev = pick_device()
     batch, batches, repeats, workers = cfg.batch, cfg.batches, cfg.repeats, cfg.workers
-    corpus = cfg.directory / "corpus"
-    if not corpus.exists():
-        make_demo_corpus(corpus, episodes=DEMO_EPISODES)
+    pairs = [pair.strip().partition(":")[::2] for pair in cfg.pairs.split(",")]
+    if any(enc not in ENCODER_PRESETS or pred not in PREDICTOR_PRESETS for enc, pred in pairs):
+        raise UserError(f"--pairs {cfg.pairs!r}: each is ENCODER:PREDICTOR, of {', '.join(ENCODER_PRESETS)} and "
+                        f"{', '.join(PREDICTOR_PRESETS)}")
+    corpus = demo_corpus(cfg.directory, DEMO_EPISODES)
     rows, results = [], {}
-    for enc, pred in (p.split(":") for p in cfg.pairs.split(",")):
+    for enc, pred in pairs:
         e, p = flops_per_clip(enc, pred)
         r = compare(corpus, cfg.directory / f"store-{enc}", enc, pred, batch, batches, repeats, workers, dev)
         r.update({"encoder_gflop_per_clip": e / 1e9, "predictor_gflop_per_clip": p / 1e9})

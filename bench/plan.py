@@ -9,12 +9,13 @@ import torch
 from common.device import pick_device
 from model.checkpoint import RELEASED_META
 from model.predictor import build_model
+from model.vit import ENCODER_PRESETS
 from train.plan import Planner
 
-from .config import PlanBench
+from .config import PlanBench, counts, names
 from .report import Section, table
 
-FEATURES = {"ac_demo": (128, (8, 8)), "ac_vitg": (1408, (16, 16)), "ac_vitg_mini": (320, (8, 8))}  # dim, grid
+ENCODER_OF = {"ac_demo": "vit_demo", "ac_vitg": "vit_giant", "ac_vitg_mini": "vit_g_mini"}  # the features it plans in
 
 
 def run(bench: PlanBench) -> Section:
@@ -23,15 +24,17 @@ def run(bench: PlanBench) -> Section:
     dev = pick_device()
     cfg = bench.cem
     results, rows = {}, []
-    for preset in bench.presets.split(","):
-        dim, grid = FEATURES[preset]
+    horizons = counts(bench.horizons, "--horizons")
+    for preset in names(bench.presets, "--presets", ENCODER_OF):
+        features = ENCODER_PRESETS[ENCODER_OF[preset]]
+        dim, grid = features.dim, features.grid
         torch.manual_seed(0)
         model = build_model(dim, grid, preset).eval().to(dev)
         n = grid[0] * grid[1]
         z0, goal = torch.randn(n, dim, device=dev), torch.randn(n, dim, device=dev)
         state = torch.tensor([0.5, 0.0, 0.2, 3.14, 0.0, 0.0, 0.5], device=dev)
         Planner(model, RELEASED_META, replace(cfg, iterations=1), dev).plan(z0, state, goal, 1)  # warm-up
-        for horizon in map(int, bench.horizons.split(",")):
+        for horizon in horizons:
             rate = {}
             for cached in (True, False):
                 plan = Planner(model, RELEASED_META, cfg, dev, cached).plan(z0, state, goal, horizon)

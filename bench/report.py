@@ -1,4 +1,4 @@
-"""Timing helpers, machine description, and BENCHMARKS.md sections."""
+"""Timing helpers, machine description, the benches' demo corpora, and BENCHMARKS.md sections."""
 
 from __future__ import annotations
 
@@ -74,8 +74,15 @@ class Section:
     results: dict
 
 
-def device_name() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def demo_corpus(directory: Path, episodes: int) -> Path:
+    """The demo corpus of `episodes` episodes under `directory`, written on first use; benches that use different
+    sizes keep different corpora, so each section's count is the one it read."""
+    from sim.demo import make_demo_corpus
+
+    corpus = directory / f"demo-corpus-{episodes}"
+    if not corpus.exists():
+        make_demo_corpus(corpus, episodes=episodes)
+    return corpus
 
 
 def run_bench(command: str, cfg: BenchConfig, on_progress: Callable[[int, int], None] | None = None) -> str:

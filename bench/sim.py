@@ -13,20 +13,10 @@ from sim.evaluate import policy_names, run_sim_eval
 from sim.report import summary_cells
 from train.config import CEMConfig
 
-from .config import SimBench
+from .config import SimBench, counts
 from .report import Section, table
 
 log = logging.getLogger("bench")
-
-
-def _samples(text: str) -> list[int]:
-    try:
-        values = sorted({int(v) for v in text.split(",")})
-    except ValueError:
-        raise UserError(f"--samples {text!r} must be whole numbers separated by commas") from None
-    if values[0] < 1:
-        raise UserError(f"--samples {text!r} must be at least 1 each")
-    return values
 
 
 def _row(label: str, samples: str, m: dict) -> list:
@@ -42,9 +32,9 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
     checkpoints = sorted(Path(bench.run).glob("step_*.pt"))
     if not checkpoints:
         raise UserError(f"{bench.run} holds no step_*.pt checkpoints (train with --ckpt-every)")
-    counts, t = _samples(bench.samples), bench.sim
+    sample_counts, t = counts(bench.samples, "--samples"), bench.sim
     out = Path(bench.run) / f"sim-bench-{t.env}-{t.task}"
-    runs = [(c, counts[-1]) for c in checkpoints] + [(checkpoints[-1], s) for s in counts[:-1]]
+    runs = [(c, sample_counts[-1]) for c in checkpoints] + [(checkpoints[-1], s) for s in sample_counts[:-1]]
     rows, results, baselines = [], {}, []
     policies = len(policy_names(SimEvalConfig(checkpoint=checkpoints[-1], sim=t)))  # beside the last: all of them
     total, done = t.episodes * (len(runs) - 1 + policies), [0]
@@ -57,9 +47,10 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
     for i, (ckpt, samples) in enumerate(runs):
         last = ckpt == checkpoints[-1]
         cem = CEMConfig(samples=samples, iterations=bench.iterations, elites=min(10, samples))
-        beside = last and samples == counts[-1]  # the baselines and the oracle run once, beside the final model
+        beside = last and samples == sample_counts[-1]  # the baselines and the oracle run once, beside the final model
         cfg = SimEvalConfig(checkpoint=ckpt, out=out / f"{ckpt.stem}-s{samples}", videos=3 if last else 0,
-                            baselines=beside, sim=t if beside else replace(t, oracle=False), cem=cem)
+                            baselines=beside, cem=cem,
+                            sim=t if beside else replace(t, oracle=False, state_oracle=False))
         log.info("sim eval %d/%d: %s, %d samples", i + 1, len(runs), ckpt.name, samples)
         report = run_sim_eval(cfg, on_episode=tick).report
         step = int(ckpt.stem.split("_")[1])

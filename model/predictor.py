@@ -12,6 +12,7 @@ from common.errors import UserError
 from model.vit import LN_EPS, Block, KVCache, init_weights, rope_tables
 
 EXTRINSICS_DIM = 6
+COND_TOKENS = 2  # per step, before its frame tokens: the action and the state
 MIN_STD = 1e-6  # a dim that never changes in the data is left unscaled
 
 
@@ -59,20 +60,20 @@ class ACPredictor(nn.Module):
     """
 
     def __init__(self, feature_dim: int, grid: tuple[int, int], preset: PredictorPreset, state_dim: int = 7,
-                 action_dim: int = 7, normalization: dict | None = None, use_extrinsics: bool = False,
-                 activation_checkpointing: bool = False, attention: str = "per-step",
-                 action_conditioning: str = "token"):
+                 action_dim: int = 7, normalization: dict | None = None, activation_checkpointing: bool = False,
+                 attention: str = "per-step", action_conditioning: str = "token"):
         super().__init__()
         self.attention = attention  # see train.config.ATTENTION
         self.action_conditioning = action_conditioning  # see train.config: token (released) or concat
         w = preset.width
         self.grid, self.head_dim = tuple(grid), w // preset.heads
-        self.use_extrinsics, self.activation_checkpointing = use_extrinsics, activation_checkpointing
+        self.activation_checkpointing = activation_checkpointing
         self.predictor_embed = nn.Linear(feature_dim, w)
         self.action_encoder = nn.Linear(action_dim, w)
         self.state_encoder = nn.Linear(state_dim, w)
-        self.extrinsics_encoder = nn.Linear(EXTRINSICS_DIM, w)  # in the released weights even when unused
-        self.extrinsics_encoder.requires_grad_(use_extrinsics)
+        # in the released weights, for the reference's option of a camera-extrinsics token per step; no store holds
+        # extrinsics, so it stays frozen and unused here
+        self.extrinsics_encoder = nn.Linear(EXTRINSICS_DIM, w).requires_grad_(False)
         self.predictor_blocks = nn.ModuleList(Block(w, preset.heads, preset.mlp) for _ in range(preset.depth))
         self.predictor_norm = nn.LayerNorm(w, eps=LN_EPS)
         self.predictor_proj = nn.Linear(w, feature_dim)
@@ -83,16 +84,12 @@ class ACPredictor(nn.Module):
             self.register_buffer(f"{name}_std", torch.tensor(scale["std"], dtype=torch.float32), persistent=False)
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    @property
-    def cond_tokens(self) -> int:
-        return 3 if self.use_extrinsics else 2
-
     def tables(self, steps: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """RoPE cos/sin and (for attention "mask") the block-causal mask of `steps` steps, built once and cached."""
         key = (steps, str(device))
         if key not in self._tables:
             rows, cols = self.grid
-            c, n = self.cond_tokens, rows * cols
+            c, n = COND_TOKENS, rows * cols
             with torch.device("cpu"):  # built on the CPU, also when the default device is another
                 r, k = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
                 row = torch.cat([torch.full((c,), -1), r.flatten()]).repeat(steps)  # cond tokens: time only
@@ -104,7 +101,7 @@ class ACPredictor(nn.Module):
         return self._tables[key]
 
     def forward(self, z: torch.Tensor, actions: torch.Tensor, states: torch.Tensor,
-                extrinsics: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None) -> torch.Tensor:
         """Predictions for the T steps given. With a `cache`, they follow the cache.steps steps it holds (their
         keys and values are reused, this call's are added): the outputs equal those of the whole sequence."""
         b, t, n, _ = z.shape
@@ -114,13 +111,11 @@ class ACPredictor(nn.Module):
         actions = (actions - self.action_mean) / self.action_std
         states = (states - self.state_mean) / self.state_std
         cond = [self.action_encoder(actions), self.state_encoder(states)]  # each [B, T, W]
-        if self.use_extrinsics:
-            cond.append(self.extrinsics_encoder(extrinsics))
-        c = self.cond_tokens
+        c = COND_TOKENS
         frames = self.predictor_embed(z)  # [B, T, N, W]
         if self.action_conditioning == "concat":  # the step's action joins every frame token: concatenated to its
             frames = frames + cond[0].unsqueeze(2)  # features and projected = the sum of the two projections
-        # per step [action, state, (extrinsics,) N frame tokens]: [B, T, c + N, W] -> [B, T (c + N), W]
+        # per step [action, state, N frame tokens]: [B, T, c + N, W] -> [B, T (c + N), W]
         x = torch.cat([e.unsqueeze(2) for e in cond] + [frames], dim=2).flatten(1, 2)
         done = cache.steps if cache is not None else 0
         cos, sin, mask = self.tables(done + t, z.device)

@@ -31,9 +31,6 @@ class InputSpec:
         return preprocess(frames, self.size, self.mean, self.std)
 
 
-CROP_RULE = InputSpec(256).describe()  # the V-JEPA 2 encoders'
-
-
 def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     """(top, left, crop_height, crop_width) of the deterministic centre crop.
 

@@ -89,7 +89,8 @@ class SimEvalConfig:
 class DemoCorpusConfig:
     out: Path = setting(help="Folder to write the corpus into (DROID raw layout).", arg=True)
     episodes: int = setting(64, "Number of episodes.", min=1, max=100_000)
-    seed: int = setting(0, "Random seed; the same seed gives the same corpus.", min=0)
+    seed: int = setting(0, "Random seed of the episodes (the table is the same for every seed: the world of `sim eval "
+                           "--env demo`); the same seed gives the same corpus.", min=0)
 
     def __post_init__(self) -> None:
         check(self)

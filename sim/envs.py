@@ -38,11 +38,11 @@ class DemoSim:
     reach_tolerance, unit = 0.02, "m"  # success when the gripper ends this close to the target (xy)
     angle_tolerance = None
 
-    def __init__(self, camera: str = "wrist", seed: int = 0):
+    def __init__(self, camera: str = "wrist"):
         if camera not in ("wrist", "left"):
             raise UserError(f"the demo simulator films with the wrist or left camera, not {camera!r} (sim eval: the "
                             f"camera of the model's store; evaluate a model trained on the demo corpus)")
-        self.renderer = demo.Renderer(np.random.default_rng(seed + 1))  # the table of demo corpus `seed`
+        self.renderer = demo.Renderer(np.random.default_rng(demo.TABLE_SEED))  # every demo corpus's table
         self.camera = camera
 
     def reset(self, sim_state: np.ndarray) -> None:
@@ -215,11 +215,11 @@ class PushTSim:
         return float(sim_state[4])
 
 
-def make_sim(env: str, camera: str | None = None, size: int = 224, seed: int = 0, actions: str = "column:action"):
+def make_sim(env: str, camera: str | None = None, size: int = 224, actions: str = "column:action"):
     """The simulator `env` filming with `camera` (default: the env's first); `actions` is the action space of
     the model that will drive it (pusht: a column of targets or state deltas)."""
     if env == "demo":
-        return DemoSim(camera or "wrist", seed)
+        return DemoSim(camera or "wrist")
     if env == "pusht":
         return PushTSim(size, actions, camera or PUSHT_CAMERAS[0])
     raise UserError(f"--env {env!r} is not one of: demo, pusht")

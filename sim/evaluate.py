@@ -26,6 +26,7 @@ from common.files import output_dir
 from model.checkpoint import ModelMeta, load_trained
 from model.encoders import store_encoder
 from store.format import COLUMN, POSE_DELTA, STATE_DELTA
+from train.config import CEMConfig
 from train.plan import Planner, cem
 
 from .config import SimEvalConfig
@@ -184,6 +185,9 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
 
     sim = new_sim()
     stride = frame_skip(meta, sim)
+    if cfg.cem.state_from_action not in (CEMConfig.state_from_action, sim.state_rule):  # given, and not the sim's
+        raise UserError(f"--state-from-action {cfg.cem.state_from_action}: the {t.env} simulator moves its state by "
+                        f"its own rule ({sim.state_rule})")
     cem_cfg = replace(cfg.cem, state_from_action=sim.state_rule)
     planner = Planner(model, meta, cem_cfg, device, encoder=store_encoder(meta.encoder, t.encoder_checkpoint, ckpt))
     tasks = make_tasks(sim, t.task, t.episodes, t.task_seed)

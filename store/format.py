@@ -49,7 +49,7 @@ class StoreConfig:
     grid: tuple[int, int]  # (rows, cols) of patch tokens per frame
     image_size: int
     fps: float  # target sampling rate of stored frames
-    crop: str  # preprocessing rule, see extract.preprocess.CROP_RULE
+    crop: str  # the encoder's preprocessing rule, model.preprocess.InputSpec.describe()
     camera: str
     codec: str  # "bf16" | "fp16" | "int8"
     compression: str  # see store.codecs.COMPRESSIONS
