@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import RELEASED_META
+from model.checkpoint import RELEASED_META, load_trained
 from model.predictor import PREDICTOR_PRESETS, ACPredictor
 from store import StoredEpisode, open_store, write_store
 from tests.conftest import assert_one_error_line, cli_main, cli_ok
 from train.config import CEMConfig, PlanConfig
 from train.data import ClipDataset
 from train.evaluate import evaluate
-from train.plan import cem, search_space
+from train.losses import normalize
+from train.plan import Planner, cem, search_space
 from train.plan_report import run_plan
 
 BASE = np.array([1.0, -1.0] * 4)  # zero mean, unit variance: layer norm leaves it (almost) as it is
@@ -99,7 +100,6 @@ def test_cem_searches_all_dims_when_asked():
 @pytest.mark.parametrize("horizon,conditioning", [(1, "token"), (3, "token"), (6, "token"), (3, "concat")])
 def test_cached_rollouts_give_the_same_energies(horizon, conditioning):
     """Incremental rollouts (keys and values of earlier steps kept) equal recomputing the whole sequence."""
-    from train.plan import Planner
 
     torch.manual_seed(0)
     model = ACPredictor(24, (2, 3), PREDICTOR_PRESETS["ac_test"], action_conditioning=conditioning).eval()
@@ -115,7 +115,6 @@ def test_cached_rollouts_give_the_same_energies(horizon, conditioning):
 
 def test_energy_all_is_the_mean_of_each_prefix_s_last_frame_energy():
     """--energy all scores a sequence by every predicted frame: the mean of what --energy last gives its prefixes."""
-    from train.plan import Planner
 
     torch.manual_seed(0)
     model = ACPredictor(24, (2, 3), PREDICTOR_PRESETS["ac_test"]).eval()
@@ -180,9 +179,18 @@ def test_plan_with_landscape(demo_run, demo_store, tmp_path):
     assert result.plan.actions.shape == (2, 7) and result.true_actions.shape == (2, 7)
     assert result.plan.evaluations == 64 * 3 + 1 and result.plan.seconds > 0
     assert torch.all(result.plan.actions[:, 3:6] == 0)  # rotations are not searched by default
+    # the plotted grid: energy[b, a] is the energy of the action with the first dim at xs[a], the second at ys[b]
+    model, meta, _ = load_trained(run / "latest.pt")
+    planner = Planner(model, meta, CEMConfig(), torch.device("cpu"))
+    z, state = normalize(store.read_window(episode, 2, 5)[0].float()), store.read_window(episode, 2, 1)[1][0]
+    dims, xs, ys, energy = planner.landscape(z[0], state, z[4])
+    for a, b in ((3, 15), (17, 4)):
+        action = planner.space(state).mean.expand(1, 1, -1).clone()
+        action[0, 0, dims[0]], action[0, 0, dims[1]] = xs[a], ys[b]
+        torch.testing.assert_close(energy[b, a], planner.energies(z[0], state, z[4], action)[0], rtol=1e-4, atol=1e-6)
 
 
-def test_plan_from_images(demo_run, demo_corpus, tmp_path):
+def test_plan_from_images(demo_run, demo_corpus, demo_store, tmp_path):
     """The robot-loop input: two camera images and a state, encoded with the run's (demo) encoder."""
     from PIL import Image
 
@@ -201,9 +209,7 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
                                  state=",".join(f"{v:.5f}" for v in ep.state[0]), cem=CEMConfig(samples=64, iterations=3)))
     assert result.plan.actions.shape == (1, 7) and result.true_actions is None and np.isfinite(result.plan.energy)
     # the same call as a robot loop makes it, from the images themselves
-    from model.checkpoint import load_trained
     from model.encoders import store_encoder
-    from train.plan import Planner
 
     model, meta, ckpt = load_trained(run / "latest.pt")
     planner = Planner(model, meta, CEMConfig(samples=64, iterations=3), torch.device("cpu"),
@@ -211,6 +217,9 @@ def test_plan_from_images(demo_run, demo_corpus, tmp_path):
     state = [float(f"{v:.5f}") for v in ep.state[0]]
     action = planner.act(np.asarray(Image.open(tmp_path / "0.png")), state, np.asarray(Image.open(tmp_path / "1.png")))
     assert np.allclose(action, result.plan.actions[0].numpy(), atol=1e-6)
+    # the images are the store's first two rows of that episode: encoded here as the extraction encoded them
+    stored = normalize(open_store(demo_store).read_window(0, 0, 2)[0].float())
+    torch.testing.assert_close(planner.encode(list(frames)), stored, atol=0.05, rtol=0)  # bf16 storage
 
 
 @pytest.mark.parametrize("args,message", [

@@ -210,6 +210,24 @@ def test_preprocess_crops_centre_and_normalises():
     assert torch.allclose(x[0, :, :, :].amin((1, 2)), white, atol=1e-5)  # nothing outside the crop leaks in
 
 
+def test_preprocess_keeps_the_frame_s_geometry_and_channels():
+    """A square frame at the encoder's size is only normalised: pixel (row, col, channel) lands at [channel, row,
+    col]. A wide frame's crop starts and ends at the crop box's columns (one colour each; a third just outside it
+    must not show)."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    frame = np.random.default_rng(0).integers(0, 256, (1, 48, 48, 3), dtype=np.uint8)
+    expected = ((torch.from_numpy(frame[0]).float() / 255 - mean) / std).permute(2, 0, 1)
+    torch.testing.assert_close(preprocess(frame, 48)[0], expected, atol=1e-5, rtol=0)
+    wide = np.zeros((1, 32, 128, 3), np.uint8)
+    top, left, h, w = crop_box(128, 32)  # 32 x 43 from column 42
+    wide[:, :, left], wide[:, :, left + w - 1] = (255, 0, 0), (0, 255, 0)
+    wide[:, :, [left - 1, left + w]] = (0, 0, 255)
+    x = preprocess(wide, w)[0]  # the crop's columns kept as they are (only its rows are resized)
+    for column, rgb in ((0, (1.0, 0.0, 0.0)), (w - 1, (0.0, 1.0, 0.0))):
+        torch.testing.assert_close(x[:, :, column], ((torch.tensor(rgb) - mean) / std)[:, None].expand(3, w),
+                                   atol=1e-5, rtol=0)
+    assert float(x[2].max()) < float((1 - mean[2]) / std[2]) - 1  # no blue column inside
+
 def test_encoder_checkpoint_in_released_layout(tmp_path):
     model, _ = build_encoder("vit_test", seed=3)
     ckpt = {"target_encoder": {f"module.backbone.{k}": v for k, v in model.state_dict().items()},
