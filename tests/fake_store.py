@@ -1,9 +1,10 @@
 """Small stores with known content, for tests; also runnable as a writer subprocess:
 
-    python tests/fake_store.py ROOT UNIT [--hang-after N]
+    python tests/fake_store.py ROOT UNIT [--hang-after N] [--delay S] [--go FILE]
 
 writes one unit of a store made by `make_store`; with --hang-after it writes N episodes,
-prints READY and sleeps (to be killed), without sealing.
+prints READY and sleeps (to be killed), without sealing. With --go it opens its shard, prints
+READY and waits for FILE to exist before writing (so that two writers write at once).
 """
 
 from __future__ import annotations
@@ -65,9 +66,14 @@ def complete_store(root: Path, codec: str = "bf16", compression: str = "none", m
     return write_store(root, episodes, PER_UNIT, merge, **config(codec, compression).to_attrs())
 
 
-def write_unit(root: Path, unit: int, hang_after: int | None = None, delay: float = 0.0) -> None:
+def write_unit(root: Path, unit: int, hang_after: int | None = None, delay: float = 0.0,
+               go: Path | None = None) -> None:
     """One unit of a make_store store, as complete_store writes it (episode by episode, as a writer process)."""
     w = ShardWriter(root, unit)
+    if go is not None:
+        print("READY", flush=True)
+        while not go.exists():
+            time.sleep(0.01)
     for i, episode_id in enumerate(w.expected):
         if hang_after is not None and i == hang_after:
             print("READY", flush=True)
@@ -99,4 +105,5 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     hang = int(args[args.index("--hang-after") + 1]) if "--hang-after" in args else None
     delay = float(args[args.index("--delay") + 1]) if "--delay" in args else 0.0
-    write_unit(Path(args[0]), int(args[1]), hang_after=hang, delay=delay)
+    go = Path(args[args.index("--go") + 1]) if "--go" in args else None
+    write_unit(Path(args[0]), int(args[1]), hang_after=hang, delay=delay, go=go)

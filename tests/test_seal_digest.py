@@ -57,6 +57,12 @@ def test_new_stores_are_sealed_with_xxh3_and_a_flipped_byte_is_caught(tmp_path):
 def test_a_format2_store_opens_verifies_and_trains(format2, tmp_path):
     assert read_root_attrs(format2)["format_version"] == 2 and all("digest" not in s for s in seals(format2).values())
     assert verify(format2) == [] and len(windows(format2)) == 6
+    # its rows are what tiny_store writes today from the same seeds: features and states, bit for bit
+    now, then = open_store(tiny_store(tmp_path / "now", episodes=6, frames=8, per_unit=3)), open_store(format2)
+    assert now.ok_episodes == then.ok_episodes
+    for e in now.ok_episodes:
+        for a, b in zip(now.read_window(e, 0, 8)[:2], then.read_window(e, 0, 8)[:2]):
+            assert torch.equal(a, b), e
     run_train(TrainConfig(store=format2, out=tmp_path / "run", preset="ac_test", frames=4, steps=2, batch_size=2,
                           workers=0, val_every=0))
     assert (tmp_path / "run" / "latest.pt").exists()

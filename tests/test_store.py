@@ -108,7 +108,11 @@ def test_store_reopens_after_fork(tmp_path):
 def test_two_writer_processes_at_once(tmp_path):
     root = tmp_path / "s"
     make_store(root)
-    procs = [subprocess.Popen([sys.executable, str(FAKE), str(root), str(u), "--delay", "0.05"]) for u in (0, 2)]
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, str(FAKE), str(root), str(u), "--delay", "0.05", "--go", str(go)],
+                              stdout=subprocess.PIPE, text=True) for u in (0, 2)]
+    assert [p.stdout.readline().strip() for p in procs] == ["READY", "READY"]  # both have opened their shards
+    go.touch()  # and now write at once
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     write_unit(root, 1)
     merge_manifest(root)
