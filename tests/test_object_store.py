@@ -312,13 +312,15 @@ def test_training_from_s3_with_and_without_cache_equals_local(s3, reference, tmp
     assert_one_error_line(code, err, "is missing (deleted after sealing)")
 
 
-def test_store_ls_info_show_on_s3(s3, s3_copy):
+def test_store_ls_info_show_on_s3(s3, s3_copy, reference):
     code, out, err = cli_main("store", "ls", s3_copy)
     assert code == 0 and out.count("sealed") == 4, out + err
     code, out, err = cli_main("store", "info", s3_copy)
     assert code == 0 and "units sealed" in out and "4/4" in out, out + err
     code, out, err = cli_main("store", "show", s3_copy, 3)
     assert code == 0 and "episode 3" in out and "status=ok" in out, out + err
+    local = cli_main("store", "show", reference, 3)[1]  # the same episode read from the local original
+    assert out.replace(s3_copy, "STORE") == local.replace(str(reference), "STORE")
 
 
 def test_object_store_errors(s3, s3_copy, demo_corpus, tmp_path):
