@@ -16,15 +16,22 @@ import os
 import re
 from pathlib import Path
 
-from common.files import output_dir, temp_name
+from common.files import TMP_MARK, output_dir, temp_name
 
 from .digest import DIGESTS
 
 log = logging.getLogger(__name__)
 TRIM_EVERY = 8  # look at the folder's size after adding 1/8 of the bound
 TRIM_TO = 0.9
-_COPY = re.compile(rf"\.?(?:{'|'.join(map(re.escape, DIGESTS))})-([0-9a-f]{{2}})[0-9a-f]*")  # a copy (or its temp
-# file): ALGORITHM-DIGEST in the folder named by the digest's first two characters
+_COPY = re.compile(rf"(?:{'|'.join(map(re.escape, DIGESTS))})-([0-9a-f]{{2}})[0-9a-f]*")  # ALGORITHM-DIGEST, in the
+# folder named by the digest's first two characters
+
+
+def _own(folder: str, name: str) -> bool:
+    """Whether a file of the cache folder is a copy the cache made (or a temporary file of one being written)."""
+    if name.startswith(".") and TMP_MARK in name:
+        name = name[1:name.index(TMP_MARK)]
+    return (m := _COPY.fullmatch(name)) is not None and m.group(1) == folder
 
 
 class ChunkCache:
@@ -81,7 +88,7 @@ class ChunkCache:
         entries = []
         for sub in self.dir.iterdir():
             for f in sub.iterdir() if sub.is_dir() else ():
-                if (m := _COPY.match(f.name)) is None or m.group(1) != sub.name:
+                if not _own(sub.name, f.name):
                     continue
                 try:
                     st = f.stat()

@@ -343,7 +343,8 @@ def test_object_store_errors(s3, s3_copy, demo_corpus, tmp_path):
 
 
 def test_chunk_cache_is_bounded_and_keeps_files_not_its_own(tmp_path):
-    others = [tmp_path / "c" / name for name in ("notes.txt", "photos/old.jpg", "00/notes.txt", "00/blake3-ff00")]
+    others = [tmp_path / "c" / name for name in ("notes.txt", "photos/old.jpg", "00/notes.txt", "00/blake3-ff00",
+                                                 "00/blake3-00ff.txt")]
     for path in others:  # `--cache` named a folder that holds other files, older and larger than the bound
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * 20_000)
