@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.settings import check, setting
+from common.settings import check, seed_setting, setting
 from sim.config import SimTask
 from train.config import CEMConfig
 
@@ -178,7 +178,7 @@ class SoakBench(DirBench):
                                   "(the client sends them again).", min=0, max=0.5)
     episodes: int = setting(24, "Demo corpus episodes, one extraction unit each.", min=4)
     steps: int = setting(60, "Training steps (checkpoint every 5).", min=10)
-    seed: int = setting(0, "Seed of the faults' kinds, ranks and moments.", min=0)
+    seed: int = seed_setting("Seed of the faults' kinds, ranks and moments.")
 
 
 BENCHES = {  # command name -> (module in bench/, settings)

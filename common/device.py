@@ -40,8 +40,12 @@ def pick_device(name: str | None = None) -> "torch.device":
 
 def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """(rank, world size): the given values, else torchrun's RANK / WORLD_SIZE, else (0, 1)."""
-    rank = rank if rank is not None else int(os.environ.get("RANK", 0))
-    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        rank = rank if rank is not None else int(os.environ.get("RANK", 0))
+        world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise UserError(f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} must be "
+                        "whole numbers") from None
     if world < 1 or not 0 <= rank < world:
         raise UserError(f"rank {rank} is not in 0..world_size-1 (world_size {world})")
     return rank, world

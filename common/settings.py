@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import typing
 from dataclasses import MISSING, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:/")  # s3://, gs://, http://: a URL (one letter would be a drive)
 
 
 def setting(default: Any = MISSING, help: str = "", *, min: float | None = None, gt: float | None = None,
@@ -29,6 +32,14 @@ def setting(default: Any = MISSING, help: str = "", *, min: float | None = None,
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+SEED_MAX = 2**31 - 1  # fits every generator here, with room for the offsets runs add to a seed
+
+
+def seed_setting(help: str) -> Any:
+    """A seed option: 0 by default, 0 .. SEED_MAX."""
+    return setting(0, help, min=0, max=SEED_MAX)
 
 
 def device_setting() -> Any:
@@ -62,11 +73,13 @@ def check(cfg: Any) -> None:
         if value is None or is_dataclass(value):
             continue
         m, name = f.metadata, cli_name(f)
+        if isinstance(value, Path) and URL.match(str(value)):  # (a Path has already folded its "//" into "/")
+            raise UserError(f"{name} {value}: a URL, where a local path is needed")
         if m.get("choices") and value not in m["choices"]:
             raise UserError(f"{name} {value!r} is not one of: {', '.join(m['choices'])}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if value != value:  # NaN
-                raise UserError(f"{name} must be a number (got nan)")
+            if not math.isfinite(value):
+                raise UserError(f"{name} must be a finite number (got {value})")
             low, above, high = m.get("min"), m.get("gt"), m.get("max")
             if (low is not None and value < low) or (above is not None and value <= above) or \
                     (high is not None and value > high):

@@ -31,7 +31,7 @@ class ExtractConfig:
                                         "own column; the native rows between two stored frames concatenated). "
                                         "Default: pose-delta for DROID; column:action for LeRobot and WebDataset "
                                         "when there is one, else state-delta.")
-    fps: float = setting(4.0, "Stored frames per second; stride = ceil(native fps / fps).", gt=0, max=1000)
+    fps: float = setting(4.0, "Stored frames per second; stride = ceil(native fps / fps).", min=0.01, max=1000)
     native_fps: float | None = setting(None, "The source's frames per second, for --format rlds (RLDS records "
                                              "none; DROID's RLDS release: 15).", gt=0, max=10000)
     encoder: str = setting("vjepa2", "Encoder family: vjepa2 (V-JEPA 2 ViT: --preset, --checkpoint); hf (a "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from common.settings import check, device_setting, setting
+from common.settings import check, device_setting, seed_setting, setting
 from train.config import CEMConfig
 
 ENVS = ("demo", "pusht")
@@ -30,7 +30,7 @@ class CollectConfig:
     camera: str | None = setting(None, "Camera (default: the env's first). pusht: top (gym-pusht's frame of the "
                                        "table) or agent (rides above the agent, as a wrist camera; every patch "
                                        "moves with it); demo: wrist or left. The store keeps it for sim eval.")
-    seed: int = setting(0, "Seed: the same seed gives the same corpus.", min=0)
+    seed: int = seed_setting("Seed: the same seed gives the same corpus.")
 
     def __post_init__(self) -> None:
         check(self)
@@ -49,7 +49,7 @@ class SimTask:
                           min=1, max=100_000)
     horizon: int = setting(5, "Frame-skipped actions planned at each step.", min=1, max=64)
     size: int = _size()
-    task_seed: int = setting(0, "Seed of the starts and goals (--seed seeds CEM).", min=0)
+    task_seed: int = seed_setting("Seed of the starts and goals (--seed seeds CEM).")
     oracle: bool = setting(False, "Also plan with the simulator as the world model: CEM's candidates played from "
                                   "the current state, their frames encoded. What a perfect predictor could do "
                                   "with these features; slow (samples x iterations rollouts per plan).")
@@ -89,8 +89,8 @@ class SimEvalConfig:
 class DemoCorpusConfig:
     out: Path = setting(help="Folder to write the corpus into (DROID raw layout).", arg=True)
     episodes: int = setting(64, "Number of episodes.", min=1, max=100_000)
-    seed: int = setting(0, "Random seed of the episodes (the table is the same for every seed: the world of `sim eval "
-                           "--env demo`); the same seed gives the same corpus.", min=0)
+    seed: int = seed_setting("Random seed of the episodes (the table is the same for every seed: the world of `sim "
+                             "eval --env demo`); the same seed gives the same corpus.")
 
     def __post_init__(self) -> None:
         check(self)

@@ -144,7 +144,8 @@ def trajectory(rng: np.random.Generator, steps: int) -> np.ndarray:
     ease = 0.5 - 0.5 * np.cos(np.pi * (t - i))
     pos = way[i] * (1 - ease[:, None]) + way[i + 1] * ease[:, None]
     grip = np.zeros(steps)
-    toggles = np.sort(rng.choice(np.arange(5, steps - 5), size=rng.integers(1, 4), replace=False))
+    moments = np.arange(5, steps - 5)  # (a short episode has fewer moments than toggles drawn, or none)
+    toggles = np.sort(rng.choice(moments, size=min(int(rng.integers(1, 4)), len(moments)), replace=False))
     level = float(rng.integers(0, 2))
     last = 0
     for k in list(toggles) + [steps]:

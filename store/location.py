@@ -137,7 +137,11 @@ class RemotePath:
     a "folder" exists when an object has its prefix."""
 
     def __init__(self, url: str):
+        from fsspec.registry import known_implementations, registry
+
         self.protocol, _, key = url.partition("://")
+        if self.protocol not in known_implementations and self.protocol not in registry:
+            raise UserError(f"{url}: {self.protocol}:// is no storage that fsspec knows (s3://, gs://, az://, ...)")
         self.key = key.strip("/")
         if not self.key:
             raise UserError(f"{url}: give a bucket (and a prefix), e.g. {self.protocol}://bucket/store")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.files import output_file
-from common.settings import check, device_setting, setting
+from common.settings import check, device_setting, seed_setting, setting
 from model import ACTION_CONDITIONING
 from store.format import STATE_RULES
 
@@ -70,7 +70,7 @@ class TrainConfig:
     normalize: str | None = setting(None, "z-score states and/or actions with the store's statistics (default: "
                                           "states,actions; none for pose-delta stores, as the reference).",
                                     choices=NORMALIZE)
-    seed: int = setting(0, "Seed of the model init, the data order and the split.", min=0)
+    seed: int = seed_setting("Seed of the model init, the data order and the split.")
     workers: int = setting(2, "DataLoader worker processes.", min=0, max=256)
     verify_reads: bool = setting(True, "Check every chunk read against its shard's seal, so damaged data stops "
                                        "training (xxh3-128 digests of the rows read: 0.2-0.7 ms of CPU per ViT-g clip, "
@@ -113,7 +113,7 @@ class EvalConfig:
                              "sensitivity gives each clip another's actions).", min=2)
     batch_size: int = setting(8, "Clips per batch.", min=1, max=65536)
     out: Path | None = setting(None, "Report folder (default: eval/ beside the checkpoint).")
-    seed: int = setting(0, "Seed of the action shuffle.", min=0)
+    seed: int = seed_setting("Seed of the action shuffle.")
     device: str | None = device_setting()
 
     def __post_init__(self) -> None:
@@ -147,7 +147,7 @@ class CEMConfig:
                                   "progress at each step; with a horizon above 1, MPC then cannot keep putting "
                                   "the work off to a step it never executes).", choices=("last", "all"))
     energy_batch: int = setting(800, "Energies per predictor call.", min=1, max=1_000_000)
-    seed: int = setting(0, "Seed of the CEM samples.", min=0)
+    seed: int = seed_setting("Seed of the CEM samples.")
 
     def __post_init__(self) -> None:
         check(self)

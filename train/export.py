@@ -33,8 +33,12 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     if "model_meta" not in ckpt:
         raise UserError(f"{cfg.checkpoint} is not one of our checkpoints (no model_meta); the released file is "
                         "already in the released layout")
+    if cfg.encoder_checkpoint is not None and cfg.format != "released":
+        raise UserError("--encoder-checkpoint is for --format released (safetensors carry no encoder)")
     suffix = ".safetensors" if cfg.format == "safetensors" else ".pt"
     out = output_file(cfg.out if cfg.out.suffix == suffix else cfg.out.with_name(cfg.out.name + suffix), "OUT")
+    if out.exists() and out.resolve() == Path(cfg.checkpoint).resolve():
+        raise UserError(f"OUT {out} is the checkpoint being exported: write the export elsewhere")
     predictor = {k: v.contiguous() for k, v in ckpt["predictor"].items()}
     if cfg.format == "safetensors":
         from safetensors.torch import save_file

@@ -184,6 +184,8 @@ def _setup(cfg: TrainConfig) -> _Run:
     store, train_set, val_ids = _open_training_store(cfg, world)
 
     out = output_dir(cfg.out, "--out")
+    if (out / "zarr.json").exists():
+        raise UserError(f"--out {out} is a feature store; a run needs a folder of its own")
     remove_stale_temps(out, "*.pt")  # of checkpoint writes that were killed
     latest = out / "latest.pt"
     meta = ModelMeta.of_store(cfg.preset, store, _normalization(cfg, store), cfg.action_conditioning)
@@ -277,8 +279,9 @@ def _optimizer_step(run: _Run, step: int, tick: float) -> dict:
     loss, tf_loss, rollout_loss, gn = values.tolist()
     if not (math.isfinite(loss) and math.isfinite(gn)):
         what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {gn}"
-        raise TrainingDiverged(f"{what} at step {step + 1}; stopped, the last good "
-                               f"checkpoint stays in {run.out} (try a lower --lr or --grad-clip)")
+        kept = (f"the last good checkpoint stays in {run.out}" if (run.out / "latest.pt").exists()
+                else "no checkpoint was written yet")
+        raise TrainingDiverged(f"{what} at step {step + 1}; stopped, {kept} (try a lower --lr or --grad-clip)")
     run.opt.step()
     step_time = time.perf_counter() - tick
     global_batch = cfg.batch_size * cfg.accum_steps * run.world

@@ -4,6 +4,7 @@ store episode or from camera images, offline planning evaluation, energy landsca
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -81,9 +82,9 @@ def parse_state(text: str, meta: ModelMeta, device: torch.device) -> torch.Tenso
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != meta.state_dim:
+    if len(values) != meta.state_dim or not all(map(math.isfinite, values)):
         names = ",".join(state_names(meta.state_names, meta.actions, meta.state_dim))
-        raise UserError(f"--state must be {meta.state_dim} comma-separated numbers ({names})")
+        raise UserError(f"--state must be {meta.state_dim} comma-separated finite numbers ({names})")
     return torch.tensor(values, device=device)
 
 

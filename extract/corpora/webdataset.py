@@ -46,7 +46,7 @@ class WebDatasetCorpus(Corpus):
         self._first = self.sources()[0] if self.sources() else None
         if self._first is None:
             raise UserError(f"no samples in the .tar shards of {root}")
-        first = self._sidecar(self._first)[0]
+        first = self._first_sample()[0]
         self.actions = actions or ("column:action" if "action" in first else STATE_DELTA)
         self.camera = str(first.get("camera", "mp4"))
         check_source(self.actions)

