@@ -62,7 +62,8 @@ class TrainConfig:
     val_clips: int = setting(256, "Validation clips (evenly spaced windows of held-out episodes).", min=1)
     ckpt_every: int = setting(500, "Write a checkpoint every N steps (and at the end).", min=1)
     keep_last: int = setting(3, "Step checkpoints kept besides latest.pt.", min=1)
-    resume: bool = setting(False, "Continue from OUT/latest.pt.")
+    resume: bool = setting(False, "Continue from OUT/latest.pt; with none there, start at step 0 (so a relaunch "
+                                  "script can always pass it).")
     init_from: Path | None = setting(None, "Start from a predictor checkpoint (e.g. vjepa2-ac-vitg.pt); adapters "
                                            "that do not fit this store (state, action or feature dims) are "
                                            "re-initialised and named.")
