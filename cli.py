@@ -338,14 +338,16 @@ def store_migrate(path: str = StorePath,
     """Reseal every shard with xxh3-128 digests (or --digest's; store format 3) and, for uncompressed bf16/fp16
     features, a digest per row (so training reads only the rows it needs); each file is checked against its old
     seal first. Safe to kill: run it again to finish."""
-    from store import reseal, sealed_units
+    from store import reseal, sealed_units, unsealed_units
 
     if digest not in DIGESTS:
         raise UserError(f"--digest {digest!r} is not one of: {', '.join(DIGESTS)}")
     changed = _counted("resealing shards", len(sealed_units(path)),
                        lambda tick: reseal(path, digest, on_shard=tick))
+    unsealed = len(unsealed_units(path))
+    left = f"; {unsealed} unsealed shard(s) left as they are (the extraction seals them)" if unsealed else ""
     console.print(f"{path}: {changed} shard(s) resealed with {digest} (and row digests where the chunks "
-                  "hold rows as they are), the others already were")
+                  f"hold rows as they are), the others already were{left}")
 
 
 @store_app.command("stats")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
 from common.files import atomic_write, output_dir
 from common.media import write_mp4
 
@@ -54,6 +55,8 @@ def run_collect(cfg: CollectConfig, on_episode: Callable[[int], None] | None = N
     sim = make_sim(cfg.env, cfg.camera, size=cfg.size)  # one world (the demo's table); the seed varies episodes
     out = output_dir(cfg.out, "--out")
     path, frames = out / "sim-000000.tar", 0
+    if path.exists():  # (a store extracted from it would no longer match its corpus)
+        raise UserError(f"{path} exists: collect into another --out, or delete it first")
 
     def write(tmp: Path) -> None:
         nonlocal frames

@@ -177,5 +177,5 @@ def episode_png(store: Store, episode_id: int, path: Path) -> None:
     row = store.episode(episode_id)
     fig.suptitle(f"episode {episode_id}: {row['source']}  {row['task']}"[:120], fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")  # (named: a path without a suffix is written as given, not as .png)
     plt.close(fig)

@@ -96,6 +96,9 @@ def test_show_and_png(store, tmp_path):
     png = tmp_path / "ep.png"
     out = cli_ok("store", "show", store, 2, "--png", png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in out
+    bare = tmp_path / "picture"  # no suffix: written where it was said to be
+    assert f"wrote {bare}" in cli_ok("store", "show", store, 2, "--png", bare)
+    assert bare.read_bytes()[:4] == b"\x89PNG" and not bare.with_suffix(".png").exists()
     lines = [line.strip() for line in out.splitlines()]
     features, state = stored_features(2), episode_data(2)[1]
     n = len(state)

@@ -40,6 +40,9 @@ def test_pusht_collect_is_deterministic_and_round_trips_through_extract(tmp_path
     b = run_collect(CollectConfig(out=tmp_path / "b", **cfg))
     assert a.path.read_bytes() == b.path.read_bytes()
     assert a.path.read_bytes() != run_collect(CollectConfig(out=tmp_path / "c", **{**cfg, "seed": 6})).path.read_bytes()
+    with pytest.raises(UserError, match="sim-000000.tar exists: collect into another --out"):
+        run_collect(CollectConfig(out=tmp_path / "a", **{**cfg, "seed": 6}))  # never over a corpus
+    assert a.path.read_bytes() == b.path.read_bytes()
     meta = json.loads(_samples(a.path)["ep000001.json"])
     sim_state = np.array(meta["sim_state"])
     assert meta["fps"] == 10 and np.allclose(np.array(meta["state"]), sim_state[:, :2], atol=1e-4)
