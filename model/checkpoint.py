@@ -88,8 +88,9 @@ def load_predictor_weights(model: ACPredictor, path: Path, ckpt: dict | None = N
     embed = state.get("predictor_embed.weight")
     own = model.predictor_embed.weight
     if embed is not None and embed.shape[1] != own.shape[1]:
-        raise UserError(f"{path}: the predictor takes {embed.shape[1]}-dim features, the store holds "
-                        f"{own.shape[1]}-dim ones; extract with the matching encoder")
+        raise UserError(f"{path}: the predictor takes {embed.shape[1]}-dim features, not {own.shape[1]}-dim ones (the "
+                        "store's; a released-layout file without a store is taken for ViT-g's); extract with the "
+                        "matching encoder, or use our checkpoint or safetensors export, which carry their dims")
     load_strict(model, state, f"predictor of {path}")
 
 

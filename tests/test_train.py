@@ -150,7 +150,7 @@ def test_released_predictor_layout_loads_strictly(tmp_path):
                      "predictor_blocks.0.mlp.fc2.bias", "predictor_norm.weight", "predictor_proj.bias"}
     assert expected_keys <= set(model.state_dict())
     wrong = small_predictor(dim=16)
-    with pytest.raises(UserError, match="takes 24-dim features, the store holds 16-dim"):
+    with pytest.raises(UserError, match="takes 24-dim features, not 16-dim ones"):
         load_predictor_weights(wrong, path)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("predictor_blocks.1.")}
     torch.save({"predictor": state}, path)
@@ -328,7 +328,7 @@ def test_store_that_does_not_fit_is_refused(tmp_path):
     run_train(TrainConfig(store=a, out=tmp_path / "run", **base))
     with pytest.raises(UserError, match=r"trained on \{'feature_dim': 16\}, the store .* holds \{'feature_dim': 8\}"):
         run_train(TrainConfig(store=b, out=tmp_path / "run", resume=True, **{**base, "steps": 4}))
-    with pytest.raises(UserError, match="the predictor takes 16-dim features, the store holds 8-dim"):
+    with pytest.raises(UserError, match="the predictor takes 16-dim features, not 8-dim ones"):
         load_predictor_weights(ACPredictor(8, (2, 2), PREDICTOR_PRESETS["ac_test"]), tmp_path / "run" / "latest.pt")
     # fine-tuning on features of another encoder: the feature adapters start afresh, the blocks carry over
     result = run_train(TrainConfig(store=b, out=tmp_path / "run2", init_from=tmp_path / "run" / "latest.pt", **base))
