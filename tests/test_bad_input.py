@@ -47,6 +47,7 @@ CASES = [
     (EXTRACT + ["--limit", "-1"], "--limit must be >= 1 (got -1)"),
     (EXTRACT + ["--fps", "1e-300"], "--fps must be >= 0.01, <= 1000"),
     (EXTRACT + ["--camera", "top"], "--camera 'top' is not one of: left, right, wrist"),
+    (EXTRACT + ["--video-key", "observation.images.wrist"], "--video-key is for --format lerobot and rlds"),
     (EXTRACT[:-1] + ["vit_64x1x3x64@64"], "no ViT has dim 64, depth 1, heads 3, mlp 64 at 64 px"),
     (EXTRACT[:-1] + ["vit_64x1x2x64@72"], "no ViT has dim 64, depth 1, heads 2, mlp 64 at 72 px"),
     (["eval", "--checkpoint", "STORE", "--store", "STORE"], "is a folder, not a checkpoint file"),

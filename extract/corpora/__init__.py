@@ -34,6 +34,9 @@ def open_corpus(root: str | Path, fmt: str, camera: str = "left", video_key: str
                 native_fps: float | None = None) -> Corpus:
     if native_fps is not None and fmt != "rlds":
         raise UserError(f"--native-fps is for --format rlds; a {fmt} corpus records its own frame rate")
+    if video_key is not None and fmt in ("droid", "webdataset"):
+        raise UserError(f"--video-key is for --format lerobot and rlds; a {fmt} corpus has one video per camera"
+                        + (" (choose it with --camera)" if fmt == "droid" else " per sample"))
     if fmt == "droid":
         return DroidCorpus(root, camera, actions)
     if fmt == "lerobot":
