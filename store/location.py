@@ -105,7 +105,14 @@ def where(location: str | Path | RemotePath) -> Path | RemotePath:
     if isinstance(location, (Path, RemotePath)):
         return location
     if is_url(location):
-        return Path(location[len("file://"):]) if location.startswith("file://") else RemotePath(location)
+        if location.startswith("file://"):
+            return Path(location[len("file://"):])
+        from fsspec.registry import known_implementations, registry
+
+        protocol = location.partition("://")[0]
+        if protocol not in known_implementations and protocol not in registry:  # (checked once, where a URL comes in)
+            raise UserError(f"{location}: {protocol}:// is no storage that fsspec knows (s3://, gs://, az://, ...)")
+        return RemotePath(location)
     return Path(location)
 
 
@@ -137,11 +144,7 @@ class RemotePath:
     a "folder" exists when an object has its prefix."""
 
     def __init__(self, url: str):
-        from fsspec.registry import known_implementations, registry
-
         self.protocol, _, key = url.partition("://")
-        if self.protocol not in known_implementations and self.protocol not in registry:
-            raise UserError(f"{url}: {self.protocol}:// is no storage that fsspec knows (s3://, gs://, az://, ...)")
         self.key = key.strip("/")
         if not self.key:
             raise UserError(f"{url}: give a bucket (and a prefix), e.g. {self.protocol}://bucket/store")
