@@ -21,7 +21,7 @@ DEMO_CORPUS := $(DATA)/demo-corpus
 DEMO_STORE := $(DATA)/demo-store
 DEMO_RUN := $(DATA)/demo-run
 
-.PHONY: setup test docs extract train demo bench bench-s3 sim-bench clean-demo
+.PHONY: setup test docs extract train demo bench bench-gpu bench-s3 sim-bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -73,6 +73,14 @@ bench: setup
 	$(PY) cli.py bench memory
 	$(PY) cli.py bench codecs
 	$(PY) cli.py bench loader
+
+# the GPU sections (a CUDA device; not yet run here): ViT-g and ac_vitg speed,
+# cached vs online at the real pair, planning at the paper's CEM, the extraction job with ViT-g
+bench-gpu: setup
+	$(PY) cli.py bench gpu
+	$(PY) cli.py bench cached-vs-online --pairs vit_giant:ac_vitg --batch 8 --workers 8
+	$(PY) cli.py bench plan --presets ac_vitg --horizons 1,3
+	$(PY) cli.py bench extract --preset vit_giant --workers 8
 
 # bench loader and extraction from an S3-compatible server on loopback (moto, from the test extra), stopped afterwards
 S3_BENCH_ENV := AWS_ENDPOINT_URL=http://127.0.0.1:5555 AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench \
