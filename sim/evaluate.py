@@ -191,10 +191,11 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
     cem_cfg = replace(cfg.cem, state_from_action=sim.state_rule)
     planner = Planner(model, meta, cem_cfg, device, encoder=store_encoder(meta.encoder, t.encoder_checkpoint, ckpt))
     tasks = make_tasks(sim, t.task, t.episodes, t.task_seed)
-    goals = []
+    goals, goal_states = [], []
     for _, goal in tasks:
         sim.reset(goal)
         goals.append(sim.image())
+        goal_states.append(sim.agent())
     rng = torch.Generator().manual_seed(t.task_seed)
 
     def random_action(image, state):
@@ -205,18 +206,18 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
         return a.numpy()
 
     twin = new_sim() if t.oracle or t.state_oracle else None  # the oracles' imagination
-    policies = {  # name -> (goal state, goal image) -> policy
-        "model": lambda goal, image: lambda now, state: planner.act(now, state, image, t.horizon),
-        "random": lambda goal, image: random_action,
-        "hold": lambda goal, image: lambda now, state: planner.space(torch.as_tensor(state)).mean.numpy(),
-        "oracle": lambda goal, image: feature_oracle(sim, twin, planner, image, t.horizon, stride),
-        "state-oracle": lambda goal, image: state_oracle(sim, twin, planner, t.task, goal, t.horizon, stride)}
+    policies = {  # name -> episode i -> policy
+        "model": lambda i: lambda now, state: planner.act(now, state, goals[i], t.horizon, goal_states[i]),
+        "random": lambda i: random_action,
+        "hold": lambda i: lambda now, state: planner.space(torch.as_tensor(state)).mean.numpy(),
+        "oracle": lambda i: feature_oracle(sim, twin, planner, goals[i], t.horizon, stride),
+        "state-oracle": lambda i: state_oracle(sim, twin, planner, t.task, tasks[i][1], t.horizon, stride)}
     out = output_dir(cfg.out or Path(cfg.checkpoint).parent / f"sim-{t.env}-{t.task}", "--out")
     results, finals, names = {}, [], policy_names(cfg)
     for name in names:
         outcomes = []
         for i, ((start, goal), goal_image) in enumerate(zip(tasks, goals)):
-            outcome = run_episode(sim, t.task, policies[name](goal, goal_image), start, goal, t.budget, stride)
+            outcome = run_episode(sim, t.task, policies[name](i), start, goal, t.budget, stride)
             frames = outcome.pop("frames")
             if name == names[0]:
                 finals.append((frames[0], goal_image, frames[-1]))
@@ -227,7 +228,7 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
                 on_episode(name, i)
         results[name] = {**summarize(outcomes), "per_episode": outcomes}
     write_grid(out / "grid.png", finals, names[0])
-    cem_keys = ("samples", "iterations", "elites", "pick", "energy", "state_from_action")
+    cem_keys = ("samples", "iterations", "elites", "pick", "energy", "state_weight", "state_from_action")
     report = {"env": t.env, "task": t.task, "episodes": t.episodes, "budget": t.budget,
               "horizon": t.horizon, "frame_skip": stride, "tolerance": sim.reach_tolerance, "unit": sim.unit,
               "checkpoint": str(cfg.checkpoint), "cem": {k: getattr(cem_cfg, k) for k in cem_keys},

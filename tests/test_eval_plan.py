@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import RELEASED_META, load_trained
+from common.errors import UserError
+from model.checkpoint import RELEASED_META, ModelMeta, load_trained
 from model.predictor import PREDICTOR_PRESETS, ACPredictor
 from store import StoredEpisode, open_store, write_store
 from tests.conftest import assert_one_error_line, cli_main, cli_ok
@@ -126,6 +127,29 @@ def test_energy_all_is_the_mean_of_each_prefix_s_last_frame_energy():
     prefixes = torch.stack([last.energies(z0, state, goal, actions[:, :k]) for k in (1, 2, 3)], 1)  # [16, 3]
     torch.testing.assert_close(every.energies(z0, state, goal, actions), prefixes.mean(1))
     assert float((prefixes[:, 2] - prefixes.mean(1)).abs().max()) > 1e-3  # the two energies differ
+
+
+@pytest.mark.parametrize("energy", ["last", "all"])
+def test_state_weight_adds_the_planned_state_s_distance_to_the_goal_state(energy):
+    """--state-weight w: the feature energy plus w x mean |state after the same actions - goal state| / std."""
+
+    torch.manual_seed(0)
+    model = ACPredictor(24, (2, 3), PREDICTOR_PRESETS["ac_test"], state_dim=2, action_dim=2).eval()
+    meta = ModelMeta("ac_test", 24, (2, 3), 2, 2, "state-delta", stats={"state": {"std": [2.0, 0.5]}})
+    g = torch.Generator().manual_seed(7)
+    z0, goal = torch.randn(6, 24, generator=g), torch.randn(6, 24, generator=g)
+    actions = torch.randn(16, 3, 2, generator=g)
+    state, goal_state = torch.tensor([1.0, -1.0]), torch.tensor([0.5, 2.0])
+    plain, weighed = (Planner(model, meta, CEMConfig(energy=energy, state_weight=w), torch.device("cpu"))
+                      for w in (0.0, 0.3))
+    after = state + actions.cumsum(1)  # [16, 3, 2]: state-delta moves the state by each action
+    if energy == "last":
+        after = after[:, -1:]
+    want = plain.energies(z0, state, goal, actions) + 0.3 * ((after - goal_state) / torch.tensor([2.0, 0.5])).abs(
+    ).mean((1, 2))
+    torch.testing.assert_close(weighed.energies(z0, state, goal, actions, goal_state), want)
+    with pytest.raises(UserError, match="needs the goal's state"):
+        weighed.plan(z0, state, goal, 3)
 
 
 def test_eval_cli_on_the_demo_model(demo_run, demo_store, tmp_path):

@@ -154,7 +154,7 @@ class Bowl(Planner):
         super().__init__(torch.nn.Identity(), meta, cfg, torch.device("cpu"))
         self.optimum = optimum
 
-    def energies(self, z0, state, goal, actions):
+    def energies(self, z0, state, goal, actions, goal_state=None):
         return ((actions - self.optimum) ** 2).sum((1, 2))
 
 
@@ -242,6 +242,14 @@ def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
     assert (out / "oracle" / "episode_000.mp4").exists()
     code, _, err = cli_main(*args)
     assert_one_error_line(code, err, "--no-model --no-baselines leaves no policy to run")
+    # the goal's state in the energy: weighed heavily, the state's own rule steers the agent towards its goal
+    cli_ok("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "demo", "--episodes", 1, "--budget", 12,
+           "--samples", 64, "--iterations", 3, "--elites", 8, "--no-baselines", "--videos", 0, "--device", "cpu",
+           "--state-weight", 10, "--out", out / "state")
+    steered = json.loads((out / "state" / "report.json").read_text())
+    assert steered["cem"]["state_weight"] == 10
+    measured = steered["policies"]["model"]["per_episode"][0]["distance"]
+    assert measured < 0.75 * hold["per_episode"][0]["distance"]  # 0.60 of holding still's
 
 
 def test_sim_errors(demo_run, tmp_path):

@@ -147,6 +147,11 @@ class CEMConfig:
                                   "the paper's) or every planned frame (all: their mean L1, so a plan must make "
                                   "progress at each step; with a horizon above 1, MPC then cannot keep putting "
                                   "the work off to a step it never executes).", choices=("last", "all"))
+    state_weight: float = setting(0.0, "Weight of the state in the energy: the mean over state dims of |planned "
+                                       "state - goal state| / the dim's std in the data, added to the feature L1 "
+                                       "(after the same actions as the frames it compares; DINO-WM plans with "
+                                       "proprioception so). 0: features alone, the paper's. Needs the goal's "
+                                       "state.", min=0, max=1000)
     energy_batch: int = setting(800, "Energies per predictor call.", min=1, max=1_000_000)
     seed: int = seed_setting("Seed of the CEM samples.")
 
@@ -166,6 +171,7 @@ class PlanConfig:
     image: Path | None = setting(None, "Or: the current camera image (encoded with the run's encoder) ...")
     goal_image: Path | None = setting(None, "... the goal image ...")
     state: str | None = setting(None, "... and the current state, comma-separated (DROID: x,y,z,roll,pitch,yaw,gripper).")
+    goal_state: str | None = setting(None, "With --image: the goal's state, as --state (--state-weight needs it).")
     encoder_checkpoint: Path | None = setting(None, "Encoder weights for --image (the store's encoder).")
     horizon: int = setting(1, "Actions planned.", min=1, max=64)
     landscape: Path | None = setting(None, "Write the energy over a (dx, dy) grid around 0 to this PNG.")
@@ -175,13 +181,15 @@ class PlanConfig:
     def __post_init__(self) -> None:
         check(self)
         images = (self.image, self.goal_image, self.state)
-        if self.store is not None and any(v is not None for v in images):
+        if self.store is not None and any(v is not None for v in (*images, self.goal_state)):
             raise UserError("give either --store (start and goal from the store) or --image, --goal-image and "
                             "--state, not both")
         if self.store is not None and self.episode is None:
             raise UserError("--store needs --episode (and --start, --goal)")
         if self.store is None and any(v is None for v in images):
             raise UserError("give --store/--episode/--start/--goal, or --image, --goal-image and --state")
+        if self.store is None and self.cem.state_weight and self.goal_state is None:
+            raise UserError("--state-weight needs the goal's state: give --goal-state with --goal-image")
         if self.landscape is not None:
             output_file(self.landscape, "--landscape")
 

@@ -169,23 +169,41 @@ class Planner:
         return next_state(self.meta.actions, self.cfg.state_from_action, state, action)
 
     @torch.no_grad()
-    def energies(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor,
-                 actions: torch.Tensor) -> torch.Tensor:
-        """Energy [S] of S action sequences [S, H, A] from the normalised start frame z0 [N, D] with `state` [S]:
-        the mean L1 of the last predicted frame (or with `energy` all, of every one) to the goal [N, D]."""
+    def energies(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, actions: torch.Tensor,
+                 goal_state: torch.Tensor | None = None) -> torch.Tensor:
+        """Energy [S] of S action sequences [S, H, A] from the normalised start frame z0 [N, D] with `state`:
+        the mean L1 of the last predicted frame (or with `energy` all, of every one) to the goal [N, D], plus
+        with `state_weight` the weighted distance of the state after the same actions to `goal_state`."""
+        scale = self._state_scale(goal_state)
         out = []
         for chunk in actions.to(z0.device).split(self.cfg.energy_batch):
             s, h = chunk.shape[:2]
             states = [state.expand(s, -1)]
-            for k in range(h - 1):
+            for k in range(h):
                 states.append(self.next_state(states[-1], chunk[:, k]))
             with bf16_autocast(z0.device):
-                frames = rollout(self.model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states, 1).float(), h,
-                                 self.cached)  # [s, h, N, D]
+                frames = rollout(self.model, z0.expand(s, 1, *z0.shape), chunk, torch.stack(states[:h], 1).float(),
+                                 h, self.cached)  # [s, h, N, D]
+            after = torch.stack(states[1:], 1)  # [s, h, S]: the state after each action
             if self.cfg.energy == "last":
-                frames = frames[:, -1:]
-            out.append((frames.float() - goal).abs().mean((1, 2, 3)))
+                frames, after = frames[:, -1:], after[:, -1:]
+            e = (frames.float() - goal).abs().mean((1, 2, 3))
+            if scale is not None:
+                e = e + self.cfg.state_weight * ((after.float() - goal_state) / scale).abs().mean((1, 2))
+            out.append(e)
         return torch.cat(out)
+
+    def _state_scale(self, goal_state: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-dim std of the data's states [S] where the energy weighs the state, else None."""
+        if not self.cfg.state_weight:
+            return None
+        if goal_state is None:
+            raise UserError("--state-weight needs the goal's state, and none was given with this goal")
+        std = ((self.meta.stats or {}).get("state") or {}).get("std")
+        if std is None:
+            raise UserError("--state-weight: this model records no state statistics (train it on a store merged by "
+                            "this version)")
+        return torch.tensor(std, device=goal_state.device).float().clamp_min(1e-6)
 
     @torch.inference_mode()
     def encode(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -198,21 +216,25 @@ class Planner:
                             f"{self.meta.feature_dim}")
         return z
 
-    def act(self, image: np.ndarray, state, goal_image: np.ndarray, horizon: int = 1) -> np.ndarray:
-        """The first action [A] of a plan from the camera image and robot state to the goal image."""
+    def act(self, image: np.ndarray, state, goal_image: np.ndarray, horizon: int = 1, goal_state=None) -> np.ndarray:
+        """The first action [A] of a plan from the camera image and robot state to the goal image (and the goal's
+        state, which `state_weight` needs)."""
         z0, zg = self.encode([image, goal_image])
-        state = torch.as_tensor(np.asarray(state, np.float32), device=self.device)
-        return self.plan(z0, state, zg, horizon).actions[0].cpu().numpy()
+        state, goal_state = (None if v is None else torch.as_tensor(np.asarray(v, np.float32), device=self.device)
+                             for v in (state, goal_state))
+        return self.plan(z0, state, zg, horizon, goal_state).actions[0].cpu().numpy()
 
     def space(self, state: torch.Tensor) -> SearchSpace:
         return search_space(self.meta, self.cfg, state)
 
-    def plan(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, horizon: int = 1) -> Plan:
-        """CEM with the world model's energy from start frame z0 (state) to the goal features."""
-        return cem(lambda a: self.energies(z0, state, goal, a), self.space(state), self.cfg, horizon)
+    def plan(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor, horizon: int = 1,
+             goal_state: torch.Tensor | None = None) -> Plan:
+        """CEM with the world model's energy from start frame z0 (state) to the goal features (and state)."""
+        self._state_scale(goal_state)  # a missing goal state fails before any work
+        return cem(lambda a: self.energies(z0, state, goal, a, goal_state), self.space(state), self.cfg, horizon)
 
-    def landscape(self, z0: torch.Tensor, state: torch.Tensor,
-                  goal: torch.Tensor) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+    def landscape(self, z0: torch.Tensor, state: torch.Tensor, goal: torch.Tensor,
+                  goal_state: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
         """Energy over a grid of one-step actions varying the first two searched dims across their box
         (the others at the search's start). Returns the two dims, their values [points] each and the
         energies [points (second dim), points (first dim)]."""
@@ -222,4 +244,4 @@ class Planner:
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         actions = space.mean.expand(points * points, 1, -1).clone()
         actions[:, 0, i], actions[:, 0, j] = gx.flatten(), gy.flatten()
-        return [i, j], xs, ys, self.energies(z0, state, goal, actions).cpu().view(points, points)
+        return [i, j], xs, ys, self.energies(z0, state, goal, actions, goal_state).cpu().view(points, points)

@@ -57,7 +57,8 @@ def plot_landscape(xs: torch.Tensor, ys: torch.Tensor, energy: torch.Tensor, lab
 
 
 def store_pair(store: Store, episode: int, start: int, goal: int, device: torch.device):
-    """(z_start [N, D], state [S], z_goal [N, D], true actions [goal-start, A]) from a store episode."""
+    """(z_start [N, D], state [S], z_goal [N, D], goal state [S], true actions [goal-start, A]) from a store
+    episode."""
     n = store.num_frames(episode)
     if not 0 <= start < n:
         raise UserError(f"--start {start} is outside episode {episode} (frames 0..{n - 1})")
@@ -65,7 +66,7 @@ def store_pair(store: Store, episode: int, start: int, goal: int, device: torch.
         raise UserError(f"--goal must be after --start and inside the episode (frames {start + 1}..{n - 1})")
     feats, states, stored = store.read_window(episode, start, goal - start + 1)
     z = normalize(feats.to(device))
-    return z[0], states[0].to(device), z[-1], clip_actions(store.config.actions, states, stored)
+    return z[0], states[0].to(device), z[-1], states[-1].to(device), clip_actions(store.config.actions, states, stored)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -76,15 +77,15 @@ def read_image(path: Path) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {e}") from None
 
 
-def parse_state(text: str, meta: ModelMeta, device: torch.device) -> torch.Tensor:
-    """'v0,v1,...' -> a state [S] of the model's state dims."""
+def parse_state(text: str, meta: ModelMeta, device: torch.device, option: str = "--state") -> torch.Tensor:
+    """'v0,v1,...' (given as `option`) -> a state [S] of the model's state dims."""
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
     if len(values) != meta.state_dim or not all(map(math.isfinite, values)):
         names = ",".join(state_names(meta.state_names, meta.actions, meta.state_dim))
-        raise UserError(f"--state must be {meta.state_dim} comma-separated finite numbers ({names})")
+        raise UserError(f"{option} must be {meta.state_dim} comma-separated finite numbers ({names})")
     return torch.tensor(values, device=device)
 
 
@@ -107,19 +108,20 @@ def run_plan(cfg: PlanConfig) -> PlanResult:
         model, meta, _ = load_trained(cfg.checkpoint, store)
         planner = Planner(model, meta, cfg.cem, device)
         goal = cfg.start + cfg.horizon if cfg.goal is None else cfg.goal
-        z0, s0, zg, true = store_pair(store, cfg.episode, cfg.start, goal, device)
+        z0, s0, zg, sg, true = store_pair(store, cfg.episode, cfg.start, goal, device)
         if len(true) != cfg.horizon:
             notes.append(f"goal is {len(true)} frames after start, planning {cfg.horizon} action(s)")
     else:
         model, meta, ckpt = load_trained(cfg.checkpoint)
         s0 = parse_state(cfg.state, meta, device)
+        sg = None if cfg.goal_state is None else parse_state(cfg.goal_state, meta, device, "--goal-state")
         encoder = store_encoder(meta.encoder, cfg.encoder_checkpoint, ckpt)
         planner = Planner(model, meta, cfg.cem, device, encoder=encoder)
         z0, zg = planner.encode([read_image(cfg.image), read_image(cfg.goal_image)])
-    plan = planner.plan(z0, s0, zg, cfg.horizon)
+    plan = planner.plan(z0, s0, zg, cfg.horizon, sg)
     names = names_of(meta)
     if cfg.landscape:
-        (i, j), xs, ys, energy = planner.landscape(z0, s0, zg)
+        (i, j), xs, ys, energy = planner.landscape(z0, s0, zg, sg)
         plot_landscape(xs, ys, energy, [names[i], names[j]], None if true is None else true[0, [i, j]],
                        plan.actions[0, [i, j]], cfg.landscape)
     return PlanResult(plan, names, true, notes, cfg.landscape, str(device))
@@ -159,8 +161,8 @@ def offline_planning(planner: Planner, store: Store, episodes: list[int], k: int
     rows = []
     for i in evenly_spaced(len(candidates), pairs):
         e, s = candidates[i]
-        z0, state, goal, true = store_pair(store, e, s, s + k, planner.device)
-        plan = planner.plan(z0, state, goal, k)
+        z0, state, goal, goal_state, true = store_pair(store, e, s, s + k, planner.device)
+        plan = planner.plan(z0, state, goal, k, goal_state)
         true = true.double()
         noop = planner.space(state).mean.double()
         row = {"episode": e, "start": s, "action_error": (plan.actions.double() - true).abs().mean(0).tolist(),
