@@ -7,6 +7,7 @@ from dataclasses import replace
 import torch
 
 from common.device import pick_device
+from common.errors import UserError
 from model.checkpoint import RELEASED_META
 from model.predictor import build_model
 from model.vit import ENCODER_PRESETS
@@ -23,6 +24,9 @@ def run(bench: PlanBench) -> Section:
     alternate at each horizon, on the same plan."""
     dev = pick_device()
     cfg = bench.cem
+    if cfg.state_weight:
+        raise UserError("bench plan times the features' energy on random frames, which have no goal state: drop "
+                        "--state-weight")
     results, rows = {}, []
     horizons = counts(bench.horizons, "--horizons")
     for preset in names(bench.presets, "--presets", ENCODER_OF):

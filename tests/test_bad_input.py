@@ -105,6 +105,7 @@ CASES = [
     (["bench", "loader", "--frames", "0"], "--frames must be >= 66"),
     (["bench", "plan", "--presets", "ac_huge"], "--presets 'ac_huge': choose from ac_demo, ac_vitg, ac_vitg_mini"),
     (["bench", "plan", "--horizons", "1,0"], "--horizons '1,0' must be at least 1 each"),
+    (["bench", "plan", "--state-weight", "0.1"], "random frames, which have no goal state: drop --state-weight"),
     (["bench", "cached-vs-online", "--directory", "NEW", "--pairs", "vit_demo"], "each is ENCODER:PREDICTOR"),
     (["bench", "encoders", "--directory", "NEW", "--size", "256"], "vit_demo takes 128 px frames in 16 px patches"),
     (["bench", "encoders", "--directory", "NEW", "--encoders", "effnet-random", "--size", "200"],
