@@ -181,4 +181,5 @@ def run(cfg: OnlineBench) -> Section:
                  "ms per clip: decode / encode / train step", "online clips/s", "cached clips/s", "speed-up",
                  "feature gap"], rows)
     )
-    return Section(f"cached-vs-online-{dev.type}", f"Cached features vs online encoding ({dev.type.upper()})", body, results)
+    return Section(f"cached-vs-online-{dev.type}", f"Cached features vs online encoding ({dev.type.upper()})", body,
+                   results)

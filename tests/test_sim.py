@@ -260,6 +260,8 @@ def test_sim_errors(demo_run, tmp_path):
     assert_one_error_line(code, err, "stack")
     code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--state-from-action", "target")
     assert_one_error_line(code, err, "--state-from-action target: the demo simulator moves its state by its own rule")
+    code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--oracle", "--state-weight", "0.1")
+    assert_one_error_line(code, err, "--oracle plans on the features alone (what they allow); run it without")
     code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "pusht", "--out", tmp_path)
     assert_one_error_line(code, err, "the PushT simulator films with the top or agent camera, not 'wrist'")
     with mock.patch.dict(sys.modules, {"gym_pusht": None, "gym_pusht.envs": None}):
