@@ -145,8 +145,8 @@ def test_state_weight_adds_the_planned_state_s_distance_to_the_goal_state(energy
     after = state + actions.cumsum(1)  # [16, 3, 2]: state-delta moves the state by each action
     if energy == "last":
         after = after[:, -1:]
-    want = plain.energies(z0, state, goal, actions) + 0.3 * ((after - goal_state) / torch.tensor([2.0, 0.5])).abs(
-    ).mean((1, 2))
+    state_term = ((after - goal_state) / torch.tensor([2.0, 0.5])).abs().mean((1, 2))  # [16]
+    want = plain.energies(z0, state, goal, actions) + 0.3 * state_term
     torch.testing.assert_close(weighed.energies(z0, state, goal, actions, goal_state), want)
     with pytest.raises(UserError, match="needs the goal's state"):
         weighed.plan(z0, state, goal, 3)
