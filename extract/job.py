@@ -243,6 +243,8 @@ class _Pipeline:
         self.waiting: dict[int, deque[Piece]] = defaultdict(deque)
         self.episodes: dict[int, _Episode] = {}
         self.queue: deque[tuple[int, torch.Tensor]] = deque()  # released frames, not yet encoded
+        # the batch being encoded: (its frames' owners as (order, count), its features, when they are there)
+        self.in_flight: tuple[list[tuple[int, int]], torch.Tensor, torch.cuda.Event | None] | None = None
         self.queued = 0
         self.next_release = 0
         self.next_write = 0
@@ -262,6 +264,8 @@ class _Pipeline:
                     break
                 self.waiting[piece.order].append(piece)
                 self._release()
+            self._land()  # the last batch's episodes
+            self._write_ready()
             self._drain()  # episodes already encoded are written (and their unit sealed if they end it)
         finally:
             self.writes.shutdown(cancel_futures=True)  # after a failure: the first error stands, later writes go
@@ -316,6 +320,8 @@ class _Pipeline:
         return self.claimed[unit]
 
     def _encode(self, flush: bool) -> None:
+        """Encode the queued frames in batches (a short one at a unit's end), each launched before the one
+        before it lands, so the device works while this process decodes, collates and writes."""
         bs = self.cfg.batch_size
         while self.queued >= bs or (flush and self.queued):
             owners, parts, need = [], [], min(bs, self.queued)
@@ -327,19 +333,40 @@ class _Pipeline:
                 owners.append((order, len(frames)))
                 parts.append(frames)
                 need -= len(frames)
-            out = self._forward(torch.cat(parts))
-            self.queued -= len(out)
-            offset = 0
-            for order, n in owners:
-                self.episodes[order].features.append(out[offset:offset + n])
-                offset += n
+            self.queued -= sum(n for _, n in owners)
+            launched = (owners, *self._launch(parts))
+            self._land()
+            self.in_flight = launched
         self._write_ready()
 
     @torch.inference_mode()
-    def _forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.to(self.device, non_blocking=True)
+    def _launch(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Start encoding a batch: its features [n, tokens, dim] and the event after which they are there (None:
+        at once). On CUDA both copies go through pinned memory, so they and the forward are only queued here."""
+        if self.device.type != "cuda":
+            return self.encoder(torch.cat(parts).to(self.device)).float().cpu(), None
+        frames = torch.empty((sum(map(len, parts)), *parts[0].shape[1:]), dtype=parts[0].dtype, pin_memory=True)
+        torch.cat(parts, out=frames)
         with bf16_autocast(self.device):
-            return self.encoder(x).float().cpu()
+            z = self.encoder(frames.to(self.device, non_blocking=True)).float()
+        out = torch.empty(z.shape, dtype=z.dtype, pin_memory=True)
+        out.copy_(z, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return out, done
+
+    def _land(self) -> None:
+        """Hand the batch in flight's features to their episodes once the device is done with it."""
+        if self.in_flight is None:
+            return
+        (owners, out, done), self.in_flight = self.in_flight, None
+        if done is not None:
+            done.synchronize()
+        offset = 0
+        for order, n in owners:
+            if order in self.episodes:  # not an episode that was skipped (and written) meanwhile
+                self.episodes[order].features.append(out[offset:offset + n])
+            offset += n
 
     def _write_ready(self) -> None:
         """Queue the finished episodes, in plan order, for the writer thread."""

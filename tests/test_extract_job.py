@@ -170,9 +170,10 @@ def test_truncated_shared_video_is_quiet_and_says_why(tmp_path):
     assert said and all("the video ended early" in r or "truncated stream" in r for r in said), said
 
 
-def test_episode_that_fails_after_its_first_piece_is_skipped(tmp_path, monkeypatch):
-    """Frames of its first piece already wait for the encoder when a later piece fails to decode: the
-    episode is skipped with its reason, its queued frames dropped, the others extracted."""
+@pytest.mark.parametrize("batch", [64, 16])
+def test_episode_that_fails_after_its_first_piece_is_skipped(tmp_path, monkeypatch, batch):
+    """Frames of its first piece already wait for the encoder (batch 64), or are being encoded (16), when a later
+    piece fails to decode: the episode is skipped with its reason, its frames dropped, the others extracted."""
     import extract.job
     from common.errors import SkipEpisode
     from extract.corpora import DroidCorpus
@@ -195,7 +196,7 @@ def test_episode_that_fails_after_its_first_piece_is_skipped(tmp_path, monkeypat
 
     monkeypatch.setattr(extract.job, "open_corpus", lambda root, *a: BFirst(root))
     summary = run_extract(ExtractConfig(corpus=tmp_path / "corpus", out=tmp_path / "s", preset="vit_test",
-                                        workers=0, batch_size=64, device="cpu"))
+                                        workers=0, batch_size=batch, device="cpu"))
     assert summary.episodes_ok == 2 and summary.skipped == [("LAB/success/2024-01-01/b", "video decoding failed (test)")]
     assert verify(tmp_path / "s") == []
 
