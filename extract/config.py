@@ -10,7 +10,7 @@ from model import ENCODER_FAMILIES
 from store.format import CODECS, COMPRESSIONS, check_source
 
 FORMATS = ("droid", "lerobot", "webdataset", "rlds")
-DROID_CAMERAS = ("left", "right", "wrist")
+DROID_CAMERAS = ("left", "right", "wrist")  # the first is the default
 
 
 @dataclass
@@ -20,12 +20,13 @@ class ExtractConfig:
                                "fsspec URL (s3://bucket/prefix, gs://...: read where it lies).")
     out: str = setting(help="Store to create or resume: a folder, or an fsspec URL (s3://bucket/prefix, gs://...).")
     format: str = setting("droid", "Corpus format.", choices=FORMATS)
-    camera: str = setting("left", "DROID camera.", choices=DROID_CAMERAS)
+    camera: str | None = setting(None, "DROID camera (default left). LeRobot and RLDS corpora pick theirs with "
+                                       "--video-key; a WebDataset sample holds one video.", choices=DROID_CAMERAS)
     video_key: str | None = setting(None, "LeRobot video key (camera), e.g. observation.images.front; RLDS image "
                                           "key under steps/, dotted, e.g. observation.exterior_image_1_left.")
-    state_key: str = setting("observation.state", "LeRobot column with the robot's per-frame state (any dims); RLDS: "
-                                                  "step keys, dotted, comma-separated to concatenate (e.g. "
-                                                  "observation.cartesian_position,observation.gripper_position).")
+    state_key: str | None = setting(None, "LeRobot column with the robot's per-frame state (any dims); RLDS: step "
+                                          "keys, dotted, comma-separated to concatenate (e.g. observation.cartesian_"
+                                          "position,observation.gripper_position). Default: observation.state.")
     actions: str | None = setting(None, "How the action between stored frames is defined: pose-delta (DROID's 7-D "
                                         "end-effector rule), state-delta (s_t+1 - s_t), or column:KEY (the dataset's "
                                         "own column; the native rows between two stored frames concatenated). "

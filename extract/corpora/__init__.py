@@ -29,9 +29,16 @@ __all__ = ["Corpus", "DroidCorpus", "Episode", "LeRobotCorpus", "RLDSCorpus", "R
            "open_corpus", "stride_for"]
 
 
-def open_corpus(root: str | Path, fmt: str, camera: str = "left", video_key: str | None = None,
-                state_key: str = "observation.state", actions: str | None = None,
+def open_corpus(root: str | Path, fmt: str, camera: str | None = None, video_key: str | None = None,
+                state_key: str | None = None, actions: str | None = None,
                 native_fps: float | None = None) -> Corpus:
+    """The corpus at `root`; an option its format has no use for is refused, not ignored."""
+    if camera is not None and fmt != "droid":
+        why = "a webdataset sample holds one video" if fmt == "webdataset" else "choose the camera with --video-key"
+        raise UserError(f"--camera is for --format droid; {why}")
+    if state_key is not None and fmt in ("droid", "webdataset"):
+        raise UserError(f"--state-key is for --format lerobot and rlds; a {fmt} corpus records its states in "
+                        + ("each episode's trajectory.h5" if fmt == "droid" else "each sample's .json sidecar"))
     if native_fps is not None and fmt != "rlds":
         raise UserError(f"--native-fps is for --format rlds; a {fmt} corpus records its own frame rate")
     if video_key is not None and fmt in ("droid", "webdataset"):

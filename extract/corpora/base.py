@@ -14,6 +14,8 @@ from store.location import RemotePath, where
 
 from .sampling import Episode, Robot, stride_for
 
+STATE_KEY = "observation.state"  # LeRobot's and RLDS's usual state key, the --state-key default
+
 
 class Corpus:
     """A source of episodes. Subclasses set `actions` (resolved: the user's choice or the format's

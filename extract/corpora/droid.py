@@ -26,8 +26,9 @@ class DroidCorpus(Corpus):
 
     format = "droid"
 
-    def __init__(self, root: str | Path, camera: str = "left", actions: str | None = None):
+    def __init__(self, root: str | Path, camera: str | None = None, actions: str | None = None):
         root = where(root)
+        camera = camera or DROID_CAMERAS[0]
         if camera not in DROID_CAMERAS:
             raise UserError(f"unknown DROID camera {camera!r}; choose one of {', '.join(DROID_CAMERAS)}")
         self.camera = camera

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from common.errors import SkipEpisode, UserError
 from store.format import STATE_DELTA, check_source, column_key
 
-from .base import Corpus, open_video, opened, pick_camera, require_dir
+from .base import STATE_KEY, Corpus, open_video, opened, pick_camera, require_dir
 from .sampling import Episode, sampled_episode
 
 
@@ -31,14 +31,14 @@ class LeRobotCorpus(Corpus):
 
     format = "lerobot"
 
-    def __init__(self, root: str | Path, video_key: str | None = None, state_key: str = "observation.state",
+    def __init__(self, root: str | Path, video_key: str | None = None, state_key: str | None = None,
                  actions: str | None = None):
         self.root = require_dir(root, "a LeRobot dataset")
         info_path = self.root / "meta" / "info.json"
         if not info_path.is_file():
             raise UserError(f"{self.root} is not a LeRobot dataset (no meta/info.json)")
         try:
-            self._read_meta(info_path, video_key, state_key, actions)
+            self._read_meta(info_path, video_key, state_key or STATE_KEY, actions)
         except (ValueError, KeyError, TypeError, AttributeError, pa.ArrowException) as e:
             raise UserError(f"{self.root}: damaged LeRobot metadata ({type(e).__name__}: {e})") from None
 

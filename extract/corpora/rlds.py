@@ -18,7 +18,7 @@ from common.errors import SkipEpisode, UserError
 from common.media import Images
 from store.format import STATE_DELTA, check_source, column_key
 
-from .base import Corpus, pick_camera, require_dir
+from .base import STATE_KEY, Corpus, pick_camera, require_dir
 from .sampling import Episode, sampled_episode
 from .tfrecord import CorruptRecord, parse_example, read_record, record_offsets
 
@@ -56,7 +56,7 @@ class RLDSCorpus(Corpus):
 
     format = "rlds"
 
-    def __init__(self, root: str | Path, video_key: str | None = None, state_key: str = "observation.state",
+    def __init__(self, root: str | Path, video_key: str | None = None, state_key: str | None = None,
                  actions: str | None = None, native_fps: float | None = None):
         self.root = require_dir(root, "an RLDS dataset version folder (features.json and .tfrecord shards)")
         if native_fps is None:
@@ -75,7 +75,7 @@ class RLDSCorpus(Corpus):
         images = [_dotted(k) for k, v in self.leaves.items() if k.startswith("steps/") and v["kind"] == "image"]
         video_key = pick_camera(video_key, images, self.root, "image keys")
         self.video_key, self.camera = _step_key(video_key), video_key
-        self.state_keys = [k.strip() for k in state_key.split(",")]
+        self.state_keys = [k.strip() for k in (state_key or STATE_KEY).split(",")]
         for key in self.state_keys:
             self._numeric(key, "--state-key")
         self.actions = actions or ("column:action" if "steps/action" in self.leaves else STATE_DELTA)
