@@ -73,6 +73,8 @@ def check(cfg: Any) -> None:
         if value is None or is_dataclass(value):
             continue
         m, name = f.metadata, cli_name(f)
+        if isinstance(value, str) and not value.strip():
+            raise UserError(f"{name} is empty")
         if isinstance(value, Path) and URL.match(str(value)):  # (a Path has already folded its "//" into "/")
             raise UserError(f"{name} {value}: a URL, where a local path is needed")
         if m.get("choices") and value not in m["choices"]:

@@ -51,6 +51,8 @@ CASES = [
     (EXTRACT + ["--format", "lerobot", "--camera", "wrist"], "--camera is for --format droid; choose the camera with"),
     (EXTRACT + ["--format", "webdataset", "--camera", "left"], "--camera is for --format droid; a webdataset sample"),
     (EXTRACT + ["--state-key", "observation.state"], "--state-key is for --format lerobot and rlds; a droid corpus"),
+    (EXTRACT[:3] + ["--out", ""], "--out is empty"),
+    (EXTRACT[:3] + ["--out", "/", "--preset", "vit_test"], "'/' names no folder of its own"),
     (EXTRACT[:-1] + ["vit_64x1x3x64@64"], "no ViT has dim 64, depth 1, heads 3, mlp 64 at 64 px"),
     (EXTRACT[:-1] + ["vit_64x1x2x64@72"], "no ViT has dim 64, depth 1, heads 2, mlp 64 at 72 px"),
     (["eval", "--checkpoint", "STORE", "--store", "STORE"], "is a folder, not a checkpoint file"),
