@@ -156,6 +156,11 @@ def extract(cfg: ExtractConfig) -> None:
             console.print(f"[yellow]{len(items)} episode(s) {what}:[/yellow]")
             for source, text in items:
                 console.print(f"  {source}: {text}")
+    if s.skipped_before:
+        console.print(f"[yellow]{len(s.skipped_before)} episode(s) skipped by an earlier run, kept in their sealed "
+                      "units (--retry-skipped redoes those units):[/yellow]")
+        for source, text in s.skipped_before:
+            console.print(f"  {source}: {text}")
     if s.failed:
         raise UserError(s.failed)
 

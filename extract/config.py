@@ -63,6 +63,8 @@ class ExtractConfig:
     world_size: int | None = setting(None, "Number of ranks (default $WORLD_SIZE or 1).", min=1)
     device: str | None = device_setting()
     limit: int | None = setting(None, "Only the first N episodes of the corpus.", min=1)
+    retry_skipped: bool = setting(False, "Redo, each whole, the sealed units that hold skipped episodes (after a fix "
+                                         "to the corpus or the decoders); not while a trainer reads the store.")
 
     def __post_init__(self) -> None:
         check(self)

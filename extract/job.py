@@ -40,7 +40,7 @@ from store import (
     plan_units,
     sealed_units,
 )
-from store.format import SEAL_FILE, shard_dir
+from store.format import SEAL_FILE, shard_dir, shard_episodes
 from store.integrity import check_shard
 from store.lease import UnitLocks
 from store.location import (
@@ -130,6 +130,8 @@ class ExtractSummary:
     units: int  # this rank's units written by this run
     units_skipped: int  # already sealed (by an earlier run, or by another writer meanwhile)
     units_held: int = 0  # being written by another process: left to it
+    # (source, reason) of the skipped episodes in units an earlier run sealed, kept as they are (no --retry-skipped)
+    skipped_before: list[tuple[str, str]] = field(default_factory=list)
     episodes_ok: int = 0
     frames: int = 0
     seconds: float = 0.0
@@ -183,9 +185,15 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     sealed = sorted(set(sealed_units(cfg.out)) & set(mine))
     with ThreadPoolExecutor(max_workers=CHECKS_IN_FLIGHT) as pool:
         intact = {u for u, ok in zip(sealed, pool.map(lambda u: shards.intact(u, report=True), sealed)) if ok}
+        kept = sorted(intact)
+        skips = {u: found for u, found in zip(kept, pool.map(shards.skipped, kept)) if found}
+    if cfg.retry_skipped:
+        shards.redo = set(skips)
+        intact -= shards.redo
     todo = [u for u in mine if u not in intact]
     summary = ExtractSummary(rank, world, units=0, units_skipped=len(mine) - len(todo), store=where(cfg.out),
-                             actions=f"{robot.actions} ({robot.state_dim}-D states, {robot.action_dim}-D actions)")
+                             actions=f"{robot.actions} ({robot.state_dim}-D states, {robot.action_dim}-D actions)",
+                             skipped_before=[] if cfg.retry_skipped else [s for u in sorted(skips) for s in skips[u]])
 
     work = [(int(first_id[u] + i), u, src) for u in todo for i, src in enumerate(units[u])]
     if on_start:
@@ -210,6 +218,7 @@ class _Shards:
     def __init__(self, root: Path | RemotePath, config: StoreConfig, planned: list[list[int]]):
         self.root, self.config, self.planned = where(root), config, planned
         self.locks = UnitLocks(self.root)
+        self.redo: set[int] = set()  # sealed units to write again (--retry-skipped)
 
     def intact(self, unit: int, report: bool = False) -> bool:
         """A sealed unit that checks out against its seal (its feature chunks listed, not hashed). Any other, as
@@ -219,12 +228,17 @@ class _Shards:
             log.info("%s; the shard will be removed and redone", problems[0])
         return not problems
 
+    def skipped(self, unit: int) -> list[tuple[str, str]]:
+        """(source, reason) of a sealed unit's skipped episodes."""
+        return [(r["source"], r["reason"]) for r in shard_episodes(self.root, unit).to_pylist()
+                if r["status"] == "skipped"]
+
     def claim(self, unit: int) -> str | None:
         """Lock a unit to write it and clear what stands in its place: None, or why it is not this run's to write."""
         holder = self.locks.take(unit)
         if holder is not None:
             return f"{holder} is writing it"
-        if (shard_dir(self.root, unit) / SEAL_FILE).exists() and self.intact(unit):
+        if unit not in self.redo and (shard_dir(self.root, unit) / SEAL_FILE).exists() and self.intact(unit):
             self.locks.release(unit)
             return "sealed by another writer meanwhile"
         remove_tree(shard_dir(self.root, unit))

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from extract.config import ExtractConfig
 from extract.job import run_extract
 from store import open_store, verify
-from store.format import SEAL_FILE, unsealed_units
+from store.format import SEAL_FILE, shard_dir, unsealed_units
 from tests import corpora
 from tests.conftest import (JOB_CONFIG, ROOT, assert_one_error_line, assert_same_store, cli_main, cli_ok, extract_args,
                             run_cli, signalled)
@@ -149,6 +150,29 @@ def test_bad_episodes_are_skipped_with_reasons(tmp_path):
     assert rows["c_no_state"]["status"] == "skipped" and "cartesian_position" in rows["c_no_state"]["reason"]
     assert rows["d_short"]["status"] == "skipped" and "only 1 frames" in rows["d_short"]["reason"]
     assert verify(out) == []
+
+
+def test_retry_skipped_redoes_only_the_units_that_hold_skips(tmp_path):
+    """A rerun keeps a sealed unit's skipped episode (and says so); after the video is mended, --retry-skipped
+    redoes that unit whole and leaves the others' files alone."""
+    corpus = tmp_path / "corpus"
+    for name in ("a", "b", "c", "d"):
+        corpora.droid_episode(corpus, name, steps=20)
+    mp4 = corpus / "LAB" / "success" / "2024-01-01" / "b" / "recordings" / "MP4" / "111.mp4"
+    good = mp4.read_bytes()
+    mp4.write_bytes(good[:300])
+    out = tmp_path / "store"
+    cfg = ExtractConfig(corpus=corpus, out=out, preset="vit_test", workers=0, episodes_per_unit=2)
+    assert [s.split("/")[-1] for s, _ in run_extract(cfg).skipped] == ["b"]
+    mp4.write_bytes(good)
+    again = run_extract(cfg)
+    assert again.units == 0 and [(s.split("/")[-1], "unreadable video" in why) for s, why in again.skipped_before] \
+        == [("b", True)]
+    other = (shard_dir(out, 1) / SEAL_FILE).read_bytes()
+    retried = run_extract(replace(cfg, retry_skipped=True))
+    assert (retried.units, retried.units_skipped, retried.episodes_ok, retried.skipped) == (1, 1, 2, [])
+    assert [r["status"] for r in open_store(out).episodes.to_pylist()] == ["ok"] * 4
+    assert (shard_dir(out, 1) / SEAL_FILE).read_bytes() == other and verify(out) == []
 
 
 def test_truncated_shared_video_is_quiet_and_says_why(tmp_path):
