@@ -64,7 +64,8 @@ class ExtractConfig:
     device: str | None = device_setting()
     limit: int | None = setting(None, "Only the first N episodes of the corpus.", min=1)
     retry_skipped: bool = setting(False, "Redo, each whole, the sealed units that hold skipped episodes (after a fix "
-                                         "to the corpus or the decoders); not while a trainer reads the store.")
+                                         "to the corpus or the decoders). Until they are sealed again and merged, the "
+                                         "store does not open for training (a stopped run: run it again).")
 
     def __post_init__(self) -> None:
         check(self)

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from common.device import bf16_autocast, pick_device, rank_world
-from common.errors import Preempted, SkipEpisode, UserError
+from common.errors import Preempted, SkipEpisode, StoreError, UserError
 from common.media import free_decoders
 from common.stop import StopRequest, ignore_stop_signals, stop_signals
 from model.encoders import build_encoder
@@ -36,11 +36,12 @@ from store import (
     ShardWriter,
     StoreConfig,
     create_store,
+    manifest,
     merge_manifest,
     plan_units,
     sealed_units,
 )
-from store.format import SEAL_FILE, shard_dir, shard_episodes
+from store.format import MANIFEST_FILE, SEAL_FILE, read_checked, read_root_attrs, shard_dir, shard_episodes
 from store.integrity import check_shard
 from store.lease import UnitLocks
 from store.location import (
@@ -185,15 +186,14 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     sealed = sorted(set(sealed_units(cfg.out)) & set(mine))
     with ThreadPoolExecutor(max_workers=CHECKS_IN_FLIGHT) as pool:
         intact = {u for u, ok in zip(sealed, pool.map(lambda u: shards.intact(u, report=True), sealed)) if ok}
-        kept = sorted(intact)
-        skips = {u: found for u, found in zip(kept, pool.map(shards.skipped, kept)) if found}
-    if cfg.retry_skipped:
-        shards.redo = set(skips)
-        intact -= shards.redo
+        if cfg.retry_skipped:  # each unit's own table decides (the merged manifest may predate a redo)
+            kept = sorted(intact)
+            shards.redo = {u: seal for u, seal in zip(kept, pool.map(shards.seal_if_skips, kept)) if seal}
+            intact -= set(shards.redo)
     todo = [u for u in mine if u not in intact]
     summary = ExtractSummary(rank, world, units=0, units_skipped=len(mine) - len(todo), store=where(cfg.out),
                              actions=f"{robot.actions} ({robot.state_dim}-D states, {robot.action_dim}-D actions)",
-                             skipped_before=[] if cfg.retry_skipped else [s for u in sorted(skips) for s in skips[u]])
+                             skipped_before=[] if cfg.retry_skipped else _kept_skips(cfg.out, intact))
 
     work = [(int(first_id[u] + i), u, src) for u in todo for i, src in enumerate(units[u])]
     if on_start:
@@ -212,13 +212,27 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
     return summary
 
 
+def _kept_skips(root: Path | RemotePath | str, units: set[int]) -> list[tuple[str, str]]:
+    """(source, reason) of the skipped episodes in `units`, from the merged manifest (one read; none before the
+    merge). For the summary alone: a manifest that does not read gives none here (`store verify` names it)."""
+    path = where(root) / MANIFEST_FILE
+    try:
+        if not path.exists():
+            return []
+        data = read_checked(path, read_root_attrs(root).get("manifest_sha256"))
+        table = manifest.parse_table(data, manifest.SCHEMA, path)
+    except StoreError:
+        return []
+    return [(r["source"], r["reason"]) for r in table.to_pylist() if r["status"] == "skipped" and r["unit"] in units]
+
+
 class _Shards:
     """The store's units as this run sees them: whether one is done, and claiming one to write it."""
 
     def __init__(self, root: Path | RemotePath, config: StoreConfig, planned: list[list[int]]):
         self.root, self.config, self.planned = where(root), config, planned
         self.locks = UnitLocks(self.root)
-        self.redo: set[int] = set()  # sealed units to write again (--retry-skipped)
+        self.redo: dict[int, bytes] = {}  # sealed units to write again (--retry-skipped): their seals when chosen
 
     def intact(self, unit: int, report: bool = False) -> bool:
         """A sealed unit that checks out against its seal (its feature chunks listed, not hashed). Any other, as
@@ -228,17 +242,19 @@ class _Shards:
             log.info("%s; the shard will be removed and redone", problems[0])
         return not problems
 
-    def skipped(self, unit: int) -> list[tuple[str, str]]:
-        """(source, reason) of a sealed unit's skipped episodes."""
-        return [(r["source"], r["reason"]) for r in shard_episodes(self.root, unit).to_pylist()
-                if r["status"] == "skipped"]
+    def seal_if_skips(self, unit: int) -> bytes | None:
+        """A sealed unit's seal if any of its episodes was skipped, else None."""
+        seal = (shard_dir(self.root, unit) / SEAL_FILE).read_bytes()
+        return seal if "skipped" in shard_episodes(self.root, unit)["status"].to_pylist() else None
 
     def claim(self, unit: int) -> str | None:
         """Lock a unit to write it and clear what stands in its place: None, or why it is not this run's to write."""
         holder = self.locks.take(unit)
         if holder is not None:
             return f"{holder} is writing it"
-        if unit not in self.redo and (shard_dir(self.root, unit) / SEAL_FILE).exists() and self.intact(unit):
+        seal = shard_dir(self.root, unit) / SEAL_FILE
+        # a unit chosen for a redo is kept if another writer has sealed it again since (its seal changed)
+        if seal.exists() and (unit not in self.redo or seal.read_bytes() != self.redo[unit]) and self.intact(unit):
             self.locks.release(unit)
             return "sealed by another writer meanwhile"
         remove_tree(shard_dir(self.root, unit))
@@ -351,6 +367,8 @@ class _Pipeline:
             launched = (owners, *self._launch(parts))
             self._land()
             self.in_flight = launched
+        if flush:  # a unit's last frames: its episodes are written and it is sealed now, not a batch later
+            self._land()
         self._write_ready()
 
     @torch.inference_mode()
@@ -366,7 +384,7 @@ class _Pipeline:
         out = torch.empty(z.shape, dtype=z.dtype, pin_memory=True)
         out.copy_(z, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(self.device))  # (the stream of this device, not of cuda:0)
         return out, done
 
     def _land(self) -> None:
@@ -376,6 +394,7 @@ class _Pipeline:
         (owners, out, done), self.in_flight = self.in_flight, None
         if done is not None:
             done.synchronize()
+            out = out.clone()  # pageable: the episodes queued for the writer do not hold page-locked memory
         offset = 0
         for order, n in owners:
             if order in self.episodes:  # not an episode that was skipped (and written) meanwhile

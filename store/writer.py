@@ -78,11 +78,11 @@ def create_store(root: Location | str, config: StoreConfig, units: list[list[str
     plan = plan_table(units)
     if root.exists() and not root.is_dir():
         raise StoreError(f"{root} is a file, not a store folder")
-    if isinstance(root, Path) and root.name in ("", ".."):  # built beside its place: it needs a name there
-        raise StoreError(f"{str(root)!r} names no folder of its own; give the store's folder by its name")
     if root.exists() and any(True for _ in root.iterdir()):
         check_compatible(root, config, plan)
         return False
+    if isinstance(root, Path) and root.name in ("", ".."):  # built beside its place: it needs a name there
+        raise StoreError(f"{str(root)!r} names no folder of its own; give the store's folder by its name")
     if config.codec not in codecs.CODECS:
         raise StoreError(f"unknown codec {config.codec!r}; choose one of {', '.join(codecs.CODECS)}")
     codecs.compressors(config.compression)  # validates the name

@@ -52,7 +52,6 @@ CASES = [
     (EXTRACT + ["--format", "webdataset", "--camera", "left"], "--camera is for --format droid; a webdataset sample"),
     (EXTRACT + ["--state-key", "observation.state"], "--state-key is for --format lerobot and rlds; a droid corpus"),
     (EXTRACT[:3] + ["--out", ""], "--out is empty"),
-    (EXTRACT[:3] + ["--out", "/", "--preset", "vit_test"], "'/' names no folder of its own"),
     (EXTRACT[:-1] + ["vit_64x1x3x64@64"], "no ViT has dim 64, depth 1, heads 3, mlp 64 at 64 px"),
     (EXTRACT[:-1] + ["vit_64x1x2x64@72"], "no ViT has dim 64, depth 1, heads 2, mlp 64 at 72 px"),
     (["eval", "--checkpoint", "STORE", "--store", "STORE"], "is a folder, not a checkpoint file"),
@@ -128,6 +127,14 @@ def test_bad_input_gives_one_error_line(paths, args, message):
     args = [paths.get(a.split("/")[0], a.split("/")[0]) + a[len(a.split("/")[0]):] for a in args]
     code, out, err = cli_main(*args)
     assert_one_error_line(code, err, message)
+
+
+def test_a_new_store_in_the_current_folder_is_refused(paths, tmp_path, monkeypatch):
+    """`--out .` from an empty folder: the store is built beside its place and renamed into it, which needs a name."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli_main("extract", "--corpus", paths["CORPUS"], "--out", ".", "--preset", "vit_test")
+    assert_one_error_line(code, err, "'.' names no folder of its own")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_loads_nothing_heavy():
