@@ -36,12 +36,11 @@ from store import (
     ShardWriter,
     StoreConfig,
     create_store,
-    manifest,
     merge_manifest,
     plan_units,
     sealed_units,
 )
-from store.format import MANIFEST_FILE, SEAL_FILE, read_checked, read_root_attrs, shard_dir, shard_episodes
+from store.format import SEAL_FILE, read_manifest, read_root_attrs, shard_dir, shard_episodes
 from store.integrity import check_shard
 from store.lease import UnitLocks
 from store.location import (
@@ -215,13 +214,11 @@ def run_extract(cfg: ExtractConfig, on_start=None, on_episode=None) -> ExtractSu
 def _kept_skips(root: Path | RemotePath | str, units: set[int]) -> list[tuple[str, str]]:
     """(source, reason) of the skipped episodes in `units`, from the merged manifest (one read; none before the
     merge). For the summary alone: a manifest that does not read gives none here (`store verify` names it)."""
-    path = where(root) / MANIFEST_FILE
     try:
-        if not path.exists():
-            return []
-        data = read_checked(path, read_root_attrs(root).get("manifest_sha256"))
-        table = manifest.parse_table(data, manifest.SCHEMA, path)
+        table = read_manifest(root, read_root_attrs(root))
     except StoreError:
+        return []
+    if table is None:
         return []
     return [(r["source"], r["reason"]) for r in table.to_pylist() if r["status"] == "skipped" and r["unit"] in units]
 

@@ -183,6 +183,19 @@ def read_checked(path: Location, digest: str | None, algorithm: str = "sha256") 
     return data
 
 
+def read_manifest(root: Location, attrs: dict) -> pa.Table | None:
+    """The merged manifest, checked against its recorded checksum; None before the merge (one lost after it is a
+    StoreError)."""
+    from .manifest import SCHEMA, parse_table
+
+    path, digest = where(root) / MANIFEST_FILE, attrs.get("manifest_sha256")
+    if not path.exists():
+        if digest:
+            raise StoreError(f"{path}: missing although the store was merged (`cli.py store merge` rewrites it)")
+        return None
+    return parse_table(read_checked(path, digest), SCHEMA, path)
+
+
 def read_plan(root: Location, attrs: dict) -> pa.Table:
     """The work plan, checked against its checksum and against the unit count of the root attributes."""
     from .manifest import PLAN_SCHEMA, parse_table

@@ -30,7 +30,7 @@ from . import codecs, manifest
 from .cache import ChunkCache
 from .digest import digest_bytes, digest_parts
 from .format import (
-    MANIFEST_FILE, Location, StoreConfig, feature_chunk, read_checked, read_plan, read_root_attrs,
+    MANIFEST_FILE, Location, StoreConfig, feature_chunk, read_manifest, read_plan, read_root_attrs,
     read_seal, sealed_units, shard_dir, shard_episodes,
 )
 from .location import remote_errors, unreachable, where, zarr_store
@@ -188,16 +188,13 @@ class Store:
         self._pid = os.getpid()
 
     def _episode_table(self):
-        path, digest = self.root / MANIFEST_FILE, self.attrs.get("manifest_sha256")
-        if digest and not path.exists():
-            raise StoreError(f"{path}: missing although the store was merged (`cli.py store merge` rewrites it)")
-        if not path.exists():  # not merged yet: the sealed shards' own tables
+        table = read_manifest(self.root, self.attrs)
+        if table is None:  # not merged yet: the sealed shards' own tables
             return manifest.concat([shard_episodes(self.root, u) for u in self.sealed])
-        table = manifest.parse_table(read_checked(path, digest), manifest.SCHEMA, path)
         stray = sorted(set(table["unit"].to_pylist()) - set(self.sealed))
         if stray:
-            raise StoreError(f"{path}: lists episodes of unit(s) {stray[:5]} that are not sealed (damaged "
-                             "manifest or shards)")
+            raise StoreError(f"{self.root / MANIFEST_FILE}: lists episodes of unit(s) {stray[:5]} that are not sealed "
+                             "(damaged manifest or shards)")
         return table
 
     def __getstate__(self) -> dict:
