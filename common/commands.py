@@ -9,11 +9,17 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 from rich.markup import escape
 
 from .settings import leaf_fields, limits_text
+
+
+def _path(text: str | Path) -> str | Path:
+    """A path option's value; an empty one stays "" for settings.check to refuse (Path("") would be ".")."""
+    return Path(text) if isinstance(text, str) and text.strip() else text
 
 
 def _params(cls: type) -> list[inspect.Parameter]:
@@ -25,7 +31,8 @@ def _params(cls: type) -> list[inspect.Parameter]:
         text += f" [one of: {', '.join(m['choices'])}]" if m["choices"] else ""
         default = ... if f.default is dataclasses.MISSING else f.default
         text = escape(text)  # (typer renders help as rich markup: "[hf]", an extra's name, would vanish)
-        info = typer.Argument(default, help=text) if m["arg"] else typer.Option(default, help=text)
+        parser = {"parser": _path} if Path in (kind, *typing.get_args(kind)) else {}
+        info = (typer.Argument if m["arg"] else typer.Option)(default, help=text, **parser)
         out.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=kind))
     return out
 

@@ -60,6 +60,7 @@ CASES = [
     (TRAIN + ["--lr", "-1"], "--lr must be > 0"),
     (TRAIN + ["--workers", "-1"], "--workers must be >= 0"),
     (TRAIN + ["--out", "FILE"], "a file is in the way"),
+    (TRAIN + ["--out", ""], "--out is empty"),  # a Path option: typer alone would read "" as "."
     (TRAIN + ["--frames", "1"], "--frames must be >= 2"),
     (TRAIN + ["--rollout-steps", "4"], "--rollout-steps 4 must be at most --frames - 1 = 3"),
     (TRAIN + ["--val-fraction", "1"], "--val-fraction must be >= 0, <= 0.99"),

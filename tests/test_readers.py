@@ -42,6 +42,11 @@ def test_droid_reader(tmp_path):
     listing = tmp_path / "episodes.txt"
     listing.write_text("# chosen episodes\nLAB/success/2024-01-01/ep_b\n")
     assert DroidCorpus(listing).sources() == ["LAB/success/2024-01-01/ep_b"]
+    listing.write_text("LAB/success/2024-01-01/ep_b\nLAB/gone\n")  # a missing folder: skipped later, with its reason
+    assert DroidCorpus(listing).sources() == ["LAB/success/2024-01-01/ep_b", "LAB/gone"]
+    listing.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(UserError, match="none of its 1 lines is a folder"):
+        DroidCorpus(listing)
     with pytest.raises(SkipEpisode, match="has no wrist_mp4_path"):
         DroidCorpus(tmp_path, camera="wrist").load(c.sources()[0], 4)
 

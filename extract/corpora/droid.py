@@ -38,6 +38,10 @@ class DroidCorpus(Corpus):
             self.base = root.parent
             lines = [s.strip() for s in root.read_text().splitlines()]
             self._sources = [s for s in lines if s and not s.startswith("#")]
+            # one missing folder is a skipped episode; none at all is not a list of episode folders
+            if self._sources and not any((self.base / s).is_dir() for s in self._sources):
+                raise UserError(f"{root}: read as a list of DROID episode folders, but none of its "
+                                f"{len(self._sources)} lines is a folder (first: {self._sources[0][:60]!r})")
         else:
             self.base = require_dir(root, "DROID episode folders or a list file")
             # an episode folder holds metadata_*.json and trajectory.h5; one that lacks either is listed
