@@ -40,7 +40,7 @@ from store import (
     plan_units,
     sealed_units,
 )
-from store.format import SEAL_FILE, read_manifest, read_root_attrs, shard_dir, shard_episodes
+from store.format import SEAL_FILE, read_manifest, read_root_attrs, read_seal, shard_dir, shard_episodes
 from store.integrity import check_shard
 from store.lease import UnitLocks
 from store.location import (
@@ -241,8 +241,9 @@ class _Shards:
 
     def seal_if_skips(self, unit: int) -> bytes | None:
         """A sealed unit's seal if any of its episodes was skipped, else None."""
-        seal = (shard_dir(self.root, unit) / SEAL_FILE).read_bytes()
-        return seal if "skipped" in shard_episodes(self.root, unit)["status"].to_pylist() else None
+        raw = (shard_dir(self.root, unit) / SEAL_FILE).read_bytes()
+        episodes = shard_episodes(self.root, unit, read_seal(self.root, unit, raw))
+        return raw if "skipped" in episodes["status"].to_pylist() else None
 
     def claim(self, unit: int) -> str | None:
         """Lock a unit to write it and clear what stands in its place: None, or why it is not this run's to write."""

@@ -225,13 +225,13 @@ def unsealed_units(root: Location) -> list[int]:
     return _units(root, sealed=False)
 
 
-def read_seal(root: Location, unit: int) -> dict:
+def read_seal(root: Location, unit: int, raw: bytes | None = None) -> dict:
     """A sealed shard's seal: unit, rows, episodes, `digest` (the algorithm; SHA-256 where a format-2 seal
     names none), the digest of every other file of the shard and, where the feature chunks hold the rows as they
-    are, `frame_digests`, one per row."""
+    are, `frame_digests`, one per row. `raw`: the seal file's bytes, where the caller has read them."""
     path = shard_dir(root, unit) / SEAL_FILE
     try:
-        seal = json.loads(path.read_bytes())
+        seal = json.loads(path.read_bytes() if raw is None else raw)
         if not (isinstance(seal["files"], dict) and isinstance(seal["rows"], int) and isinstance(seal["episodes"], int)):
             raise TypeError("wrong field types")
         if "frame_digests" in seal and not (isinstance(seal["frame_digests"], list)
