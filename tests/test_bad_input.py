@@ -124,10 +124,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("args,message", CASES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in CASES])
-def test_bad_input_gives_one_error_line(paths, args, message):
+def test_bad_input_gives_one_error_line(paths, args, message, tmp_path, monkeypatch):
     args = [paths.get(a.split("/")[0], a.split("/")[0]) + a[len(a.split("/")[0]):] for a in args]
+    monkeypatch.chdir(tmp_path)  # from an empty folder: a refused command writes nothing, here either
     code, out, err = cli_main(*args)
     assert_one_error_line(code, err, message)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_new_store_in_the_current_folder_is_refused(paths, tmp_path, monkeypatch):
