@@ -8,7 +8,7 @@ from pathlib import Path
 from common.errors import UserError
 from common.settings import check, seed_setting, setting
 from sim.config import SimTask
-from train.config import CEMConfig
+from train.config import CEMConfig, energy_setting, state_weight_setting
 
 
 
@@ -130,6 +130,8 @@ class SimBench(BenchConfig):
                                                "the last one at each.")
     samples: str = setting("25,50,100,200", "CEM samples per iteration, comma-separated.")
     iterations: int = setting(6, "CEM iterations.", min=1, max=10_000)
+    energy: str = energy_setting()
+    state_weight: float = state_weight_setting()
     sim: SimTask = setting(factory=SimTask)
 
 

@@ -24,6 +24,12 @@ def _row(label: str, samples: str, m: dict) -> list:
     return [label, samples, cells[0], f"**{cells[1]}**", *cells[2:]]
 
 
+def _energy(bench: SimBench) -> str:
+    """The CEM energy in words: the paper's (features after the last action) or what differs."""
+    frames = "every planned frame's" if bench.energy == "all" else "the last frame's"
+    return f"{frames} features" + (f" + {bench.state_weight:g} x the state's" if bench.state_weight else "")
+
+
 def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) -> Section:
     """The largest sample count on every checkpoint (baselines with the last), then each count on the last;
     `on_progress(episodes done, episodes in all)` after each closed-loop episode."""
@@ -33,7 +39,10 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
     if not checkpoints:
         raise UserError(f"{bench.run} holds no step_*.pt checkpoints (train with --ckpt-every)")
     sample_counts, t = counts(bench.samples, "--samples"), bench.sim
-    out = Path(bench.run) / f"sim-bench-{t.env}-{t.task}"
+    tag = "".join(f"-{x}" for x, default in ((f"energy-{bench.energy}", "energy-last"),
+                                             (f"state{bench.state_weight:g}", "state0"),
+                                             (f"seed{t.task_seed}", "seed0")) if x != default)  # none: the paper's
+    out = Path(bench.run) / f"sim-bench-{t.env}-{t.task}{tag}"
     runs = [(c, sample_counts[-1]) for c in checkpoints] + [(checkpoints[-1], s) for s in sample_counts[:-1]]
     rows, results, baselines = [], {}, []
     policies = len(policy_names(SimEvalConfig(checkpoint=checkpoints[-1], sim=t)))  # beside the last: all of them
@@ -46,7 +55,8 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
 
     for i, (ckpt, samples) in enumerate(runs):
         last = ckpt == checkpoints[-1]
-        cem = CEMConfig(samples=samples, iterations=bench.iterations, elites=min(10, samples))
+        cem = CEMConfig(samples=samples, iterations=bench.iterations, elites=min(10, samples), energy=bench.energy,
+                        state_weight=bench.state_weight)
         beside = last and samples == sample_counts[-1]  # the baselines and the oracle run once, beside the final model
         cfg = SimEvalConfig(checkpoint=ckpt, out=out / f"{ckpt.stem}-s{samples}", videos=3 if last else 0,
                             baselines=beside, cem=cem,
@@ -63,9 +73,11 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
     rows += baselines
     body = (f"`sim eval --env {t.env} --task {t.task}` on the checkpoints of `{bench.run}`: {t.episodes} episodes "
             f"(task seed {t.task_seed}), budget {t.budget} control steps, horizon {t.horizon} x frame skip "
-            f"{report['frame_skip']}, success within {report['tolerance']:g} {report['unit']} of the goal; the "
+            f"{report['frame_skip']}, energy {_energy(bench)}, success within {report['tolerance']:g} "
+            f"{report['unit']} of the goal; the "
             f"baselines{' and the oracle (CEM with the simulator as the world model)' if t.oracle else ''} run the "
             f"same starts and goals. Reports, grids and videos in `{out}`.\n\n"
             + table(["policy", "CEM samples x iterations", "successes", "rate", "95% CI (Wilson)",
                      f"final distance (median, {report['unit']})", "steps to success (median)", "s per plan"], rows))
-    return Section(f"sim-{t.env}-{t.task}", f"Closed loop: {t.task} in {t.env}", body, results)
+    return Section(f"sim-{t.env}-{t.task}{tag}", f"Closed loop: {t.task} in {t.env}"
+                   + (f" ({_energy(bench)}, task seed {t.task_seed})" if tag else ""), body, results)

@@ -252,6 +252,23 @@ def test_sim_eval_reach_on_the_demo_world(demo_run, tmp_path):
     assert measured < 0.75 * hold["per_episode"][0]["distance"]  # 0.60 of holding still's
 
 
+def test_bench_sim_plans_with_the_energy_it_names(demo_run, tmp_path):
+    run, _ = demo_run
+    (tmp_path / "run").mkdir()
+    for ckpt in run.glob("step_*.pt"):  # the shared run's checkpoints, its folder left as it is
+        (tmp_path / "run" / ckpt.name).symlink_to(ckpt)
+    said = cli_ok("bench", "sim", "--no-write", "--run", tmp_path / "run", "--env", "demo", "--episodes", 1,
+                  "--budget", 4, "--horizon", 2, "--samples", 8, "--iterations", 1, "--energy", "all",
+                  "--state-weight", 10, "--task-seed", 1, "--device", "cpu")
+    assert "Closed loop: reach in demo (every planned frame's features + 10 x the state's, task seed 1)" in said
+    out = tmp_path / "run" / "sim-bench-demo-reach-energy-all-state10-seed1"
+    reports = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/report.json")}
+    assert set(reports) == {"step_00000300-s8", "step_00000600-s8", "step_00000900-s8"}
+    assert all(r["cem"]["energy"] == "all" and r["cem"]["state_weight"] == 10 for r in reports.values())
+    assert set(reports["step_00000900-s8"]["policies"]) == {"model", "random", "hold"}  # beside the last only
+    assert set(reports["step_00000300-s8"]["policies"]) == {"model"}
+
+
 def test_sim_errors(demo_run, tmp_path):
     run, _ = demo_run
     code, _, err = cli_main("sim", "eval", "--checkpoint", run / "latest.pt", "--env", "mujoco")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.errors import UserError
 from common.files import output_file
@@ -31,6 +32,22 @@ def _checkpoint() -> Path:
 
 def _episodes() -> str:
     return setting("val", "val: the trainer's held-out episodes; all: every episode.", choices=EPISODE_SETS)
+
+
+def energy_setting() -> Any:
+    """CEM's --energy (plan, sim eval, bench sim)."""
+    return setting("last", "What the energy compares with the goal: the frame after the last action (last, the "
+                           "paper's) or every planned frame (all: their mean L1, so a plan must make progress at "
+                           "each step; with a horizon above 1, MPC then cannot keep putting the work off to a "
+                           "step it never executes).", choices=("last", "all"))
+
+
+def state_weight_setting() -> Any:
+    """CEM's --state-weight (plan, sim eval, bench sim)."""
+    return setting(0.0, "Weight of the state in the energy: the mean over state dims of |planned state - goal "
+                        "state| / the dim's std in the data, added to the feature L1 (after the same actions as "
+                        "the frames it compares; DINO-WM plans with proprioception so). 0: features alone, the "
+                        "paper's. Needs the goal's state.", min=0, max=1000)
 
 
 @dataclass
@@ -143,15 +160,8 @@ class CEMConfig:
                                 "lowest-energy candidate seen, each iteration's mean among the candidates, so "
                                 "a plan that nothing sampled beats is kept; for sparse energies).",
                         choices=("mean", "best"))
-    energy: str = setting("last", "What the energy compares with the goal: the frame after the last action (last, "
-                                  "the paper's) or every planned frame (all: their mean L1, so a plan must make "
-                                  "progress at each step; with a horizon above 1, MPC then cannot keep putting "
-                                  "the work off to a step it never executes).", choices=("last", "all"))
-    state_weight: float = setting(0.0, "Weight of the state in the energy: the mean over state dims of |planned "
-                                       "state - goal state| / the dim's std in the data, added to the feature L1 "
-                                       "(after the same actions as the frames it compares; DINO-WM plans with "
-                                       "proprioception so). 0: features alone, the paper's. Needs the goal's "
-                                       "state.", min=0, max=1000)
+    energy: str = energy_setting()
+    state_weight: float = state_weight_setting()
     energy_batch: int = setting(800, "Energies per predictor call.", min=1, max=1_000_000)
     seed: int = seed_setting("Seed of the CEM samples.")
 
