@@ -118,10 +118,11 @@ sim-bench: setup
 	$(PY) cli.py bench encoders --directory $(SIM_DIR)/encoders --fps 2 --size 256 --feature-stride 32 \
 		--encoders $(SIM_ENCODERS) --cameras top --conditionings token --episodes 10 --oracle-episodes 5
 
-# push through gym-pusht's top camera at its best measured recipe (~1.6 h on 2 CPU cores, apart from sim-bench to keep
-# that under 2.5 h): 1200 scripted episodes at 256 px, ImageNet EfficientNet-Lite0 features at 2 fps (the map at
-# stride 32, the [pretrained] extra), ac_demo trained 9000 steps; CEM 100 x 6 over 3 actions, every planned frame and
-# the goal's state in the energy; 60 tasks on the bench's task seed and 60 fresh ones
+# push through gym-pusht's top camera at its best measured recipe, apart from sim-bench to keep that under 2.5 h
+# (~1.8 h on 2 CPU cores: collection and extraction 20 min, training 43, the two evaluations 47): 1200 scripted
+# episodes at 256 px, ImageNet EfficientNet-Lite0 features at 2 fps (the map at stride 32, the [pretrained] extra),
+# ac_demo trained 9000 steps; CEM 100 x 6 over 3 actions, every planned frame and the goal's state in the energy;
+# 60 tasks on the bench's task seed and 60 fresh ones
 PUSH_DIR := $(SIM_DIR)/push-top
 sim-push: setup
 	test -f $(PUSH_DIR)/corpus/sim-000000.tar || $(PY) cli.py sim collect --env pusht --camera top --episodes 1200 \
