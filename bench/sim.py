@@ -45,7 +45,9 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
     out = Path(bench.run) / f"sim-bench-{t.env}-{t.task}{tag}"
     runs = [(c, sample_counts[-1]) for c in checkpoints] + [(checkpoints[-1], s) for s in sample_counts[:-1]]
     rows, results, baselines = [], {}, []
-    policies = len(policy_names(SimEvalConfig(checkpoint=checkpoints[-1], sim=t)))  # beside the last: all of them
+    cem = CEMConfig(iterations=bench.iterations, energy=bench.energy, state_weight=bench.state_weight)
+    # every policy runs beside the last checkpoint; building its settings checks them before any evaluation
+    policies = len(policy_names(SimEvalConfig(checkpoint=checkpoints[-1], sim=t, cem=cem)))
     total, done = t.episodes * (len(runs) - 1 + policies), [0]
 
     def tick(*_) -> None:
@@ -55,11 +57,9 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
 
     for i, (ckpt, samples) in enumerate(runs):
         last = ckpt == checkpoints[-1]
-        cem = CEMConfig(samples=samples, iterations=bench.iterations, elites=min(10, samples), energy=bench.energy,
-                        state_weight=bench.state_weight)
         beside = last and samples == sample_counts[-1]  # the baselines and the oracle run once, beside the final model
         cfg = SimEvalConfig(checkpoint=ckpt, out=out / f"{ckpt.stem}-s{samples}", videos=3 if last else 0,
-                            baselines=beside, cem=cem,
+                            baselines=beside, cem=replace(cem, samples=samples, elites=min(10, samples)),
                             sim=t if beside else replace(t, oracle=False, state_oracle=False))
         log.info("sim eval %d/%d: %s, %d samples", i + 1, len(runs), ckpt.name, samples)
         report = run_sim_eval(cfg, on_episode=tick).report

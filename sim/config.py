@@ -83,6 +83,8 @@ class SimEvalConfig:
         if not (self.model or self.baselines or self.sim.oracle or self.sim.state_oracle):
             raise UserError("--no-model --no-baselines leaves no policy to run: add --oracle or --state-oracle, or "
                             "drop one of them")
+        if self.sim.oracle and self.cem.state_weight:
+            raise UserError("--oracle plans on the features alone (what they allow); run it without --state-weight")
 
 
 @dataclass

@@ -188,8 +188,6 @@ def run_sim_eval(cfg: SimEvalConfig, on_episode: Callable[[str, int], None] | No
     if cfg.cem.state_from_action not in (CEMConfig.state_from_action, sim.state_rule):  # given, and not the sim's
         raise UserError(f"--state-from-action {cfg.cem.state_from_action}: the {t.env} simulator moves its state by "
                         f"its own rule ({sim.state_rule})")
-    if t.oracle and cfg.cem.state_weight:
-        raise UserError("--oracle plans on the features alone (what they allow); run it without --state-weight")
     cem_cfg = replace(cfg.cem, state_from_action=sim.state_rule)
     planner = Planner(model, meta, cem_cfg, device, encoder=store_encoder(meta.encoder, t.encoder_checkpoint, ckpt))
     tasks = make_tasks(sim, t.task, t.episodes, t.task_seed)

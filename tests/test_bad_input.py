@@ -29,6 +29,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
     (root / "bench").mkdir()
     (root / "bench" / "settings.json").write_text('{"corpus_episodes": 800, "fps": 2.0, "steps": 3000}')
     return {"CORPUS": str(root / "corpus"), "STORE": str(store), "CKPT": str(root / "run" / "latest.pt"),
+            "RUN": str(root / "run"),
             "FILE": str(root / "file.txt"), "NEW": str(root / "new"), "NOWHERE": str(root / "missing" / "x.png"),
             "BENCH": str(root / "bench"), "NOSHARDS": str(root / "no-shards"),
             "NOEPISODES": str(root / "no-episodes")}
@@ -111,6 +112,8 @@ CASES = [
     (["bench", "plan", "--presets", "ac_huge"], "--presets 'ac_huge': choose from ac_demo, ac_vitg, ac_vitg_mini"),
     (["bench", "plan", "--horizons", "1,0"], "--horizons '1,0' must be at least 1 each"),
     (["bench", "plan", "--state-weight", "0.1"], "random frames, which have no goal state: drop --state-weight"),
+    (["bench", "sim", "--no-write", "--run", "RUN", "--oracle", "--state-weight", "0.1"],
+     "--oracle plans on the features alone (what they allow); run it without --state-weight"),
     (["bench", "cached-vs-online", "--directory", "NEW", "--pairs", "vit_demo"], "each is ENCODER:PREDICTOR"),
     (["bench", "encoders", "--directory", "NEW", "--size", "256"], "vit_demo takes 128 px frames in 16 px patches"),
     (["bench", "encoders", "--directory", "NEW", "--encoders", "effnet-random", "--size", "200"],
