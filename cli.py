@@ -406,7 +406,7 @@ def sim_eval(cfg: SimEvalConfig) -> None:
     _table(f"{rep['task']} in {rep['env']}: {rep['episodes']} episodes, budget {rep['budget']} control steps, "
            f"horizon {rep['horizon']} x {rep['frame_skip']} steps, success within {rep['tolerance']:g} "
            f"{rep['unit']}", ["policy", "success", "rate", "95% CI", f"final distance (median, {rep['unit']})",
-                              "steps to success", "s per plan"], rows)
+                              "steps to first within tolerance", "s per plan"], rows)
     console.print(f"wrote {r.out / 'report.json'}, {r.out / 'grid.png'} and {min(cfg.videos, cfg.sim.episodes)} "
                   "episode videos")
 

@@ -78,6 +78,7 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
             f"baselines{' and the oracle (CEM with the simulator as the world model)' if t.oracle else ''} run the "
             f"same starts and goals. Reports, grids and videos in `{out}`.\n\n"
             + table(["policy", "CEM samples x iterations", "successes", "rate", "95% CI (Wilson)",
-                     f"final distance (median, {report['unit']})", "steps to success (median)", "s per plan"], rows))
+                     f"final distance (median, {report['unit']})", "steps to first within tolerance (median)",
+                     "s per plan"], rows))
     return Section(f"sim-{t.env}-{t.task}{tag}", f"Closed loop: {t.task} in {t.env}"
                    + (f" ({_energy(bench)}, task seed {t.task_seed})" if tag else ""), body, results)
