@@ -1,7 +1,7 @@
 """The digests a seal may name (docs/store-format.md, "Seals"): the one place that hashes a store's bytes.
 
 New seals use xxh3-128: it detects any accidental damage as surely as a cryptographic digest and is
-2.4-4.5x faster per core than BLAKE3, 7-17x than SHA-256 (BENCHMARKS.md, checked-reads); what it gives up
+2.4-5x faster per core than BLAKE3, 7-17x than SHA-256 (BENCHMARKS.md, checked-reads); what it gives up
 (a chunk altered on purpose to match) is in docs/store-format.md, "Seals". Seals written by earlier
 format-3 code name `blake3`; seals without a `digest` field (format 2) are SHA-256.
 """
