@@ -88,10 +88,10 @@ def run(cfg: CheckedReadsBench) -> Section:
             "beside it, and the middle half of those ratios), page cache warm (so the check's CPU cost is not hidden "
             "behind disk reads). The BLAKE3 and SHA-256 stores are the same files resealed (`store migrate "
             "--digest`), the SHA-256 one without row digests, as a format-2 store holds them. Digest MB/s: one "
-            "core, over the chunk files; a window hashes "
-            f"its 8 rows, {CLIP_MB:.1f} MB, with row digests, else the {read_mb['sha256']:.1f} MB of the chunks it "
-            "touches. Verify: `store verify` of the whole store (with row digests it hashes the features twice: "
-            "each file, and each row, on a thread per core), page cache warm.\n\n"
+            f"core, over the chunk files; a window hashes its 8 rows, {CLIP_MB:.1f} MB, with row digests, else the "
+            f"{read_mb['sha256']:.1f} MB of the chunks it touches. Verify: `store verify` of the whole store (with "
+            "row digests it hashes the features twice: each file, and each row, on a thread per core), page cache "
+            "warm.\n\n"
             + table(["reads", "clips/s", "of unchecked", "middle half of runs", "digest MB/s (1 core)",
                      "digest ms per clip", "`store verify` MB/s"], rows))
     return Section("checked-reads", "Checked reads", body,

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from common.errors import UserError
-from sim.config import SimEvalConfig
+from sim.config import SimEvalConfig, SimTask
 from sim.evaluate import policy_names, run_sim_eval
 from sim.report import summary_cells
 from train.config import CEMConfig
@@ -39,9 +39,10 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
     if not checkpoints:
         raise UserError(f"{bench.run} holds no step_*.pt checkpoints (train with --ckpt-every)")
     sample_counts, t = counts(bench.samples, "--samples"), bench.sim
-    tag = "".join(f"-{x}" for x, default in ((f"energy-{bench.energy}", "energy-last"),
-                                             (f"state{bench.state_weight:g}", "state0"),
-                                             (f"seed{t.task_seed}", "seed0")) if x != default)  # none: the paper's
+    tag = "".join(name for name, differs in (  # what differs from the defaults (the paper's) names the section
+        (f"-energy-{bench.energy}", bench.energy != CEMConfig.energy),
+        (f"-state{bench.state_weight:g}", bench.state_weight != CEMConfig.state_weight),
+        (f"-seed{t.task_seed}", t.task_seed != SimTask.task_seed)) if differs)
     out = Path(bench.run) / f"sim-bench-{t.env}-{t.task}{tag}"
     runs = [(c, sample_counts[-1]) for c in checkpoints] + [(checkpoints[-1], s) for s in sample_counts[:-1]]
     rows, results, baselines = [], {}, []
@@ -74,8 +75,8 @@ def run(bench: SimBench, on_progress: Callable[[int, int], None] | None = None) 
     body = (f"`sim eval --env {t.env} --task {t.task}` on the checkpoints of `{bench.run}`: {t.episodes} episodes "
             f"(task seed {t.task_seed}), budget {t.budget} control steps, horizon {t.horizon} x frame skip "
             f"{report['frame_skip']}, energy {_energy(bench)}, success within {report['tolerance']:g} "
-            f"{report['unit']} of the goal; the "
-            f"baselines{' and the oracle (CEM with the simulator as the world model)' if t.oracle else ''} run the "
+            f"{report['unit']} of the goal; the baselines"
+            f"{' and the oracle (CEM with the simulator as the world model)' if t.oracle else ''} run the "
             f"same starts and goals. Reports, grids and videos in `{out}`.\n\n"
             + table(["policy", "CEM samples x iterations", "successes", "rate", "95% CI (Wilson)",
                      f"final distance (median, {report['unit']})", "steps to first within tolerance (median)",
